@@ -1,0 +1,254 @@
+"""Command line: parses, calls the library, turns typed errors into one line and an exit
+code (1 failure, 2 usage). `--json` prints one JSON document on stdout; logs go to stderr.
+Heavy libraries load only inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import MobileExportError
+from .models.registry import all_specs, get_spec
+
+
+class CliError(click.ClickException):
+    """One line on stderr, no traceback, with the library error's exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except MobileExportError as exc:
+        raise CliError(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted; no half-written file was kept", 130) from None
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _emit(as_json: bool, doc, human) -> None:
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        human(doc)
+
+
+class ModelGroup(click.Group):
+    """`mobile-export v2 --target coreml` means `mobile-export export v2 --target coreml`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "export", self.commands["export"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "MODEL --target executorch|coreml|all [OPTIONS]\n"
+                              "       mobile-export COMMAND [ARGS]...")
+
+
+@click.group(cls=ModelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mobile-export")
+def main():
+    """Export MobileNets (V1-V5) to ExecuTorch .pte and Core ML .mlpackage, with proven parity.
+
+    \b
+    Examples:
+      mobile-export list
+      mobile-export v2 --target coreml
+      mobile-export v3-small --target executorch --quantize int8 --calibration photos/
+      mobile-export verify exports/mobilenet_v2_100/mobilenet_v2_100_fp32.pte
+    """
+
+
+# --- list / info -----------------------------------------------------------------------
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
+def list_cmd(as_json):
+    """Every variant with its published facts and weight sources."""
+    rows = [s.to_dict() for s in all_specs()]
+
+    def human(rows):
+        header = f"{'name':<32} {'alias':<18} {'res':>4} {'params':>12} {'MMACs':>8} {'top-1':>6}  weights"
+        click.echo(header)
+        click.echo("-" * len(header))
+        for r in rows:
+            w = ",".join(f"{x['format']}:{x['tag']}" for x in r["weights"]) or "random only"
+            top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
+            click.echo(f"{r['name']:<32} {r['aliases'][0]:<18} {r['resolution']:>4} {_fmt_int(r['params']):>12} "
+                       f"{r['mmacs']:>8.1f} {top1:>6}  {w}")
+
+    _emit(as_json, rows, human)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
+def info(model, as_json):
+    """Facts, preprocessing contract and checkpoints of one variant."""
+    spec = _run(get_spec, model)
+    doc = spec.to_dict()
+
+    def human(d):
+        for key in ("name", "aliases", "family", "variant", "width", "resolution", "params", "mmacs", "top1",
+                    "top1_source", "paper", "reference", "output", "default_weights"):
+            val = d[key]
+            if isinstance(val, list):
+                val = ", ".join(val)
+            click.echo(f"{key:<16} {val}")
+        p = d["preprocess"]
+        click.echo(f"{'preprocess':<16} resize {p['resize']} -> crop {p['crop']} ({p['interpolation']}), "
+                   f"mean {p['mean']}, std {p['std']}")
+        for w in d["weights"]:
+            click.echo(f"{'weights':<16} imagenet:{w['tag']} ({w['format']}, top-1 {w['top1']}) {w['url']}")
+
+    _emit(as_json, doc, human)
+
+
+# --- export ----------------------------------------------------------------------------
+
+_WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/.pt/.safetensors file."
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", type=click.Choice(["executorch", "coreml", "all"]), default="all", show_default=True)
+@click.option("--weights", default=None, help=_WEIGHTS_HELP + " Default: imagenet where published, else random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and sampling.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier size (fine-tuned models).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None, help="Text file, one label per line.")
+@click.option("--resolution", type=click.IntRange(32, 4096), default=None, help="Input size (default: the variant's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: exports/MODEL).")
+@click.option("--force", is_flag=True, help="Replace artifacts that already exist.")
+@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+              help="ExecuTorch: int8 post-training static quantization (XNNPACK).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="Folder of images for int8/w8a8 calibration.")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=64, show_default=True, help="Images used for calibration.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
+@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "w8a8"]), default="none",
+              show_default=True, help="Core ML weight compression.")
+@click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None, help="Core ML minimum iOS (default: fits --compress).")
+@click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
+              help="Core ML input: an image (pixel buffer) or a float tensor like the .pte.")
+@click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities.")
+@click.option("--normalize-outside", is_flag=True, help="Do not bake mean/std into the model; the app normalizes.")
+@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK delegate.")
+@click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
+@click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
+           calibration_limit, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
+           bundled, no_verify, images, bundle_app, as_json):
+    """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
+    from .pipeline import ExportRequest, run_export
+    from .targets import ExportOptions
+
+    spec = _run(get_spec, model)
+    options = ExportOptions(
+        precision=precision, quantize=quantize, compress=compress, calibration=calibration,
+        calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
+        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
+    )
+    request = ExportRequest(
+        model=spec.name, target=target, out=out or Path("exports") / spec.name, weights=weights, seed=seed,
+        num_classes=num_classes, labels_file=labels_file, resolution=resolution, force=force,
+        verify=not no_verify, images=images, options=options,
+    )
+    manifest = _run(run_export, request, log=_log)
+    if bundle_app:
+        from .bundle import bundle_artifacts
+
+        paths = [request.out / a["file"] for a in manifest["artifacts"]]
+        _run(bundle_artifacts, paths, app=bundle_app, log=_log)
+
+    def human(m):
+        for a in m["artifacts"]:
+            parity = a.get("parity") or {}
+            status = "verified" if parity.get("passed") else ("not verified" if not parity else "FAILED")
+            click.echo(f"{request.out / a['file']}  {a['bytes']:,} bytes  sha256 {a['sha256'][:12]}  {status}")
+        click.echo(f"{request.out / 'manifest.json'}")
+
+    _emit(as_json, manifest, human)
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Folder of real images (default: bundled photos).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
+@click.option("--per-layer", is_flag=True, help="Also report where the error enters, layer by layer.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Folder for the per-layer table and picture.")
+@click.option("--weights", default=None, help="Reference weights if the manifest's are not reachable. " + _WEIGHTS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
+def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
+    """Prove ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes."""
+    from .verify import format_report, verify_artifact
+
+    report = _run(verify_artifact, artifact, images=images, limit=limit, per_layer=per_layer,
+                  report_dir=report_dir, weights=weights, log=_log)
+    _emit(as_json, report, lambda r: click.echo(format_report(r)))
+    if not report.get("passed", False):
+        raise CliError("parity check failed: " + "; ".join(report.get("failures", [])), 1)
+
+
+# --- bundle ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--app", type=click.Choice(["android", "ios"]), required=True)
+@click.option("--app-dir", type=click.Path(path_type=Path), default=None, help="App project folder (default: the demo app).")
+@click.option("--json", "as_json", is_flag=True)
+def bundle(artifacts, app, app_dir, as_json):
+    """Copy artifacts, labels and manifest into the Android or iOS demo app."""
+    from .bundle import bundle_artifacts, format_changes
+
+    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir, log=_log)
+    _emit(as_json, changes, lambda c: click.echo(format_changes(c)))
+
+
+# --- bench -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(target, threads, runs, warmup, as_json):
+    """Latency, size and efficiency of an artifact (or of MODEL's eager reference)."""
+    from .bench import bench_target, format_bench
+
+    result = _run(bench_target, target, threads=threads, runs=runs, warmup=warmup, log=_log)
+    _emit(as_json, result, lambda r: click.echo(format_bench(r)))
+
+
+def entrypoint() -> None:
+    try:
+        main(standalone_mode=True)
+    except BrokenPipeError:  # `mobile-export list | head`
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    entrypoint()

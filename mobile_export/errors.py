@@ -1,0 +1,58 @@
+"""Typed errors. The library raises these and never exits; only the CLI turns them
+into one-line messages and exit codes."""
+
+
+class MobileExportError(Exception):
+    """Base class: the message is one line that names the problem and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(MobileExportError):
+    """The request cannot work as asked (unknown name, impossible combination)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(UsageError):
+    pass
+
+
+class WeightsError(MobileExportError):
+    """A checkpoint is missing, unreadable, unsafe or for another architecture."""
+
+
+class DownloadError(WeightsError):
+    """A pretrained checkpoint could not be fetched (offline, bad hash)."""
+
+
+class ImageError(MobileExportError):
+    """Calibration or verification images are missing, empty or unreadable."""
+
+
+class ManifestError(MobileExportError):
+    """manifest.json is invalid, of an unknown version, or disagrees with its artifacts."""
+
+
+class ArtifactError(MobileExportError):
+    """An exported file is damaged, truncated or not what its manifest says."""
+
+
+class ExportError(MobileExportError):
+    """A backend could not lower or convert the model."""
+
+
+class DelegationError(ExportError):
+    """Compute ops were left outside the backend delegate."""
+
+
+class ParityError(MobileExportError):
+    """An artifact's outputs are too far from the reference model's."""
+
+
+class UnsupportedOpError(MobileExportError):
+    """The Core ML executor met a MIL op it does not implement."""
+
+
+class OutputExistsError(MobileExportError):
+    """An artifact is already at the destination and --force was not given."""

@@ -1,0 +1,139 @@
+"""manifest.json: the versioned contract between the exporter, the verifier and the apps.
+
+One manifest per output folder describes the model, the preprocessing contract, the
+labels and every artifact (file, sha256, input/output contract, quantization, delegation,
+parity). The JSON Schema in `manifest.schema.json` is the single definition; the apps read
+the same fields (android_demo/.../Manifest.kt, ios_demo/.../Manifest.swift)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from functools import lru_cache
+from importlib import metadata, resources
+from pathlib import Path
+
+from .errors import ArtifactError, ManifestError
+from .fsutil import sha256_file, size_bytes, write_text_atomic
+
+FORMAT = "mobile-export.manifest"
+VERSION = 1
+FILENAME = "manifest.json"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.files(__package__).joinpath("manifest.schema.json").read_text())
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("mobile-export", "torch", "executorch", "coremltools", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def new_manifest(built) -> dict:
+    """The model part of a manifest, from a `models.BuiltModel`."""
+    spec = built.spec
+    out_shape = [1, built.num_classes] if spec.output == "logits" else None
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {
+            "name": spec.name,
+            "alias": spec.aliases[0],
+            "family": spec.family,
+            "variant": spec.variant,
+            "width": spec.width,
+            "paper": spec.paper,
+            "reference": spec.reference,
+            "params": sum(p.numel() for p in built.module.parameters()),
+            "params_published": spec.params,
+            "mmacs_published": spec.mmacs,
+            "resolution": built.resolution,
+            "num_classes": built.num_classes,
+            "output": spec.output,
+            "output_shape": out_shape,
+            "weights": built.weights,
+        },
+        "preprocess": built.preprocess.to_dict(),
+        "labels": None,
+        "artifacts": [],
+        "versions": library_versions(),
+    }
+
+
+def artifact_record(path: str | Path, **fields) -> dict:
+    """An artifact entry: file name, size and sha256 measured from disk, plus `fields`."""
+    p = Path(path)
+    return {"file": p.name, "bytes": size_bytes(p), "sha256": sha256_file(p), **fields}
+
+
+def upsert_artifact(manifest: dict, record: dict) -> dict:
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] != record["file"]] + [record]
+    return manifest
+
+
+def validate(doc: object, where: str = FILENAME) -> dict:
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: not a JSON object; re-export to regenerate it")
+    if doc.get("format") != FORMAT:
+        raise ManifestError(f"{where}: not a mobile-export manifest (format {doc.get('format')!r}); re-export to regenerate it")
+    if doc.get("version") != VERSION:
+        raise ManifestError(
+            f"{where}: manifest version {doc.get('version')!r} is not supported (this mobile-export reads version {VERSION}); re-export with this version"
+        )
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        at = "/".join(str(p) for p in err.absolute_path) or "(top)"
+        raise ManifestError(f"{where}: invalid at {at}: {err.message}; re-export to regenerate it")
+    return doc
+
+
+def write_manifest(directory: str | Path, manifest: dict) -> Path:
+    validate(manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    return write_text_atomic(Path(directory) / FILENAME, text)
+
+
+def read_manifest(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / FILENAME
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"no manifest at {str(p)!r}; export again or keep manifest.json beside the artifact") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {str(p)!r} ({exc.__class__.__name__}); re-export to regenerate it") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{str(p)!r} is not valid JSON (line {exc.lineno}: {exc.msg}); re-export to regenerate it") from None
+    return validate(doc, str(p))
+
+
+def manifest_for(artifact: str | Path) -> tuple[dict, dict]:
+    """The manifest beside `artifact` and the artifact's entry in it."""
+    a = Path(artifact)
+    manifest = read_manifest(a.parent / FILENAME)
+    for entry in manifest["artifacts"]:
+        if entry["file"] == a.name:
+            return manifest, entry
+    raise ManifestError(f"{a.name} is not listed in {a.parent / FILENAME}; export it again into that folder")
+
+
+def check_sha256(artifact: str | Path, entry: dict) -> None:
+    actual = sha256_file(artifact)
+    if actual != entry["sha256"]:
+        raise ArtifactError(
+            f"{Path(artifact).name}: sha256 {actual[:12]}… does not match the manifest ({entry['sha256'][:12]}…); the file was changed or damaged, export it again"
+        )

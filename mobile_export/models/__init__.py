@@ -1,0 +1,100 @@
+"""Build any member of the family by name: `create_model("v2", weights="imagenet")`.
+
+The facts live in `registry`; the architectures in one module per generation; the
+checkpoint handling in `weights`. Torch is imported only when a model is built."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import UsageError
+from .registry import ModelSpec, Preprocess, all_specs, get_spec
+
+__all__ = ["BuiltModel", "ModelSpec", "Preprocess", "all_specs", "get_spec", "create_model",
+           "build_architecture", "read_labels"]
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to export, with everything the manifest needs to describe it."""
+
+    module: "object"  # torch.nn.Module in eval mode
+    spec: ModelSpec
+    preprocess: Preprocess  # the contract of the loaded weights at the chosen resolution
+    num_classes: int
+    resolution: int
+    weights: dict = field(default_factory=dict)  # {"source", "detail", "sha256"}
+    labels: list[str] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, self.resolution, self.resolution)
+
+
+def build_architecture(spec: ModelSpec, num_classes: int | None = None, **overrides):
+    """Instantiate the architecture of `spec` with fresh (random) parameters."""
+    module_name, fn_name = spec.builder.split(":")
+    builder = getattr(importlib.import_module(module_name), fn_name)
+    kwargs = {**spec.build_kwargs, **overrides}
+    return builder(num_classes=spec.num_classes if num_classes is None else num_classes, **kwargs)
+
+
+def read_labels(path: str | Path) -> list[str]:
+    from ..errors import MobileExportError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MobileExportError(f"labels file {str(p)!r} does not exist; pass a text file with one label per line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MobileExportError(f"cannot read labels file {str(p)!r} ({exc.__class__.__name__}); pass a UTF-8 text file with one label per line") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise MobileExportError(f"labels file {str(p)!r} is empty; put one label per line")
+    return labels
+
+
+def create_model(
+    name: str | ModelSpec,
+    *,
+    weights: str | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
+    resolution: int | None = None,
+) -> BuiltModel:
+    """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path."""
+    import torch
+
+    from . import weights as weights_mod
+
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    if labels is not None:
+        if num_classes is None:
+            num_classes = len(labels)
+        elif num_classes != len(labels):
+            raise UsageError(
+                f"--num-classes {num_classes} but the labels file has {len(labels)} labels; make them agree"
+            )
+    n_classes = spec.num_classes if num_classes is None else int(num_classes)
+    if n_classes < 1:
+        raise UsageError(f"--num-classes must be at least 1, got {n_classes}")
+    if resolution is not None and not (32 <= resolution <= 4096):
+        raise UsageError(f"--resolution must be between 32 and 4096, got {resolution}")
+    weights = weights or spec.default_weights()
+
+    source, overrides = weights_mod.resolve_source(spec, weights)
+    torch.manual_seed(seed)
+    module = build_architecture(spec, n_classes, **overrides)
+    info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed)
+    module.eval()
+
+    preprocess = source.preprocess if source is not None else spec.preprocess
+    res = resolution or preprocess.crop
+    return BuiltModel(
+        module=module, spec=spec, preprocess=preprocess.at_resolution(res), num_classes=n_classes,
+        resolution=res, weights=info, labels=labels,
+    )

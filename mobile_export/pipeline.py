@@ -1,0 +1,125 @@
+"""The main job: build a model, export it to each target, verify, write the manifest.
+
+Every artifact goes through a temporary path and one rename; the manifest is written
+last, so a folder never lists an artifact that is not whole."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import manifest as mf
+from .errors import MobileExportError, ParityError
+from .fsutil import atomic_path, check_destination, ensure_writable_dir, sha256_file, write_text_atomic
+from .models import BuiltModel, create_model, read_labels
+from .targets import ExportOptions, expand, get_target
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportRequest:
+    model: str
+    target: str = "all"
+    out: Path = Path("exports")
+    weights: str | None = None
+    seed: int = 0
+    num_classes: int | None = None
+    labels_file: Path | None = None
+    resolution: int | None = None
+    force: bool = False
+    verify: bool = True
+    images: Path | None = None
+    options: ExportOptions | None = None
+
+
+def build(request: ExportRequest) -> BuiltModel:
+    labels = read_labels(request.labels_file) if request.labels_file else None
+    return create_model(
+        request.model, weights=request.weights, seed=request.seed, num_classes=request.num_classes,
+        labels=labels, resolution=request.resolution,
+    )
+
+
+def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
+    """Export `request.model` to the requested targets; returns the written manifest.
+
+    Raises ParityError (after writing everything) when verification fails."""
+    options = request.options or ExportOptions(seed=request.seed)
+    targets = [get_target(name) for name in expand(request.target)]
+    out = ensure_writable_dir(request.out)
+
+    t0 = time.perf_counter()
+    built = build(request)
+    log(f"built {built.spec.name} ({built.weights.get('source')} weights, {built.resolution}px) in {time.perf_counter() - t0:.1f}s")
+
+    names = {t.name: out / t.artifact_name(built, options) for t in targets}
+    for target in targets:  # refuse cheap problems before any heavy work
+        target.validate(built, options)
+        check_destination(names[target.name], request.force)
+
+    manifest = _existing_or_new(out, built)
+    if built.labels:
+        labels_text = "\n".join(built.labels) + "\n"
+        labels_path = write_text_atomic(out / "labels.txt", labels_text)
+        manifest["labels"] = {"file": "labels.txt", "count": len(built.labels), "sha256": sha256_file(labels_path)}
+
+    written: list[Path] = []
+    for target in targets:
+        dest = names[target.name]
+        t1 = time.perf_counter()
+        log(f"exporting {dest.name} ...")
+        with atomic_path(dest, force=request.force) as tmp:
+            fields = target.export(built, options, tmp, log)
+            side = fields.pop("side_files", [])
+            side_records = []
+            for side_tmp in side:  # e.g. the .bpte beside the .pte
+                final = out / Path(side_tmp).name
+                with atomic_path(final, force=True) as side_dest:
+                    Path(side_tmp).replace(side_dest)
+                side_records.append(final)
+        fields.setdefault("export", {})["seconds"] = round(time.perf_counter() - t1, 2)
+        mf.upsert_artifact(manifest, mf.artifact_record(dest, **fields))
+        for final in side_records:
+            side_fields = dict(fields, format=final.suffix.lstrip("."))
+            side_fields.pop("delegation", None)
+            mf.upsert_artifact(manifest, mf.artifact_record(final, **side_fields))
+        written.append(dest)
+        log(f"wrote {dest} ({dest.stat().st_size if dest.is_file() else 'package'}) in {time.perf_counter() - t1:.1f}s")
+    mf.write_manifest(out, manifest)
+
+    failed = []
+    if request.verify:
+        from .verify import verify_artifact
+
+        for dest in written:
+            report = verify_artifact(dest, images=request.images, reference=built, log=log)
+            _, entry = mf.manifest_for(dest)
+            manifest = mf.read_manifest(out)
+            entry = next(a for a in manifest["artifacts"] if a["file"] == dest.name)
+            entry["parity"] = report
+            mf.write_manifest(out, manifest)
+            if not report.get("passed", False):
+                failed.append(f"{dest.name}: {'; '.join(report.get('failures', [])) or 'parity failed'}")
+    if failed:
+        raise ParityError("parity check failed for " + " | ".join(failed))
+    return manifest
+
+
+def _existing_or_new(out: Path, built: BuiltModel) -> dict:
+    """Keep the other artifacts of the same model already in `out` (e.g. a .pte exported
+    before the .mlpackage); start fresh when the folder holds another model or no manifest."""
+    fresh = mf.new_manifest(built)
+    path = out / mf.FILENAME
+    if not path.exists():
+        return fresh
+    try:
+        old = mf.read_manifest(path)
+    except MobileExportError:
+        return fresh
+    same = all(old["model"].get(k) == fresh["model"].get(k) for k in ("name", "resolution", "num_classes", "weights"))
+    if same and old["preprocess"] == fresh["preprocess"]:
+        fresh["artifacts"] = [a for a in old["artifacts"] if (out / a["file"]).exists()]
+    return fresh

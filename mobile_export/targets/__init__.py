@@ -1,0 +1,44 @@
+"""Target registry: names the available choices when one is unknown."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import UsageError
+from .base import ExportOptions, Target
+
+_TARGETS = {
+    "executorch": ("mobile_export.targets.executorch:ExecuTorchTarget", ".pte", "ExecuTorch .pte, XNNPACK (Android)"),
+    "coreml": ("mobile_export.targets.coreml:CoreMLTarget", ".mlpackage", "Core ML ML Program .mlpackage (iOS)"),
+}
+_SUFFIXES = {".pte": "executorch", ".bpte": "executorch", ".mlpackage": "coreml"}
+
+__all__ = ["ExportOptions", "Target", "available", "get_target", "target_for_artifact", "expand"]
+
+
+def available() -> dict[str, str]:
+    return {name: desc for name, (_, _, desc) in _TARGETS.items()}
+
+
+def expand(name: str) -> list[str]:
+    """"all" -> every target; otherwise the one name, checked."""
+    if name == "all":
+        return list(_TARGETS)
+    if name not in _TARGETS:
+        raise UsageError(f"unknown target {name!r}; choose one of: {', '.join([*_TARGETS, 'all'])}")
+    return [name]
+
+
+def get_target(name: str) -> Target:
+    expand(name)
+    path, _, _ = _TARGETS[name]
+    module_name, cls_name = path.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)()
+
+
+def target_for_artifact(path: str | Path) -> Target:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise UsageError(f"{Path(path).name}: unknown artifact type {suffix or '(none)'!r}; expected one of {', '.join(_SUFFIXES)}")
+    return get_target(_SUFFIXES[suffix])
