@@ -72,6 +72,10 @@ def create_model(
     from . import weights as weights_mod
 
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    if spec.output == "features" and (labels is not None or num_classes is not None):
+        raise UsageError(
+            f"{spec.name} is a feature encoder (no classifier); drop --num-classes and --labels"
+        )
     if labels is not None:
         if num_classes is None:
             num_classes = len(labels)
@@ -80,13 +84,16 @@ def create_model(
                 f"--num-classes {num_classes} but the labels file has {len(labels)} labels; make them agree"
             )
     n_classes = spec.num_classes if num_classes is None else int(num_classes)
-    if n_classes < 1:
+    if n_classes < 1 and spec.output == "logits":
         raise UsageError(f"--num-classes must be at least 1, got {n_classes}")
     if resolution is not None and not (32 <= resolution <= 4096):
         raise UsageError(f"--resolution must be between 32 and 4096, got {resolution}")
     weights = weights or spec.default_weights()
 
     source, overrides = weights_mod.resolve_source(spec, weights)
+    file_classes = overrides.pop("num_classes", None)  # a fine-tuned file's own head size
+    if num_classes is None and file_classes is not None:
+        n_classes = file_classes
     torch.manual_seed(seed)
     module = build_architecture(spec, n_classes, **overrides)
     info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed)

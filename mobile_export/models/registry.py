@@ -5,6 +5,7 @@ preprocessing contract and its checkpoint sources. Pure Python (no torch import)
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -68,8 +69,8 @@ class WeightSource:
     @property
     def filename(self) -> str:
         name = self.url.rstrip("/").split("/")[-1]
-        if self.format == "timm":  # hub files are all called model.safetensors
-            return self.url.split("/")[-5] + "." + name
+        if self.format == "timm":  # hub files are all called model.safetensors: prefix the repo
+            return self.url.split("/")[-4] + "." + name  # .../timm/<repo>/resolve/main/model.safetensors
         return name
 
 
@@ -147,6 +148,7 @@ PAPERS = {
 
 _TV_V1_RECIPE = Preprocess(crop=224, resize=256)
 _TV_V2_RECIPE = Preprocess(crop=224, resize=232)
+_TIMM_RECIPE = Preprocess(crop=224, resize=256, interpolation="bicubic")  # timm crop_pct 0.875
 
 
 def _tv(file: str, tag: str, top1: float, preprocess: Preprocess, **kw) -> WeightSource:
@@ -214,7 +216,8 @@ def _v4(kind: str, resolution: int, params, mmacs, top1, weights=(), preprocess=
 
 
 def _v4_timm(hub_id: str, resolution: int, top1: float | None, crop_pct=0.95) -> WeightSource:
-    pre = Preprocess(crop=resolution, resize=int(round(resolution / crop_pct)), interpolation="bicubic")
+    # timm: resize to floor(crop / crop_pct) (pretrained_cfg of each hub id, timm 1.0.31)
+    pre = Preprocess(crop=resolution, resize=math.floor(resolution / crop_pct), interpolation="bicubic")
     return _timm(hub_id, pre, top1)
 
 
@@ -222,18 +225,21 @@ SPECS: tuple[ModelSpec, ...] = (
     # --- V1: widths 1.0 / 0.75 / 0.5 / 0.25, any resolution -------------------------------
     _v1(1.0, 4_231_976, 568.7, 70.6, aliases=("v1",),
         weights=[_timm("mobilenetv1_100.ra4_e3600_r224_in1k",
-                       Preprocess(224, 236, "bicubic", INCEPTION_MEAN, INCEPTION_STD))],
+                       Preprocess(224, 256, "bicubic", INCEPTION_MEAN, INCEPTION_STD))],
         other={192: (418.1, 69.1), 160: (290.7, 67.2), 128: (186.4, 64.4)}),
     _v1(0.75, 2_585_560, 325.4, 68.4, aliases=("v1-075",)),
     _v1(0.5, 1_331_592, 149.5, 63.7, aliases=("v1-050",)),
     _v1(0.25, 470_072, 41.0, 50.6, aliases=("v1-025",)),
     # --- V2: widths 1.4 / 1.0 / 0.75 / 0.5 / 0.35 ---------------------------------------
-    _v2(1.4, 6_108_776, 582.2, 74.7, aliases=("v2-140",)),
+    _v2(1.4, 6_108_776, 582.2, 74.7, aliases=("v2-140",),
+        weights=[_timm("mobilenetv2_140.ra_in1k", _TIMM_RECIPE)]),
     _v2(1.0, 3_504_872, 300.8, 72.0, aliases=("v2", "mobilenet_v2"), ref="torchvision mobilenet_v2",
         weights=[_tv("mobilenet_v2-b0353104.pth", "tv1", 71.878, _TV_V1_RECIPE),
-                 _tv("mobilenet_v2-7ebf99e0.pth", "tv2", 72.154, _TV_V2_RECIPE)]),
+                 _tv("mobilenet_v2-7ebf99e0.pth", "tv2", 72.154, _TV_V2_RECIPE),
+                 _timm("mobilenetv2_100.ra_in1k", _TIMM_RECIPE)]),
     _v2(0.75, 2_636_424, 209.1, 69.8, aliases=("v2-075",)),
-    _v2(0.5, 1_968_680, 97.1, 65.4, aliases=("v2-050",)),
+    _v2(0.5, 1_968_680, 97.1, 65.4, aliases=("v2-050",),
+        weights=[_timm("mobilenetv2_050.lamb_in1k", _TIMM_RECIPE)]),
     _v2(0.35, 1_677_128, 59.3, 60.3, aliases=("v2-035",)),
     # --- V3: Large / Small at 1.0 and 0.75, and the minimalistic variants ------------------
     _v3("large", 1.0, 5_483_032, 216.6, 75.2, aliases=("v3-large", "v3", "mobilenet_v3_large"),
@@ -241,19 +247,22 @@ SPECS: tuple[ModelSpec, ...] = (
         weights=[_tv("mobilenet_v3_large-8738ca79.pth", "tv1", 74.042, _TV_V1_RECIPE,
                      arch_overrides={"bn_eps": 1e-3}),
                  _tv("mobilenet_v3_large-5c1a4163.pth", "tv2", 75.274, _TV_V2_RECIPE,
-                     arch_overrides={"bn_eps": 1e-3})]),
+                     arch_overrides={"bn_eps": 1e-3}),
+                 _timm("mobilenetv3_large_100.ra_in1k", _TIMM_RECIPE)]),
     _v3("large", 0.75, 3_993_528, 154.6, 73.3, aliases=("v3-large-075",)),
     _v3("small", 1.0, 2_542_856, 56.5, 67.4, aliases=("v3-small", "mobilenet_v3_small"),
         ref="torchvision mobilenet_v3_small",
         weights=[_tv("mobilenet_v3_small-047dcff4.pth", "tv1", 67.668, _TV_V1_RECIPE,
-                     arch_overrides={"bn_eps": 1e-3})]),
-    _v3("small", 0.75, 2_041_872, 43.4, 65.4, aliases=("v3-small-075",)),
+                     arch_overrides={"bn_eps": 1e-3}),
+                 _timm("mobilenetv3_small_100.lamb_in1k", _TIMM_RECIPE)]),
+    _v3("small", 0.75, 2_041_872, 43.4, 65.4, aliases=("v3-small-075",),
+        weights=[_timm("mobilenetv3_small_075.lamb_in1k", _TIMM_RECIPE)]),
     _v3("large", 1.0, 3_924_288, 209.1, 72.3, minimal=True, aliases=("v3-large-minimal",)),
     _v3("small", 1.0, 2_044_736, 52.3, 61.9, minimal=True, aliases=("v3-small-minimal",)),
     # --- V4: UIB, Mobile MQA -------------------------------------------------------------
     _v4("conv_small", 224, 3_774_024, 186.0, 73.8,
-        weights=[_v4_timm("mobilenetv4_conv_small.e2400_r224_in1k", 224, None, crop_pct=0.95)],
-        preprocess=Preprocess(224, 236, "bicubic")),
+        weights=[_v4_timm("mobilenetv4_conv_small.e2400_r224_in1k", 224, None, crop_pct=0.875)],
+        preprocess=Preprocess(224, 256, "bicubic")),
     _v4("conv_medium", 256, 9_715_512, 1080.2, 79.9,
         weights=[_v4_timm("mobilenetv4_conv_medium.e500_r256_in1k", 256, None)]),
     _v4("conv_large", 384, 32_590_864, 6376.0, 82.9,

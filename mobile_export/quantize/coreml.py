@@ -1,0 +1,183 @@
+"""Core ML compression as data: each `--compress` mode is one record (the iOS it needs, the
+coremltools.optimize.coreml config it uses), and `compress()` applies it to a converted model.
+
+Why the passes are run here instead of through `linear_quantize_weights()` & co.: those helpers
+re-serialize the program through coremltools' default pass pipeline, which contains
+`common::int_op_canonicalization`. That pass rewrites `dequantize -> reshape -> quantize` into a
+reshape of the int8 tensor without checking that the two scales agree, so W8A8 models lose
+accuracy silently. We apply the same registered compression passes to the program and serialize
+once with that pass removed (`guarded_pipeline`).
+
+Never enabled: palettization with `enable_per_channel_scale` (coremltools PR #2777: it can
+corrupt a weight it skips). Activation ranges are min/max over ALL calibration images (the
+shipped calibration keeps only the last batch, #2704): the caller computes them by running the
+saved program through the Linux ML Program executor and passes them in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ExportError, UsageError
+
+#: Passes removed from every pipeline we run: see the module docstring.
+UNSAFE_PASSES = ("common::int_op_canonicalization",)
+
+#: Weights with fewer elements stay in the compute precision (biases, small depthwise kernels):
+#: compressing them saves bytes that do not matter and costs accuracy that does.
+WEIGHT_THRESHOLD = 2048
+
+#: Output channels that share one palette (LUT), largest first; a layer takes the largest that
+#: divides its channel count, so 1000-class heads and 24-channel layers are not skipped.
+PALETTE_GROUPS = (16, 8, 4, 2, 1)
+
+IOS_VERSIONS = (16, 17, 18)
+
+
+@dataclass(frozen=True)
+class CompressionMode:
+    name: str  # the --compress value
+    tag: str  # file-name tag: mobilenet_v2_100_fp16_pal4.mlpackage
+    min_ios: int  # lowest deployment target whose opset has the ops this mode produces
+    weights: str  # for the manifest and the model description
+    activations: str | None = None
+    nbits: int | None = None  # palettization
+    needs_calibration: bool = False
+    why_min_ios: str = ""
+
+
+MODES: dict[str, CompressionMode] = {
+    m.name: m
+    for m in (
+        CompressionMode("none", "", 16, "float, the compute precision"),
+        CompressionMode("int8", "int8", 16, "int8 linear symmetric, one scale per output channel",
+                        why_min_ios="constexpr_affine_dequantize is in the iOS16 opset"),
+        CompressionMode("palettize6", "pal6", 18, "6-bit k-means palette per group of output channels", nbits=6,
+                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
+        CompressionMode("palettize4", "pal4", 18, "4-bit k-means palette per group of output channels", nbits=4,
+                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
+        CompressionMode("w8a8", "w8a8", 17, "int8 linear symmetric, one scale per output channel",
+                        activations="int8 linear symmetric, min/max over the calibration images",
+                        needs_calibration=True, why_min_ios="activation quantize/dequantize need iOS17"),
+    )
+}
+
+
+def get_mode(name: str) -> CompressionMode:
+    if name not in MODES:
+        raise UsageError(f"unknown Core ML compression {name!r}; choose one of: {', '.join(MODES)}")
+    return MODES[name]
+
+
+def deployment_target(mode_name: str, requested: str | int | None) -> int:
+    """The iOS version to target: the lowest that fits the compression, or the requested one
+    when it can hold the ops (UsageError listing what works otherwise)."""
+    mode = get_mode(mode_name)
+    if requested is None:
+        return mode.min_ios
+    try:
+        ios = int(requested)
+    except (TypeError, ValueError):
+        raise UsageError(f"--ios {requested!r} is not a version; choose one of: {', '.join(map(str, IOS_VERSIONS))}") from None
+    if ios not in IOS_VERSIONS:
+        raise UsageError(f"--ios {ios} is not supported; choose one of: {', '.join(map(str, IOS_VERSIONS))}")
+    if ios < mode.min_ios:
+        fits = [m.name for m in MODES.values() if m.min_ios <= ios]
+        raise UsageError(
+            f"--compress {mode.name} needs --ios {mode.min_ios} or later ({mode.why_min_ios}); "
+            f"use --ios {mode.min_ios}, or with --ios {ios} use --compress {'|'.join(fits)}"
+        )
+    return ios
+
+
+def ct_target(ios: int):
+    import coremltools as ct
+
+    return {16: ct.target.iOS16, 17: ct.target.iOS17, 18: ct.target.iOS18}[ios]
+
+
+def guarded_pipeline(drop_fp16_cast: bool = False):
+    """coremltools' default pipeline without the passes in UNSAFE_PASSES. `drop_fp16_cast`
+    when re-serializing an already converted program (as coremltools itself does then)."""
+    import coremltools as ct
+
+    pipeline = ct.PassPipeline.DEFAULT
+    removed = set(UNSAFE_PASSES)
+    if drop_fp16_cast:
+        removed |= {"common::add_fp16_cast", "common::add_int16_cast"}
+    pipeline.remove_passes(removed)
+    return pipeline
+
+
+def palette_group_size(channels: int) -> int:
+    return next(g for g in PALETTE_GROUPS if channels % g == 0)
+
+
+def _weight_config(mlmodel, mode: CompressionMode):
+    """OptimizationConfig for the weights: per-layer palette groups for palettization."""
+    import coremltools.optimize.coreml as cto
+
+    if mode.nbits is None:
+        return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+    per_weight = {}
+    for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items():
+        per_weight[name] = cto.OpPalettizerConfig(
+            mode="kmeans", nbits=mode.nbits, granularity="per_grouped_channel",
+            group_size=palette_group_size(meta.val.shape[0]), channel_axis=0,
+            enable_per_channel_scale=False, weight_threshold=WEIGHT_THRESHOLD)
+    return cto.OptimizationConfig(op_name_configs=per_weight)
+
+
+def activation_config():
+    import coremltools.optimize.coreml as cto
+
+    return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", weight_threshold=0))
+
+
+def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = None):
+    """Apply `mode_name` to a converted ML Program; returns a new MLModel (not loaded).
+
+    `activation_stats` ({tensor name: {"rmin", "rmax"}}, inputs included) is required for w8a8."""
+    mode = get_mode(mode_name)
+    if mode.name == "none":
+        return mlmodel
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+
+    passes = []
+    if mode.activations is not None:
+        if not activation_stats:
+            raise ExportError("w8a8 needs activation ranges from calibration; none were computed (internal error)")
+        config = activation_config()
+        for name in ("compression::insert_prefix_quantize_dequantize_pair",
+                     "compression::insert_suffix_quantize_dequantize_pair"):
+            p = PASS_REGISTRY[name]
+            p.set_options([PassOption("config", config), PassOption("activation_stats", activation_stats)])
+            passes.append(p)
+        passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    weight_pass = PASS_REGISTRY["compression::palettize_weights" if mode.nbits else "compression::linear_quantize_weights"]
+    weight_pass.set_options([PassOption("config", _weight_config(mlmodel, mode)), PassOption("joint_compression", False)])
+    passes.append(weight_pass)
+    return apply_passes(mlmodel, passes, ios)
+
+
+def apply_passes(mlmodel, passes, ios: int):
+    """Run graph passes on the program and serialize once through `guarded_pipeline`."""
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.models import utils as model_utils
+
+    spec = mlmodel.get_spec()
+    version = max(spec.specificationVersion, _spec_version(ios))
+    prog = model_utils._apply_graph_pass(mlmodel, passes, spec_version=version, skip_model_load=True,
+                                         return_pymil_prog=True)
+    return mil_convert(prog, convert_from="milinternal", convert_to="mlprogram", compute_units=mlmodel.compute_unit,
+                       specification_version=version, model_description=spec.description, skip_model_load=True,
+                       main_pipeline=guarded_pipeline(drop_fp16_cast=True))
+
+
+def _spec_version(ios: int) -> int:
+    import coremltools as ct
+
+    return {16: ct._SPECIFICATION_VERSION_IOS_16, 17: ct._SPECIFICATION_VERSION_IOS_17,
+            18: ct._SPECIFICATION_VERSION_IOS_18}[ios]

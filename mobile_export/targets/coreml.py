@@ -1,0 +1,687 @@
+"""Core ML target: an ML Program `.mlpackage` for iOS (Neural Engine), with compression.
+
+The graph that is converted is the model itself plus, straight-line:
+  [subtract mean (tensor input)] -> model, std folded into the first conv -> [softmax]
+- Image input (default): `ct.ImageType(RGB, scale=1/255, bias=-mean)` turns pixels into x - mean;
+  1/std is folded into the first convolution's weights per input channel (a per-channel scale
+  list crashes coremltools, #2461). Exact: zero padding of (x - mean) is zero padding of the
+  normalized input. If the input does not go straight into one convolution, 1/std stays an
+  explicit multiply in the model.
+- Classifiers end in a softmax and a `classify` op (labels + probabilities), which Vision turns
+  into `VNClassificationObservation`s; `classifier=False` gives raw logits; feature extractors
+  (spec.output == "features") a plain tensor.
+
+MobileNetV3 fp16 pitfalls on the Neural Engine, and what this file does about them:
+- fp32 BatchNorm epsilon beside fp16 parameters (coremltools #2470): every BatchNorm that follows
+  a convolution is folded into it by the converter; `pitfalls()` checks that no `batch_norm` op
+  survives next to a conv (a standalone BatchNorm, as in V4 attention, is converted in fp32
+  arithmetic by the `cast` the fp16 pass inserts, so it never sees an fp16 epsilon).
+- Linear followed by hardswish drifts on the ANE unless done as a 1x1 conv on a 4-D tensor: our
+  V3 head is pool -> 1x1 conv -> hardswish; `pitfalls()` fails the export if any `linear` feeds
+  a hardswish/hardsigmoid in the converted program.
+- The SE broadcast multiply is slow on the ANE (#657): unchanged (it is the architecture); the
+  SE scale is a (1, C, 1, 1) tensor multiplied into (1, C, H, W), the form the ANE supports.
+
+Reproducible bytes: coremltools writes the conversion date into the metadata, serializes
+protobuf maps in hash order, gives Manifest.json random UUIDs and adds an ExecuTorch debug
+file; `_make_reproducible` removes the date and the debug file, serializes deterministically
+and derives the UUIDs from the item paths.
+
+run(): on macOS with Core ML's predict, Core ML; elsewhere the Linux ML Program executor
+(mobile_export.verify.mil) reading the saved package. It returns the LOGITS (the softmax's input,
+read from the executor) for classifiers, the features otherwise; see `output_quantity`."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, ExportError, UsageError
+from ..quantize import coreml as cq
+from .base import ExportOptions, Target
+
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_PRECISION = "fp16"  # what the Neural Engine runs
+INPUT_NAMES = {"image": "image", "tensor": "input"}
+LOGITS_NAME = "logits"
+FEATURES_NAME = "features"
+LABEL_NAME = "classLabel"
+PROBS_NAME = "classLabel_probs"
+AUTHOR = "mobile-export"
+
+SPEC_FILE = "Data/com.apple.CoreML/model.mlmodel"
+WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
+WEIGHTS_FILE = WEIGHTS_DIR + "/weight.bin"
+PACKAGE_MANIFEST = "Manifest.json"
+_DATE_KEY = "com.github.apple.coremltools.conversion_date"
+_DEBUG_FILE = "executorch_debug_handle_mapping.json"
+_UUID_NAMESPACE = uuid.UUID("6b1f0a43-6f25-4d7a-9c55-3d0b9d0c1e77")  # any fixed namespace
+
+# Hardswish / hardsigmoid as coremltools lowers them; a `linear` feeding one is the V3 pitfall.
+_HARD_ACTIVATIONS = {"thresholded_relu", "sigmoid_hard"}
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    suffix = ".mlpackage"
+    description = "Core ML ML Program .mlpackage (iOS)"
+
+    # --- options ---------------------------------------------------------------------
+
+    def variant_tag(self, options: ExportOptions) -> str:
+        mode = cq.MODES.get(options.compress)
+        parts = [options.precision or DEFAULT_PRECISION, mode.tag if mode else options.compress]
+        if options.input_kind == "tensor":
+            parts.append("tensor")
+        if not options.classifier:
+            parts.append("logits")
+        if not options.normalize_in_model:
+            parts.append("raw")
+        return "_".join(p for p in parts if p)
+
+    def validate(self, built, options: ExportOptions) -> None:
+        precision = options.precision or DEFAULT_PRECISION
+        if precision not in PRECISIONS:
+            raise UsageError(f"Core ML precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}")
+        cq.deployment_target(options.compress, options.deployment_target)  # raises with what works
+        if options.input_kind not in INPUT_NAMES:
+            raise UsageError(f"Core ML input {options.input_kind!r} is not supported; choose one of: {', '.join(INPUT_NAMES)}")
+        if options.input_kind == "image" and not options.normalize_in_model:
+            raise UsageError("an image input cannot leave normalization to the app (Core ML hands the model pixels); "
+                             "drop --normalize-outside or add --input tensor")
+        if options.quantize != "none":
+            raise UsageError(f"--quantize {options.quantize} is for ExecuTorch; for Core ML use --compress int8|w8a8|palettize4|palettize6")
+        if options.compress == "w8a8" and not _executor_available():
+            raise UsageError("--compress w8a8 calibrates activations by running the model, which on Linux needs the ML Program "
+                             "executor (mobile_export.verify.mil) that is not available here; use --compress int8")
+
+    # --- export ----------------------------------------------------------------------
+
+    def export(self, built, options: ExportOptions, dest: Path, log) -> dict:
+        precision = options.precision or DEFAULT_PRECISION
+        mode = cq.get_mode(options.compress)
+        ios = cq.deployment_target(options.compress, options.deployment_target)
+        plan = _plan(built, options)
+        wrapper, conv = _prepare(built, plan)
+        exported = _export(wrapper, built)
+        if conv is not None and not _input_feeds_only(exported, wrapper, conv):
+            wrapper, conv = _prepare(built, plan, fold=False)  # keep 1/std as an explicit multiply
+            exported = _export(wrapper, built)
+        folded = conv is not None
+        log(f"coreml: converting ({precision}, iOS{ios}, {plan.input_kind} input, std "
+            f"{'folded into the first conv' if folded else 'as an in-model multiply'})")
+        mlmodel = _convert(exported, built, plan, precision, ios)
+        if mode.needs_calibration:
+            stats, calib = _activation_stats(mlmodel, built, options, plan, dest, log)
+        else:
+            stats, calib = None, None
+        if mode.name != "none":
+            log(f"coreml: compressing weights ({mode.name})")
+            with _quiet():
+                mlmodel = cq.compress(mlmodel, mode.name, ios, stats)
+        _describe(mlmodel, built, plan, precision, mode, ios)
+        with _quiet():
+            mlmodel.save(str(dest))
+        _make_reproducible(dest)
+        spec = load_spec(dest)
+        problems = pitfalls(spec)
+        if problems:
+            raise ExportError(f"{built.spec.name}: the Core ML graph has a known Neural Engine pitfall ({problems[0]}); "
+                              "report this model, it needs a 1x1-conv head")
+        ops = op_types(spec)
+        quant = {"mode": mode.name, "weights": mode.weights}
+        if mode.activations:
+            quant["activations"] = mode.activations
+        if mode.nbits:
+            quant["palette_groups"] = list(cq.PALETTE_GROUPS)
+        if calib is not None:
+            quant["calibration"] = calib
+        quant["guarded_passes_removed"] = list(cq.UNSAFE_PASSES)
+        return {
+            "target": self.name,
+            "format": "mlpackage",
+            "precision": "mixed" if mode.activations else precision,
+            "quantization": quant,
+            "input": plan.input_record(built),
+            "output": plan.output_record(built),
+            "coreml": {
+                "deployment_target": f"iOS{ios}",
+                "compute_precision": precision,
+                "opset": _opset(spec),
+                "std_folded_into_first_conv": folded,
+                "files": {rel: (dest / rel).stat().st_size for rel in (SPEC_FILE, WEIGHTS_FILE) if (dest / rel).exists()},
+                "ops": ops,
+                "run_returns": "logits (the softmax input)" if plan.classifier else plan.output_kind,
+            },
+        }
+
+    # --- reading ---------------------------------------------------------------------
+
+    def check_file(self, artifact: Path) -> None:
+        artifact = Path(artifact)
+        if not artifact.is_dir():
+            raise ArtifactError(f"{artifact.name}: not an .mlpackage folder; export it again")
+        for rel in (PACKAGE_MANIFEST, SPEC_FILE):
+            if not (artifact / rel).is_file():
+                raise ArtifactError(f"{artifact.name}: {rel} is missing; the package is incomplete, export it again")
+        try:
+            json.loads((artifact / PACKAGE_MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{artifact.name}: {PACKAGE_MANIFEST} is not valid JSON ({exc.__class__.__name__}); export it again") from None
+        spec = load_spec(artifact)
+        if spec.WhichOneof("Type") != "mlProgram":
+            raise ArtifactError(f"{artifact.name}: not an ML Program (found {spec.WhichOneof('Type')}); export it again with mobile-export")
+        blobs = _blob_files(spec)
+        for name in blobs:
+            rel = name.replace("@model_path/", "Data/com.apple.CoreML/")
+            if not (artifact / rel).is_file():
+                raise ArtifactError(f"{artifact.name}: weights file {rel} is missing; the package is incomplete, export it again")
+
+    def output_quantity(self, entry: dict) -> str:
+        """What `run` returns for this artifact: "logits" (classifiers and logits artifacts on
+        Linux), "log_probabilities" (classifiers under Core ML's own predict on macOS, which only
+        exposes probabilities) or "features". The verifier compares the reference accordingly."""
+        kind = entry.get("output", {}).get("kind")
+        if kind == "features":
+            return "features"
+        if kind in ("classifier", "probabilities") and _use_coreml_predict():
+            return "log_probabilities"
+        return "logits"
+
+    def run(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        artifact = Path(artifact)
+        self.check_file(artifact)
+        spec = load_spec(artifact)
+        input_name = spec.description.input[0].name
+        is_image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
+        if _use_coreml_predict():
+            return _run_coreml(artifact, spec, input_name, is_image, inputs)
+        from ..verify import mil
+
+        program = mil.load_program(artifact)
+        wanted = softmax_input(spec) or spec.description.output[0].name
+        outputs = []
+        for x in inputs:
+            feed = np.asarray(x, np.float32) * (255.0 if is_image else 1.0)
+            result = program.run({input_name: feed}, capture={wanted})
+            outputs.append(np.asarray(result[wanted], np.float32).reshape(x.shape[0], -1))
+        return outputs
+
+
+# --- what to build ---------------------------------------------------------------------
+
+
+class _Plan:
+    """The input/output contract of one export, decided once from the options."""
+
+    def __init__(self, built, options: ExportOptions):
+        self.input_kind = options.input_kind
+        self.input_name = INPUT_NAMES[options.input_kind]
+        self.normalize = options.normalize_in_model
+        self.features = built.spec.output == "features"
+        self.classifier = options.classifier and not self.features
+        self.output_kind = "features" if self.features else ("classifier" if self.classifier else "logits")
+        self.labels = list(built.labels) if built.labels else [f"class_{i}" for i in range(built.num_classes)]
+        pre = built.preprocess
+        self.mean = tuple(float(m) for m in pre.mean)
+        self.std = tuple(float(s) for s in pre.std)
+
+    def input_record(self, built) -> dict:
+        image = self.input_kind == "image"
+        if image or self.normalize:
+            low, high = (0.0, 255.0) if image else (0.0, 1.0)
+        else:
+            low = min((0.0 - m) / s for m, s in zip(self.mean, self.std))
+            high = max((1.0 - m) / s for m, s in zip(self.mean, self.std))
+        return {
+            "name": self.input_name, "kind": self.input_kind, "shape": list(built.input_shape), "layout": "NCHW",
+            "dtype": "uint8" if image else "float32", "color": "RGB", "value_range": [low, high],
+            "normalized_in_model": self.normalize,
+        }
+
+    def output_record(self, built) -> dict:
+        if self.features:
+            return {"name": FEATURES_NAME, "kind": "features", "shape": None, "dtype": "float32"}
+        if self.classifier:
+            return {"name": PROBS_NAME, "kind": "classifier", "label": LABEL_NAME,
+                    "shape": [1, built.num_classes], "dtype": "float32"}
+        return {"name": LOGITS_NAME, "kind": "logits", "shape": [1, built.num_classes], "dtype": "float32"}
+
+
+def _plan(built, options: ExportOptions) -> _Plan:
+    return _Plan(built, options)
+
+
+def _prepare(built, plan: _Plan, fold: bool = True):
+    """A copy of the model wrapped for conversion; returns (wrapper, the conv that absorbed
+    1/std or None)."""
+    import torch
+    from torch import nn
+
+    class Offset(nn.Module):
+        def __init__(self, shift, scale):
+            super().__init__()
+            self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+
+        def forward(self, x):
+            return (x - self.shift) * self.scale
+
+    class Subtract(Offset):
+        def forward(self, x):
+            return x - self.shift
+
+    class Multiply(Offset):
+        def forward(self, x):
+            return x * self.scale
+
+    class ForCoreML(nn.Module):
+        """normalize -> body -> probabilities; each optional part is an nn.Identity."""
+
+        def __init__(self, normalize, body, probabilities):
+            super().__init__()
+            self.normalize, self.body, self.probabilities = normalize, body, probabilities
+
+        def forward(self, x):
+            return self.probabilities(self.body(self.normalize(x)))
+
+    body = copy.deepcopy(built.module).eval().float()
+    conv = None
+    inv_std = [1.0 / s for s in plan.std]
+    if not plan.normalize:
+        normalize = nn.Identity()
+    else:
+        conv = _first_conv(body, built.input_shape) if fold else None
+        if conv is not None:
+            with torch.no_grad():
+                conv.weight.mul_(torch.tensor(inv_std, dtype=conv.weight.dtype).view(1, -1, 1, 1))
+        if plan.input_kind == "image":  # the ImageType bias subtracts the mean
+            normalize = nn.Identity() if conv is not None else Multiply([0.0] * 3, inv_std)
+        else:
+            normalize = Subtract(plan.mean, [1.0] * 3) if conv is not None else Offset(plan.mean, inv_std)
+    probabilities = nn.Softmax(dim=1) if plan.classifier else nn.Identity()
+    return ForCoreML(normalize, body, probabilities).eval(), conv
+
+
+def _first_conv(module, input_shape):
+    """The convolution the model input goes into first, if it can absorb 1/std exactly
+    (3 input channels, no groups, zero padding) and nothing else reads the input at the module
+    level; `_input_feeds_only` confirms on the exported graph."""
+    import torch
+    from torch import nn
+
+    seen = []
+
+    def hook(mod, args):
+        seen.append((mod, args[0]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    x = torch.zeros(input_shape)
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    consumers = [mod for mod, arg in seen if arg is x]
+    if len(consumers) != 1:
+        return None
+    conv = consumers[0]
+    if conv.in_channels != 3 or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    return conv
+
+
+def _input_feeds_only(exported, wrapper, conv) -> bool:
+    """True when, in the exported graph, the input (after the mean subtraction, if any) is
+    used in exactly one place: a convolution with `conv`'s weight. Anything else would see
+    an input without 1/std."""
+    names = {id(p): n for n, p in wrapper.named_parameters()}
+    param_of = dict(exported.graph_signature.inputs_to_parameters)
+    user_inputs = [n for n in exported.graph.nodes if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs]
+    if len(user_inputs) != 1:
+        return False
+    node = user_inputs[0]
+    users = list(node.users)
+    if type(wrapper.normalize).__name__ == "Subtract" and len(users) == 1 and "sub" in str(users[0].target):
+        users = list(users[0].users)
+    if len(users) != 1 or "conv" not in str(users[0].target):
+        return False
+    weight_arg = users[0].args[1]
+    return param_of.get(getattr(weight_arg, "name", None)) == names.get(id(conv.weight))
+
+
+def _export(wrapper, built):
+    import torch
+
+    example = torch.zeros(built.input_shape)
+    try:
+        with _quiet(), torch.no_grad():
+            return torch.export.export(wrapper, (example,)).run_decompositions({})
+    except Exception as exc:
+        raise ExportError(f"{built.spec.name}: torch.export failed before Core ML conversion "
+                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); report this model") from None
+
+
+def _convert(exported, built, plan: _Plan, precision: str, ios: int):
+    with _quiet():
+        import coremltools as ct
+
+        if plan.input_kind == "image":
+            inputs = [ct.ImageType(name=plan.input_name, shape=built.input_shape, scale=1.0 / 255.0,
+                                   bias=[-m for m in plan.mean] if plan.normalize else [0.0, 0.0, 0.0],
+                                   color_layout=ct.colorlayout.RGB)]
+        else:
+            inputs = [ct.TensorType(name=plan.input_name, shape=built.input_shape, dtype=np.float32)]
+        kwargs = {}
+        if plan.classifier:
+            kwargs["classifier_config"] = ct.ClassifierConfig(plan.labels, predicted_feature_name=LABEL_NAME)
+        else:
+            kwargs["outputs"] = [ct.TensorType(name=FEATURES_NAME if plan.features else LOGITS_NAME, dtype=np.float32)]
+        try:
+            return ct.convert(
+                exported, inputs=inputs, convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                minimum_deployment_target=cq.ct_target(ios), pass_pipeline=cq.guarded_pipeline(),
+                skip_model_load=True, **kwargs,
+            )
+        except Exception as exc:
+            raise ExportError(f"{built.spec.name}: coremltools could not convert the model ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); try --precision fp32 or report this model") from None
+
+
+def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Path, log):
+    """min/max of every activation over all calibration images, by running the float program
+    saved beside `dest` through the Linux executor."""
+    import tempfile
+
+    from ..quantize.calibration import load_calibration
+    from ..verify import mil
+
+    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
+                             normalized=not plan.normalize, log=log)
+    scale = 255.0 if plan.input_kind == "image" else 1.0
+    samples = [{plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs]
+    with tempfile.TemporaryDirectory(prefix=".calib.", dir=dest.parent) as tmp:
+        float_pkg = Path(tmp) / "float.mlpackage"
+        with _quiet():
+            mlmodel.save(str(float_pkg))
+        log(f"coreml: calibrating activations on {len(samples)} image(s) with the ML Program executor")
+        stats = mil.activation_stats(float_pkg, samples)
+    return stats, calib.record()
+
+
+def _describe(mlmodel, built, plan: _Plan, precision: str, mode, ios: int) -> None:
+    """Author, license, descriptions, and the manifest's facts in user_defined_metadata."""
+    from .. import __version__
+    from ..manifest import new_manifest
+
+    spec = built.spec
+    source = spec.weight_source(built.weights.get("tag")) if built.weights.get("source") == "imagenet" else None
+    pre = built.preprocess
+    compression = "" if mode.name == "none" else f", {mode.name}"
+    mlmodel.author = AUTHOR
+    mlmodel.license = source.license if source else "Apache-2.0 (export); weights: see weights.source"
+    mlmodel.short_description = (f"{spec.family} {spec.variant or ''} {spec.name} ({spec.paper}), "
+                                 f"{built.resolution}x{built.resolution}, {precision}{compression}").replace("  ", " ")
+    mlmodel.version = __version__
+    if plan.input_kind == "image":
+        text = (f"RGB image {built.resolution}x{built.resolution}: resize the shorter side to {pre.resize} "
+                f"({pre.interpolation}) and center-crop (Vision: .centerCrop); mean/std are applied inside")
+    elif plan.normalize:
+        text = f"float32 RGB NCHW 1x3x{built.resolution}x{built.resolution} in [0, 1]; mean/std are applied inside"
+    else:
+        text = f"float32 RGB NCHW 1x3x{built.resolution}x{built.resolution}, normalized: (x - {list(pre.mean)}) / {list(pre.std)}"
+    mlmodel.input_description[plan.input_name] = text
+    if plan.classifier:
+        mlmodel.output_description[PROBS_NAME] = f"probability of each of the {built.num_classes} labels (softmax)"
+        mlmodel.output_description[LABEL_NAME] = "the most probable label"
+    elif plan.features:
+        mlmodel.output_description[FEATURES_NAME] = "feature map (no classifier head)"
+    else:
+        mlmodel.output_description[LOGITS_NAME] = f"raw logits over {built.num_classes} classes (apply softmax for probabilities)"
+    facts = new_manifest(built)
+    meta = mlmodel.user_defined_metadata
+    if _DATE_KEY in meta:
+        del meta[_DATE_KEY]
+    meta["mobile_export.format"] = f"{facts['format']}/{facts['version']}"
+    meta["mobile_export.model"] = json.dumps(facts["model"], sort_keys=True)
+    meta["mobile_export.preprocess"] = json.dumps(facts["preprocess"], sort_keys=True)
+    meta["mobile_export.input"] = json.dumps(plan.input_record(built), sort_keys=True)
+    meta["mobile_export.output"] = json.dumps(plan.output_record(built), sort_keys=True)
+    meta["mobile_export.precision"] = precision
+    meta["mobile_export.compression"] = mode.name
+    meta["mobile_export.deployment_target"] = f"iOS{ios}"
+
+
+# --- package files ---------------------------------------------------------------------
+
+
+def load_spec(package: Path):
+    """The protobuf `Model` of a saved package; ArtifactError if it does not parse."""
+    package = Path(package)
+    path = package / SPEC_FILE
+    with _quiet():
+        from coremltools.proto import Model_pb2
+    from google.protobuf.message import DecodeError
+
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{package.name}: {SPEC_FILE} is missing; the package is incomplete, export it again") from None
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{package.name}: {SPEC_FILE} does not parse ({exc.__class__.__name__}); the file is damaged, export it again") from None
+    return spec
+
+
+def _make_reproducible(package: Path) -> None:
+    """Same inputs -> same bytes: no date, deterministic protobuf, UUIDs from the item paths."""
+    package = Path(package)
+    debug = package / _DEBUG_FILE
+    if debug.exists():
+        debug.unlink()
+    spec = load_spec(package)
+    meta = spec.description.metadata.userDefined
+    if _DATE_KEY in meta:
+        del meta[_DATE_KEY]
+    (package / SPEC_FILE).write_bytes(spec.SerializeToString(deterministic=True))
+    manifest_path = package / PACKAGE_MANIFEST
+    doc = json.loads(manifest_path.read_text(encoding="utf-8"))
+    renamed = {old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"])) for old, item in doc["itemInfoEntries"].items()}
+    doc["itemInfoEntries"] = {renamed[old]: item for old, item in sorted(doc["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])}
+    doc["rootModelIdentifier"] = renamed[doc["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _main_block(spec):
+    function = spec.mlProgram.functions["main"]
+    opset = function.opset
+    return function.block_specializations[opset]
+
+
+def _opset(spec) -> str:
+    return spec.mlProgram.functions["main"].opset
+
+
+def operations(spec):
+    """Top-level operations of the main function, in program order."""
+    return list(_main_block(spec).operations)
+
+
+def op_types(spec) -> list[str]:
+    """Sorted distinct MIL op types of the program (nested blocks included)."""
+    found: set[str] = set()
+
+    def walk(ops):
+        for op in ops:
+            found.add(op.type)
+            for block in op.blocks:
+                walk(block.operations)
+
+    walk(operations(spec))
+    return sorted(found)
+
+
+def _blob_files(spec) -> set[str]:
+    files = set()
+
+    def visit_value(value):
+        if value.HasField("blobFileValue"):
+            files.add(value.blobFileValue.fileName)
+
+    def walk(ops):
+        for op in ops:
+            for attr in op.attributes.values():
+                visit_value(attr)
+            for arg in op.inputs.values():
+                for binding in arg.arguments:
+                    if binding.HasField("value"):
+                        visit_value(binding.value)
+            for block in op.blocks:
+                walk(block.operations)
+
+    walk(operations(spec))
+    return files
+
+
+def _producers(spec) -> dict:
+    return {out.name: op for op in operations(spec) for out in op.outputs}
+
+
+def _argument_names(op, param: str) -> list[str]:
+    if param not in op.inputs:
+        return []
+    return [b.name for b in op.inputs[param].arguments if b.name]
+
+
+def softmax_input(spec) -> str | None:
+    """Name of the logits: the input of the softmax that feeds the classify op (None if the
+    program has no classify op)."""
+    producers = _producers(spec)
+    for op in operations(spec):
+        if op.type != "classify":
+            continue
+        name = (_argument_names(op, "probabilities") or [None])[0]
+        while name in producers and producers[name].type == "cast":  # fp16 -> fp32 before classify
+            name = _argument_names(producers[name], "x")[0]
+        if name in producers and producers[name].type == "softmax":
+            return _argument_names(producers[name], "x")[0]
+    return None
+
+
+def pitfalls(spec) -> list[str]:
+    """Known Neural Engine fp16 pitfalls present in a converted program (empty = none):
+    a `linear` whose output feeds a hardswish/hardsigmoid, a `batch_norm` right after a conv."""
+    producers = _producers(spec)
+    found = []
+    for op in operations(spec):
+        sources = [producers.get(n) for n in _argument_names(op, "x")]
+        for src in sources:
+            if src is None:
+                continue
+            if op.type in _HARD_ACTIVATIONS and src.type == "linear":
+                found.append(f"linear {src.outputs[0].name} feeds {op.type} (2-D hardswish drifts on the ANE)")
+            if op.type == "batch_norm" and src.type == "conv":
+                found.append(f"batch_norm after conv {src.outputs[0].name} was not folded (fp32 epsilon beside fp16, #2470)")
+    return found
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def _executor_available() -> bool:
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("mobile_export.verify.mil") is None:
+            return False
+        from ..verify import mil
+    except ImportError:
+        return False
+    return hasattr(mil, "load_program") and hasattr(mil, "activation_stats")
+
+
+def _use_coreml_predict() -> bool:
+    if sys.platform != "darwin" or os.environ.get("MOBILE_EXPORT_COREML_EXECUTOR") == "1":
+        return False
+    try:
+        with _quiet():
+            import coremltools  # noqa: F401
+            from coremltools import libcoremlpython  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_coreml(artifact: Path, spec, input_name: str, is_image: bool, inputs) -> list[np.ndarray]:
+    """macOS: Core ML itself. Classifiers expose only probabilities: returns their log."""
+    with _quiet():
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(artifact), compute_units=ct.ComputeUnit.CPU_ONLY)
+    labels = _labels(spec)
+    outputs = []
+    for x in inputs:
+        if is_image:
+            from PIL import Image
+
+            pixels = np.clip(np.round(x[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+            feed = Image.fromarray(pixels, "RGB")
+        else:
+            feed = np.asarray(x, np.float32)
+        result = model.predict({input_name: feed})
+        if PROBS_NAME in result and labels:
+            probs = np.array([result[PROBS_NAME][label] for label in labels], np.float64)
+            outputs.append(np.log(np.maximum(probs, 1e-45)).astype(np.float32)[None])
+        else:
+            outputs.append(np.asarray(result[spec.description.output[0].name], np.float32).reshape(x.shape[0], -1))
+    return outputs
+
+
+def _labels(spec) -> list[str]:
+    """The class labels in output order, from the classify op's immediate list."""
+    for op in operations(spec):
+        if op.type == "classify" and "classes" in op.inputs:
+            arg = op.inputs["classes"].arguments[0]
+            return [v.immediateValue.tensor.strings.values[0] for v in arg.value.immediateValue.list.values]
+    return []
+
+
+@contextlib.contextmanager
+def _quiet():
+    """coremltools and torch.export print progress bars, version warnings and load failures on
+    stderr (some through handlers that hold the original stream); the library never prints, so
+    file descriptors 1 and 2 point at /dev/null while they work. Errors still propagate."""
+    ct_logger = logging.getLogger("coremltools")
+    level = ct_logger.level
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = []
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ct_logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        ct_logger.setLevel(level)
+        for fd, copy_fd in saved:
+            os.dup2(copy_fd, fd)
+            os.close(copy_fd)
+        os.close(devnull)

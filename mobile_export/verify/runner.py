@@ -1,0 +1,158 @@
+"""Run an ExecuTorch program in a child process.
+
+A damaged .pte can abort or segfault the process that loads it (the C++ runtime's error
+path is not always survivable from Python), so the CLI never loads one itself: the parent
+writes the inputs to an .npz, starts `python -m mobile_export.verify.runner`, and turns any
+failure of the child into a one-line ArtifactError.
+
+Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR];
+inputs are arrays in0, in1, ... (each 1x3xHxW float32); outputs are out0, out1, ...
+For a .bpte the child also checks the bundled expected outputs (key bundled_ok).
+A Python-level failure is reported as one line starting with ERROR_PREFIX, exit code 3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError
+
+ERROR_PREFIX = "mobile-export-runner-error: "
+DEFAULT_TIMEOUT_S = 600.0
+MAX_BUNDLED_CASES = 64
+BUNDLED_RTOL, BUNDLED_ATOL = 1e-3, 1e-4  # what the app uses too: float kernels differ by device
+
+
+def run_isolated(
+    program: str | Path,
+    inputs: Sequence[np.ndarray],
+    *,
+    threads: int = 1,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    etdump_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Execute `program` on every input in a child process; return the child's arrays
+    (out0, out1, ..., and for a .bpte bundled_ok). Any crash, abort, timeout or runtime
+    error becomes an ArtifactError naming the file."""
+    program = Path(program)
+    with tempfile.TemporaryDirectory(prefix="mobile-export-run-") as tmp:
+        in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(in_path, **{f"in{i}": np.array(x, dtype=np.float32, order="C", copy=True) for i, x in enumerate(inputs)})
+        cmd = [sys.executable, "-m", "mobile_export.verify.runner", str(program), str(in_path), str(out_path),
+               "--threads", str(threads)]
+        if etdump_dir is not None:
+            cmd += ["--etdump", str(etdump_dir)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise ArtifactError(f"{program.name}: the ExecuTorch runtime did not finish within {timeout:.0f}s; the file may be damaged, export it again") from None
+        if proc.returncode != 0 or not out_path.exists():
+            raise ArtifactError(f"{program.name}: {_why(proc.returncode, proc.stderr)}; the file is damaged or not an ExecuTorch program, export it again")
+        with np.load(out_path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _why(code: int, stderr: bytes) -> str:
+    text = stderr.decode("utf-8", errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    ours = [ln[len(ERROR_PREFIX):] for ln in lines if ln.startswith(ERROR_PREFIX)]
+    if ours:
+        return "the ExecuTorch runtime rejected it (" + ours[-1][:300] + ")"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the ExecuTorch runtime crashed ({name}) while loading or running it"
+    hint = next((ln for ln in reversed(lines) if "error" in ln.lower() or "fail" in ln.lower()), lines[-1] if lines else "")
+    return f"the ExecuTorch runtime failed (exit code {code}{': ' + hint[:200] if hint else ''})"
+
+
+# --- child side -------------------------------------------------------------------------
+
+
+def _child(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mobile_export.verify.runner")
+    parser.add_argument("program")
+    parser.add_argument("inputs")
+    parser.add_argument("outputs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--etdump", default=None)
+    args = parser.parse_args(argv)
+    try:
+        import torch
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(max(1, args.threads))
+        data = Path(args.program).read_bytes()
+        with np.load(args.inputs, allow_pickle=False) as npz:
+            inputs = [torch.from_numpy(npz[f"in{i}"]) for i in range(len(npz.files))]
+        results: dict[str, np.ndarray] = {}
+        if Path(args.program).suffix.lower() == ".bpte":
+            outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs)
+        else:
+            outputs = _run_program(data, inputs, args.etdump)
+        for i, out in enumerate(outputs):
+            results[f"out{i}"] = out
+        tmp = Path(args.outputs).with_suffix(".part.npz")
+        np.savez(tmp, **results)
+        os.replace(tmp, args.outputs)
+        return 0
+    except Exception as exc:  # one line for the parent; the parent owns the wording
+        msg = " ".join(str(exc).split()) or exc.__class__.__name__
+        sys.stderr.write(f"{ERROR_PREFIX}{exc.__class__.__name__}: {msg[:300]}\n")
+        sys.stderr.flush()
+        return 3
+
+
+def _run_program(data: bytes, inputs, etdump_dir: str | None) -> list[np.ndarray]:
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(data, enable_etdump=etdump_dir is not None,
+                                         debug_buffer_size=(64 << 20) if etdump_dir else 0)
+    method = program.load_method("forward")
+    if method is None:
+        raise RuntimeError("the program has no forward method")
+    outputs = []
+    for x in inputs:
+        out = method.execute((x,))
+        outputs.append(out[0].detach().numpy().copy())
+    if etdump_dir is not None:
+        Path(etdump_dir).mkdir(parents=True, exist_ok=True)
+        program.write_etdump_result_to_file(str(Path(etdump_dir) / "etdump.etdp"), str(Path(etdump_dir) / "debug.bin"))
+    return outputs
+
+
+def _run_bundled(portable_lib, data: bytes, inputs):
+    """Run the program inside a .bpte on the given inputs, and check every embedded test
+    case against its embedded expected outputs (the on-device self-check)."""
+    bundled = portable_lib._load_bundled_program_from_buffer(data)
+    module = portable_lib._load_for_executorch_from_bundled_program(bundled)
+    outputs = [module.forward((x,))[0].detach().numpy().copy() for x in inputs]
+    checks = []
+    for index in range(MAX_BUNDLED_CASES):  # the case count is not exposed; stop at the first missing
+        try:
+            bundled.verify_result_with_bundled_expected_output("forward", index, BUNDLED_RTOL, BUNDLED_ATOL)
+            checks.append(1)
+        except IndexError:
+            break
+        except Exception as exc:  # a mismatch and a missing case raise the same type
+            if "out of range" in str(exc).lower() or "invalid" in str(exc).lower() and not checks:
+                break
+            checks.append(0)
+    return outputs, np.asarray(checks, dtype=np.int8)
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

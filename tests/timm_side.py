@@ -1,0 +1,62 @@
+"""Run a real timm model in the side venv (torch 2.14 + timm, never a project dependency) and
+bring back its state dict, an input and timm's output through one safetensors file, so tests
+can load timm's weights into our model by name and compare outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+SIDE_PYTHON = Path(os.environ.get("MOBILE_EXPORT_SIDE_PYTHON", "/work/sidevenv/bin/python"))
+SKIP_REASON = f"side venv with timm not found at {SIDE_PYTHON} (set MOBILE_EXPORT_SIDE_PYTHON)"
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, timm
+    from safetensors.torch import save_file
+
+    name, resolution, seed, kwargs, out = sys.argv[1:]
+    torch.manual_seed(int(seed))
+    model = timm.create_model(name, **json.loads(kwargs))
+    # Move every norm, bias and layer scale off its init value (BN 1/0/0/1, gamma 1e-5) so
+    # that each part of each block changes the output.
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            if key.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif key.endswith("running_mean"):
+                t.normal_(0.0, 0.1)
+            elif key.endswith("gamma"):
+                t.uniform_(0.05, 0.3)
+            elif t.is_floating_point() and t.dim() == 1 and key.endswith("weight"):
+                t.mul_(torch.empty_like(t).uniform_(0.5, 1.5))
+            elif t.is_floating_point() and t.dim() == 1 and key.endswith("bias"):
+                t.normal_(0.0, 0.1)
+    model.eval()
+    x = torch.rand(2, 3, int(resolution), int(resolution))
+    with torch.no_grad():
+        y = model(x)
+    tensors = {"state." + k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update(input=x, output=y.contiguous())
+    save_file(tensors, out)
+    """
+)
+
+
+def available() -> bool:
+    return SIDE_PYTHON.exists()
+
+
+def timm_reference(name: str, resolution: int, out: Path, seed: int = 0, **kwargs) -> dict:
+    """Returns {"state": timm state dict, "input": x, "output": timm(x)} as torch tensors."""
+    from safetensors.torch import load_file
+
+    subprocess.run([str(SIDE_PYTHON), "-c", _SCRIPT, name, str(resolution), str(seed), json.dumps(kwargs), str(out)],
+                   check=True, capture_output=True, timeout=600)
+    tensors = load_file(out)
+    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+    return {"state": state, "input": tensors["input"], "output": tensors["output"]}
