@@ -58,7 +58,9 @@ class ModelGroup(click.Group):
 
 @click.group(cls=ModelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mobile-export")
-def main():
+@click.option("--warnings", "show_warnings", is_flag=True, envvar="MOBILE_EXPORT_WARNINGS",
+              help="Show the backends' Python warnings (hidden by default: they are not about your model).")
+def main(show_warnings):
     """Export MobileNets (V1-V5) to ExecuTorch .pte and Core ML .mlpackage, with proven parity.
 
     \b
@@ -68,6 +70,11 @@ def main():
       mobile-export v3-small --target executorch --quantize int8 --calibration photos/
       mobile-export verify exports/mobilenet_v2_100/mobilenet_v2_100_fp32.pte
     """
+    if not show_warnings:
+        import warnings
+
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 # --- list / info -----------------------------------------------------------------------

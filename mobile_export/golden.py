@@ -36,7 +36,7 @@ CONTRACTS = {
     "timm_v1": Preprocess(224, 236, "bicubic", INCEPTION_MEAN, INCEPTION_STD),
     "nearest": Preprocess(160, 182, "nearest"),
     "small_bicubic": Preprocess(32, 37, "bicubic"),
-    "tiny_up": Preprocess(24, 28, "bicubic"),
+    "tiny_up": Preprocess(16, 28, "bicubic"),
 }
 
 # Lines that Python's splitlines/strip treat specially; the apps must count labels the same way.
@@ -158,15 +158,15 @@ def _sources(tmp: Path, small: bool) -> list[tuple[str, Path, str, str]]:
     logo = Image.open(data / "logo.png")  # real RGBA with soft alpha edges
     if small:
         p = tmp / "camera_small.png"
-        gray.resize((90, 80), Image.BILINEAR).save(p)
+        gray.resize((60, 50), Image.BILINEAR).save(p)
         out.append(("gray_small", p, "small_bicubic", "grayscale PNG"))
         p = tmp / "logo_small.png"
-        logo.resize((100, 90), Image.BILINEAR).save(p)
+        logo.resize((56, 50), Image.BILINEAR).save(p)
         out.append(("rgba_small", p, "small_bicubic", "RGBA PNG composited over white"))
         p = tmp / "chelsea_exif6.jpg"
         exif = Image.Exif()
         exif[ORIENTATION_TAG] = 6
-        chelsea.resize((120, 80), Image.BILINEAR).save(p, quality=90, exif=exif)
+        chelsea.resize((72, 48), Image.BILINEAR).save(p, quality=90, exif=exif)
         out.append(("exif6_small", p, "small_bicubic", "camera-style JPEG rotated by EXIF"))
         return out
 

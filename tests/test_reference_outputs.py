@@ -45,10 +45,6 @@ def _side_python() -> tuple[str | None, str]:
     candidate = os.environ.get("MOBILE_EXPORT_SIDECAR_PYTHON") or DEFAULT_SIDE_PYTHON
     if not (Path(candidate).exists() or shutil.which(candidate)):
         return None, f"no side python at {candidate!r} (set MOBILE_EXPORT_SIDECAR_PYTHON to a python with torchvision and timm)"
-    probe = subprocess.run([candidate, "-c", "import torchvision, timm, safetensors"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
-        return None, f"side python {candidate!r} cannot import torchvision/timm/safetensors ({last})"
     return candidate, ""
 
 
@@ -79,6 +75,8 @@ def reference(tmp_path_factory):
     cases = [c for c in CASES if "mobilenetv4" not in c or _v4_available()]
     run = subprocess.run([python, str(SCRIPT), "outputs", "--input", str(out / "input.safetensors"), "--out", str(out),
                           "--seed", "0", *cases], capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and "ModuleNotFoundError" in run.stderr:  # a python without the libraries
+        pytest.skip(f"side python {python!r} lacks torchvision/timm/safetensors: {run.stderr.strip().splitlines()[-1]}")
     if run.returncode != 0:
         pytest.fail(f"side python failed:\n{run.stderr[-3000:]}")
     sys.stderr.write(run.stderr)

@@ -427,6 +427,11 @@ def test_download_verifies_caches_and_reuses(tmp_path, served, monkeypatch):
     monkeypatch.setenv(W.OFFLINE_ENV, "1")  # the cached, verified file needs no network
     again = create_model(spec, weights="imagenet")
     assert again.weights["sha256"] == digest and server.hits == 1
+    # fine-tuning start: published backbone, a fresh seeded head of another size (as timm does)
+    head10 = create_model(spec, weights="imagenet", num_classes=10, seed=1)
+    assert head10.module.classifier.weight.shape == (10, 1280)
+    assert torch.equal(head10.module.conv_head.weight, ref.module.conv_head.weight)
+    assert "classifier reset to 10 classes" in head10.weights["classifier"]
 
 
 def test_hash_mismatch_keeps_nothing(tmp_path, served):
@@ -444,23 +449,42 @@ def test_timm_hub_files_are_pinned_on_first_download(tmp_path, served, monkeypat
     root, server = served
     repo = root / "timm" / "mobilenetv2_050.lamb_in1k" / "resolve" / "main"
     repo.mkdir(parents=True)
-    (repo / "model.safetensors").write_bytes(b"first version")
+    first, second = (_safetensors_bytes(tmp_path, float(i)) for i in (1, 2))
+    (repo / "model.safetensors").write_bytes(first)
     source = replace(get_spec("v2-050").weights[0],
                      url=server.url + "timm/mobilenetv2_050.lamb_in1k/resolve/main/model.safetensors")
     assert source.sha256 is None and source.filename == "mobilenetv2_050.lamb_in1k.model.safetensors"
     path, digest = W.fetch(source)
     pin = path.with_name(path.name + ".sha256")
-    assert pin.read_text().strip() == digest == hashlib.sha256(b"first version").hexdigest()
+    assert pin.read_text().strip() == digest == hashlib.sha256(first).hexdigest()
     path.write_bytes(b"tampered")
     monkeypatch.setenv(W.OFFLINE_ENV, "1")
     with pytest.raises(DownloadError) as exc:
         W.fetch(source)
     assert f"expected {digest[:12]}" in _one_line(exc)
     monkeypatch.delenv(W.OFFLINE_ENV)
-    (repo / "model.safetensors").write_bytes(b"second version")  # the hub file changed under us
+    (repo / "model.safetensors").write_bytes(second)  # the hub file changed under us
     with pytest.raises(DownloadError):
         W.fetch(source)
     assert path.read_bytes() == b"tampered"  # the failed download replaced nothing
+
+
+def _safetensors_bytes(tmp_path, value: float) -> bytes:
+    path = tmp_path / f"t{value}.safetensors"
+    save_file({"x": torch.full((4,), value)}, str(path))
+    return path.read_bytes()
+
+
+def test_an_error_page_is_never_pinned(tmp_path, served):
+    root, server = served
+    repo = root / "timm" / "x.in1k" / "resolve" / "main"
+    repo.mkdir(parents=True)
+    (repo / "model.safetensors").write_bytes(b"<html>rate limited</html>")
+    source = replace(get_spec("v2-050").weights[0], url=server.url + "timm/x.in1k/resolve/main/model.safetensors")
+    with pytest.raises(DownloadError) as exc:
+        W.fetch(source)
+    assert "did not return a checkpoint" in _one_line(exc)
+    assert _cache_files(tmp_path) == []
 
 
 def test_server_down_is_one_line(tmp_path, served):
@@ -473,3 +497,16 @@ def test_server_down_is_one_line(tmp_path, served):
     text = _one_line(exc)
     assert text.startswith(f"cannot download {url}") and "--weights /path/to/mobilenet_v2-b0353104.pth" in text
     assert _cache_files(tmp_path) == []
+
+
+def test_a_published_file_passed_by_path_keeps_its_recipe(tmp_path):
+    """The torchvision "V2" recipe (resize 232) follows its file, recognised by hash."""
+    ref = create_model("v3-small", weights="random", seed=6)
+    path = tmp_path / "downloaded_elsewhere.pth"
+    torch.save(_to_torchvision(ref.module.state_dict(), "mobilenet_v3_small"), path)
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    spec = get_spec("v3-small")
+    tv2 = replace(spec.weights[0], tag="tv2", sha256=prefix, preprocess=replace(spec.weights[0].preprocess, resize=232))
+    spec = replace(spec, weights=(spec.weights[0], tv2))
+    assert create_model(spec, weights=str(path)).preprocess.resize == 232
+    assert create_model("v3-small", weights=str(path)).preprocess.resize == 256  # unknown file: tv1 recipe

@@ -221,6 +221,27 @@ def _v4_timm(hub_id: str, resolution: int, top1: float | None, crop_pct=0.95) ->
     return _timm(hub_id, pre, top1)
 
 
+def _v5(kind: str, timm_name: str, resolution: int, params: int, mmacs: float, aliases: tuple[str, ...],
+        preprocess: Preprocess, weights=(), output="logits", num_classes=1000):
+    """MobileNetV5 has no paper and no published top-1: counts are timm 1.0.31's (conv/linear MACs)."""
+    return _spec(
+        name=f"mobilenet_v5_{kind}", aliases=aliases, generation="v5", variant=kind, width=1.0,
+        resolution=resolution, params=params, mmacs=mmacs, top1=None, top1_source="none published",
+        reference=f"timm {timm_name}",
+        builder="mobile_export.models.v5:mobilenet_v5", build_kwargs={"kind": kind},
+        preprocess=preprocess, weights=tuple(weights), output=output, num_classes=num_classes,
+    )
+
+
+# Gemma 3n's encoder takes RGB in [0, 1] (mean 0, std 1) at 768x768, resized whole (crop_pct 1).
+_GEMMA3N_INPUT = Preprocess(768, 768, "bicubic", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+_GEMMA3N_WEIGHTS = WeightSource(
+    "timm", "timm", f"{HF_HUB}timm/mobilenetv5_300m.gemma3n/resolve/main/model.safetensors", None,
+    _GEMMA3N_INPUT, None, license="gemma",
+    note="Gemma 3n vision encoder weights (Gemma Terms of Use); features, no classes",
+)
+
+
 SPECS: tuple[ModelSpec, ...] = (
     # --- V1: widths 1.0 / 0.75 / 0.5 / 0.25, any resolution -------------------------------
     _v1(1.0, 4_231_976, 568.7, 70.6, aliases=("v1",),
@@ -271,6 +292,11 @@ SPECS: tuple[ModelSpec, ...] = (
         weights=[_v4_timm("mobilenetv4_hybrid_medium.ix_e550_r256_in1k", 256, None)]),
     _v4("hybrid_large", 384, 37_764_624, 7372.0, 83.4,
         weights=[_v4_timm("mobilenetv4_hybrid_large.ix_e600_r384_in1k", 384, None)]),
+    # --- V5: the Gemma 3n vision encoder (RMSNorm, GELU, MQA, multi-scale fusion head) ------
+    _v5("300m", "mobilenetv5_300m_enc", 768, 294_126_912, 387_838.3, ("v5-300m", "mobilenetv5_300m", "mobilenetv5_300m_enc"),
+        _GEMMA3N_INPUT, weights=[_GEMMA3N_WEIGHTS], output="features", num_classes=0),
+    _v5("base", "mobilenetv5_base", 256, 82_647_976, 19_590.4, ("v5-base", "mobilenetv5_base"),
+        Preprocess(256, 256, "bicubic", INCEPTION_MEAN, INCEPTION_STD)),
 )
 
 

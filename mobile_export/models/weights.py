@@ -386,6 +386,7 @@ def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None
         else:
             raise WeightsError(plan.describe(spec.name, num_classes))
     _copy(module, model_state, ckpt.state, plan)
+    _CACHE.clear()  # the tensors now live in the module; do not keep a second copy
     info = {
         "source": "imagenet" if kind == "imagenet" else "file",
         "detail": (f"imagenet:{source.tag} ({source.format}) {source.url}" if kind == "imagenet" else str(ckpt.path)),
@@ -517,11 +518,16 @@ def fetch(source: WeightSource) -> tuple[Path, str]:
         stale = f"cached {dest} has sha256 {digest[:12]}, expected {expected[:12]}"
     else:
         stale = None
+    fix = f"download {source.url} elsewhere and pass --weights /path/to/{source.filename}"
     if is_offline():
         why = stale or f"{source.filename} is not in {dest.parent}"
-        raise DownloadError(
-            f"offline ({OFFLINE_ENV}=1) and {why}; download {source.url} elsewhere and pass --weights /path/to/{source.filename}"
-        )
+        raise DownloadError(f"offline ({OFFLINE_ENV}=1) and {why}; {fix}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the torch hub cache {dest.parent} ({exc.strerror}); set TORCH_HOME to a writable folder, or {fix}") from None
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise DownloadError(f"the torch hub cache {dest.parent} is not writable; set TORCH_HOME to a writable folder, or {fix}")
     digest = _download(source.url, dest, expected, source.filename)
     if source.sha256 is None:
         _write_pin(pin, digest)
@@ -533,7 +539,7 @@ def _download(url: str, dest: Path, expected: str | None, filename: str) -> str:
     import urllib.error
     import urllib.request
 
-    fix = f"download {url} elsewhere and pass --weights /path/to/{filename}"
+    fix = f"fetch that URL elsewhere and pass --weights /path/to/{filename}"
     digest = hashlib.sha256()
     try:
         with atomic_path(dest, force=True) as tmp:
@@ -551,6 +557,8 @@ def _download(url: str, dest: Path, expected: str | None, filename: str) -> str:
                 raise DownloadError(
                     f"{filename} from {url} has sha256 {digest.hexdigest()[:12]}, expected {expected[:12]}; nothing was kept: retry, or {fix}"
                 )
+            if not expected and not _looks_like_checkpoint(tmp):  # never pin an error page
+                raise DownloadError(f"{url} did not return a checkpoint (not safetensors or a torch zip); nothing was kept: {fix}")
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:
@@ -560,6 +568,18 @@ def _download(url: str, dest: Path, expected: str | None, filename: str) -> str:
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise DownloadError(f"cannot download {url} ({_reason(exc)}); {fix}") from None
     return digest.hexdigest()
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """Cheap header check: a torch.save zip, or safetensors' length-prefixed JSON header."""
+    with open(path, "rb") as fh:
+        head = fh.read(8 + 2)
+    if head[:2] == b"PK":
+        return True
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len < path.stat().st_size
 
 
 def _reason_text(reason) -> str:

@@ -35,12 +35,14 @@ class CalibrationSet:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     source: str = "folder"  # "folder" | "bundled"
     normalized: bool = True  # mean/std applied (False when the graph normalizes itself)
+    folder: Path | None = None
 
     def record(self) -> dict:
         """What the manifest keeps: enough to rebuild the same set (for the quantized
-        reference in verify) without storing machine paths of the images."""
+        reference in verify): the folder, and the names of the files used."""
         return {
             "source": self.source,
+            "folder": str(self.folder.resolve()) if self.folder is not None else None,
             "images": len(self.inputs),
             "skipped": len(self.skipped),
             "files": [p.name for p in self.paths],
@@ -82,7 +84,7 @@ def load_calibration(
     if skipped:
         log(f"calibration: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0][1]}")
     log(f"calibration: {len(inputs)} image(s) from {'bundled sample photos' if folder is None else str(folder)}")
-    return CalibrationSet(inputs, used, skipped, source, normalized)
+    return CalibrationSet(inputs, used, skipped, source, normalized, Path(folder) if folder is not None else None)
 
 
 def _progress(iterable, total: int, enabled: bool | None):

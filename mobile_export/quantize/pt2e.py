@@ -7,6 +7,7 @@ kept in fp32 (often the first conv, squeeze-excite gates, the classifier)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -45,6 +46,8 @@ class QuantizedModel:
     output_scale: float | None  # scale of the int8 output (None when the output stays float)
     output_zero_point: int | None
     recipe: QuantRecipe
+    float_graph_module: object = None  # the prepared graph (BN folded, observers pass-through):
+    # same node names as graph_module, float arithmetic; the per-layer report compares the two
     calibration: dict = field(default_factory=dict)
     kept_fp32_nodes: int = 0
 
@@ -105,6 +108,7 @@ def quantize_pt2e(
             prepared = prepare_pt2e(captured, quantizer)
             for x in calibration_inputs:
                 prepared(to_tensor(x))
+            float_graph = copy.deepcopy(prepared)
             converted = convert_pt2e(prepared)
     except ExportError:
         raise
@@ -114,7 +118,7 @@ def quantize_pt2e(
     scale, zero_point = output_qparams(converted)
     kept = _count_float_compute(converted) if recipe.fp32_modules else 0
     log(f"int8: calibrated on {len(calibration_inputs)} image(s), observer {recipe.observer}, output scale {scale}")
-    return QuantizedModel(converted, scale, zero_point, recipe, kept_fp32_nodes=kept)
+    return QuantizedModel(converted, scale, zero_point, recipe, float_graph_module=float_graph, kept_fp32_nodes=kept)
 
 
 _DEQUANT = ("dequantize_per_tensor",)

@@ -204,11 +204,11 @@ def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: 
 
 
 def _op_name(node) -> str:
-    target = node.target
-    name = getattr(target, "__name__", None) or str(target)
-    if hasattr(target, "_op") or hasattr(target, "_overloadpacket"):
-        name = str(target)
-    return name.replace("torch.ops.", "")
+    """"aten.convolution.default" for aten/edge ops, the function name otherwise."""
+    target = getattr(node.target, "_op", node.target)  # EdgeOpOverload wraps an OpOverload
+    if hasattr(target, "_schema"):
+        return str(target).replace("torch.ops.", "")
+    return getattr(target, "__name__", None) or str(target)
 
 
 def delegation_summary(graph_module) -> dict:

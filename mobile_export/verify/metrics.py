@@ -95,6 +95,17 @@ def error_in_steps(reference, test, scale: float) -> float:
     return max_abs_error(reference, test) / float(scale)
 
 
+def input_independent(reference, rel_tol: float = 1e-4) -> bool:
+    """True when every row is (nearly) the same: outputs that do not depend on the image,
+    as untrained random weights give (the features die out and only the bias is left)."""
+    ref = _rows(reference)
+    if ref.shape[0] < 2:
+        return False
+    spread = float(np.max(np.std(ref, axis=0)))
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return spread <= rel_tol * scale
+
+
 def compare(reference, test, topk: bool = True) -> dict:
     """Every metric of one comparison, JSON-ready: SQNR is capped at SQNR_CAP_DB because
     JSON has no infinity and the apps parse the manifest strictly."""

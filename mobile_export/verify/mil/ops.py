@@ -223,11 +223,6 @@ def matmul(a):
     return torch.matmul(x, y)
 
 
-@op("einsum")
-def einsum(a):
-    return torch.einsum(a["equation"], *a["values"])
-
-
 @op("scaled_dot_product_attention")
 def sdpa(a):
     mask = a.get("attn_mask")
@@ -369,14 +364,6 @@ def layer_norm(a):
     return out
 
 
-@op("l2_norm")
-def l2_norm(a):
-    x = a["x"]
-    dims = list(range(1, x.dim())) if x.dim() > 1 else [0]
-    norm = torch.sqrt(torch.clamp(torch.sum(x * x, dim=dims, keepdim=True), min=num(a.get("epsilon", 1e-6))))
-    return x / norm
-
-
 # --- shapes ----------------------------------------------------------------------------
 
 
@@ -389,7 +376,6 @@ def reshape(a):
 
 
 op("transpose")(lambda a: a["x"].permute(ints(a["perm"])))
-op("shape")(lambda a: torch.tensor(list(a["x"].shape), dtype=torch.int32))
 
 
 @op("squeeze")
@@ -525,26 +511,10 @@ def gather_along_axis(a):
     return torch.gather(x, axis_of(a.get("axis", 0), x.dim()), idx)
 
 
-@op("fill")
-def fill(a):
-    return torch.full(ints(a["shape"]), num(a.get("value", 0.0)))
-
-
-@op("range_1d")
-def range_1d(a):
-    return torch.arange(num(a["start"]), num(a["end"]), num(a["step"]))
-
-
 @op("upsample_nearest_neighbor")
 def upsample_nearest(a):
     sh, sw = num(a.get("scale_factor_height", 1)), num(a.get("scale_factor_width", 1))
     return F.interpolate(a["x"], scale_factor=(sh, sw), mode="nearest")
-
-
-@op("upsample_bilinear")
-def upsample_bilinear(a):
-    sh, sw = num(a.get("scale_factor_height", 1)), num(a.get("scale_factor_width", 1))
-    return F.interpolate(a["x"], scale_factor=(sh, sw), mode="bilinear", align_corners=flag(a.get("align_corners"), False))
 
 
 # --- dtypes and quantization -----------------------------------------------------------

@@ -338,10 +338,10 @@ def _to_runtime(value):
         if value.dtype == object:
             return value.tolist()
         if value.dtype.kind == "f":
-            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            return torch.from_numpy(np.array(value, dtype=np.float32, copy=True))
         if value.dtype == np.uint16 or value.dtype == np.uint32:
             return torch.from_numpy(value.astype(np.int64))
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(np.array(value, copy=True))
     if isinstance(value, list):
         return [_to_runtime(v) for v in value]
     return value

@@ -1,0 +1,73 @@
+"""Pass/fail limits for a parity check: ONE table, one row per precision (and quantization
+mode where it changes what to expect). Core ML rows live here too, so every target is
+judged by the same book.
+
+Why these numbers:
+- fp32: the artifact runs the same float arithmetic with other kernels (XNNPACK, Core ML
+  fp32); only summation order differs, so ~1e-6 relative error, i.e. SQNR well above 60 dB.
+  top-1 must agree wherever the reference's top-2 margin exceeds the error (ties excluded).
+- fp16: 10-bit mantissa, errors accumulate over ~50 layers: ~40-60 dB on real images.
+- int8 (PT2E, XNNPACK): against the quantized PyTorch model the runtime must agree to a
+  couple of output-quantization steps (requantization rounds differently); against the
+  float model the loss is the quantization itself. The float-side limits here catch a
+  broken export (wrong scales, uncalibrated ranges), not a small accuracy loss: the
+  accuracy bar (top-1 within 0.3 points) is measured on trained models, see README.
+Keys: precision, or "precision/mode" when the quantization mode matters."""
+
+from __future__ import annotations
+
+THRESHOLDS: dict[str, dict[str, float]] = {
+    # key                  vs the float reference model                                       vs the quantized model
+    "fp32":               {"sqnr_db": 60.0, "cosine": 0.99999, "top1_agreement_decided": 1.0, "top5_overlap": 0.9},
+    "fp16":               {"sqnr_db": 30.0, "cosine": 0.999, "top1_agreement_decided": 0.9, "top5_overlap": 0.8},
+    "int8/pt2e-int8":     {"sqnr_db": 10.0, "cosine": 0.95, "top1_agreement_decided": 0.0, "top5_overlap": 0.0,
+                           "steps_vs_quantized": 2.0},
+    "int8":               {"sqnr_db": 10.0, "cosine": 0.95, "top1_agreement_decided": 0.0, "top5_overlap": 0.0},
+    "mixed":              {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
+}
+
+# How each limit reads in a failure message, and whether higher is better.
+_LABELS = {
+    "sqnr_db": ("SQNR vs float", "dB", True),
+    "cosine": ("cosine vs float", "", True),
+    "top1_agreement_decided": ("top-1 agreement vs float (ties excluded)", "", True),
+    "top5_overlap": ("top-5 overlap vs float", "", True),
+    "steps_vs_quantized": ("max error vs the quantized PyTorch model", "output steps", False),
+}
+
+
+def key_for(entry: dict) -> str:
+    """The table row of an artifact entry: "precision/mode", falling back to "precision"."""
+    precision = entry.get("precision", "fp32")
+    mode = (entry.get("quantization") or {}).get("mode", "none")
+    key = f"{precision}/{mode}" if mode not in (None, "none") else precision
+    if key in THRESHOLDS:
+        return key
+    if precision in THRESHOLDS:
+        return precision
+    return "mixed"
+
+
+def limits_for(entry: dict) -> tuple[str, dict[str, float]]:
+    key = key_for(entry)
+    return key, dict(THRESHOLDS[key])
+
+
+def check(values: dict, limits: dict[str, float], key: str) -> list[str]:
+    """One line per limit that `values` misses. A metric that does not apply (e.g. top-k
+    for feature outputs, steps when there is no quantized reference) is absent and skipped."""
+    failures = []
+    for name, limit in limits.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        label, unit, higher = _LABELS[name]
+        ok = value >= limit if higher else value <= limit
+        if not ok:
+            sign = "<" if higher else ">"
+            failures.append(f"{label} {_fmt(value)}{' ' + unit if unit else ''} {sign} {_fmt(limit)} ({key})")
+    return failures
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

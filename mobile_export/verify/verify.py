@@ -1,0 +1,125 @@
+"""verify_artifact: one parity check, returned as a JSON-ready dict (also stored in the
+manifest's artifact entry)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import manifest as mf
+from ..errors import ArtifactError
+from . import metrics, thresholds
+from .reference import load_inputs, preprocess_of, rebuild_reference, run_module, softmax
+
+Log = Callable[[str], None]
+
+
+def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
+                    reference=None, log: Log = lambda _m: None) -> dict:
+    """Compare `artifact` with its reference PyTorch model on real images.
+
+    `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
+    `weights` overrides the recorded weights). Returns metrics, thresholds, "passed" and
+    "failures"; raises typed errors only when the check cannot be made at all."""
+    from ..targets import target_for_artifact
+
+    t0 = time.perf_counter()
+    path = Path(artifact)
+    target = target_for_artifact(path)
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist; check the path or export again")
+    target.check_file(path)
+    manifest, entry = mf.manifest_for(path)
+    mf.check_sha256(path, entry)
+
+    built = reference if reference is not None else rebuild_reference(manifest, weights)
+    pre = preprocess_of(manifest)
+    inputs = load_inputs(images, pre, limit)
+    log(f"verify {path.name}: {len(inputs.raw)} real image(s) ({inputs.source})")
+
+    in_model = bool(entry["input"].get("normalized_in_model"))
+    artifact_inputs = inputs.raw if in_model else inputs.normalized
+    ref = run_module(built.module, inputs.normalized)
+    extras: dict = {}
+    if hasattr(target, "run_with_extras"):
+        outs, extras = target.run_with_extras(path, entry, artifact_inputs)
+    else:
+        outs = target.run(path, entry, artifact_inputs)
+    test = np.concatenate([np.asarray(o, dtype=np.float64).reshape(1, -1) for o in outs], axis=0)
+    kind = entry["output"].get("kind", "logits")
+    if kind in ("probabilities", "classifier"):
+        ref = softmax(ref)
+    topk = kind != "features" and manifest["model"].get("output", "logits") != "features"
+
+    vs_float = metrics.compare(ref, test, topk=topk)
+    warnings = []
+    if metrics.input_independent(ref):
+        warnings.append("the reference outputs are the same for every image (untrained random weights?), so this "
+                        "check cannot see input-dependent errors; verify with trained weights")
+    key, limits = thresholds.limits_for(entry)
+    values = dict(vs_float)
+    report: dict = {
+        "artifact": path.name,
+        "target": entry.get("target"),
+        "precision": entry.get("precision"),
+        "quantization": (entry.get("quantization") or {}).get("mode", "none"),
+        "images": {"count": len(inputs.raw), "source": inputs.source, "skipped": inputs.skipped},
+        "reference": "the exported model (this process)" if reference is not None else "rebuilt from the manifest",
+        "vs_float": vs_float,
+    }
+
+    quant = entry.get("quantization") or {}
+    if quant.get("mode", "none") != "none":
+        report.update(_int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref))
+        values.update({k: v for k, v in (("steps_vs_quantized", report.get("steps_vs_quantized")),) if v is not None})
+
+    if extras.get("bundled_ok") is not None:
+        ok = [int(v) for v in np.asarray(extras["bundled_ok"]).ravel()]
+        report["bundled_self_check"] = {"cases": len(ok), "passed": sum(ok)}
+    failures = thresholds.check(values, limits, key)
+    if "bundled_self_check" in report:
+        bc = report["bundled_self_check"]
+        if bc["cases"] == 0 or bc["passed"] < bc["cases"]:
+            failures.append(f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs")
+    report["thresholds"] = {"key": key, **limits}
+    report["warnings"] = warnings
+    report["passed"] = not failures
+    report["failures"] = failures
+
+    quantized = report.pop("_quantized", None)
+    if per_layer:
+        from .per_layer import per_layer_report
+
+        report["per_layer"] = per_layer_report(path, entry, built, inputs, quantized, report, report_dir, log=log)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    log(f"verify {path.name}: {'passed' if report['passed'] else 'FAILED'} (SQNR {vs_float['sqnr_db']:.1f} dB)")
+    return report
+
+
+def _int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref) -> dict:
+    """Error in output-quantization steps against the float model and against the quantized
+    PyTorch model (the convert_pt2e result), which the runtime should match to ~1 step."""
+    from . import quantized_reference
+
+    scale = quant.get("output_scale")
+    part: dict = {"output_scale": scale}
+    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale)) if scale else None
+    quantized, how = quantized_reference.obtain(path, entry, built, manifest)
+    part["quantized_reference"] = how
+    part["_quantized"] = quantized  # for the per-layer report; removed before returning
+    if quantized is None:
+        part["vs_quantized"] = None
+        part["steps_vs_quantized"] = None
+        return part
+    qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
+    part["vs_quantized"] = metrics.compare(qref, test, topk=False)
+    part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
+    return part
+
+
+def _finite(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), 4)

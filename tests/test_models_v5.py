@@ -1,0 +1,128 @@
+"""MobileNetV5 (Gemma 3n encoder and the base classifier): exact params, conv/linear MACs,
+timm's state-dict names and shapes (committed fixtures from timm 1.0.31), and the same outputs
+as timm on the same random weights. Default tests use timm's channel multiplier (same
+structure, 1/4 of the widths) at small inputs; the full-size comparisons are slow tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import timm_side
+from mobile_export.errors import UsageError
+from mobile_export.models import create_model, get_spec
+from mobile_export.models.blocks import Conv2dSame, MobileAttention, RmsNormAct2d
+from mobile_export.models.stats import build_on_meta, count_macs, count_params
+from mobile_export.models.v5 import mobilenet_v5
+
+FIXTURES = Path(__file__).parent / "fixtures" / "reference" / "timm"
+CASES = [("300m", "mobilenetv5_300m_enc"), ("base", "mobilenetv5_base")]
+
+
+@pytest.fixture
+def one_thread():
+    """The machine is shared by many test runs: one thread is faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind,timm_name", CASES)
+def test_params_equal_registry_and_timm_names_shapes(kind, timm_name):
+    model = build_on_meta(mobilenet_v5, kind=kind)
+    spec = get_spec(f"mobilenet_v5_{kind}")
+    reference = json.loads((FIXTURES / f"{timm_name}.json").read_text())
+    assert count_params(model) == spec.params == reference["params"]  # 294,126,912 / 82,647,976
+    ours = [[name, list(t.shape)] for name, t in model.state_dict().items()]
+    assert ours == reference["state_dict"]
+
+
+@pytest.mark.parametrize("kind", ["300m", "base"])
+def test_conv_linear_macs_within_one_percent(kind):
+    spec = get_spec(f"mobilenet_v5_{kind}")
+    assert count_macs(build_on_meta(mobilenet_v5, kind=kind), spec.resolution) / 1e6 == pytest.approx(spec.mmacs, rel=0.01)
+
+
+def test_structure_counts_follow_the_table():
+    """300m: 23 UIB + 14 MQA in stage 2 (kv downsampled by 2), 20 UIB + 19 MQA in stage 3."""
+    blocks = build_on_meta(mobilenet_v5, kind="300m").blocks
+    for stage, uib, mqa, kv_down in ((blocks[2], 23, 14, True), (blocks[3], 20, 19, False)):
+        attn = [b for b in stage if isinstance(b, MobileAttention)]
+        assert (len(stage) - len(attn), len(attn)) == (uib, mqa)
+        assert all(hasattr(b.attn.key, "down_conv") == kv_down for b in attn)
+    assert isinstance(blocks[0][0].conv_exp, Conv2dSame)  # TF 'SAME' on strided convs (encoder)
+    assert not isinstance(build_on_meta(mobilenet_v5, kind="base").blocks[0][0].conv_exp, Conv2dSame)
+
+
+@pytest.mark.parametrize("size", [7, 8, 33])
+def test_tf_same_padding_gives_ceil_size_and_pads_bottom_right(size):
+    conv = Conv2dSame(1, 1, 3, stride=2, padding=0, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0  # picks the top-left tap of each window
+    x = torch.arange(1, size * size + 1, dtype=torch.float32).reshape(1, 1, size, size)
+    y = conv(x)
+    assert y.shape[-2:] == (-(-size // 2),) * 2  # ceil(size / stride), as TF
+    # odd sizes pad one pixel on each side (the first tap is padding); even sizes pad only
+    # bottom/right (the first tap is the first pixel)
+    assert y[0, 0, 0, 0].item() == (0.0 if size % 2 else 1.0)
+
+
+def test_rms_norm_is_over_channels_without_mean():
+    norm = RmsNormAct2d(4)
+    x = torch.randn(2, 4, 3, 3) + 5.0
+    y = norm(x)
+    expected = x / torch.sqrt((x * x).mean(1, keepdim=True) + 1e-6)
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+def test_forward_shapes(one_thread):
+    torch.manual_seed(0)
+    encoder = mobilenet_v5(kind="300m", width=0.25).eval()
+    base = mobilenet_v5(num_classes=5, kind="base", width=0.25).eval()
+    with torch.no_grad():
+        assert encoder(torch.rand(1, 3, 128, 128)).shape == (1, 2048, 16, 16)
+        assert base(torch.rand(2, 3, 96, 96)).shape == (2, 5)
+
+
+def test_encoder_rejects_num_classes():
+    with pytest.raises(UsageError, match="feature encoder"):
+        create_model("v5-300m", weights="random", num_classes=10)
+
+
+def _compare_with_timm(kind, timm_name, resolution, width, tmp_path):
+    kwargs = {} if width == 1.0 else {"channel_multiplier": width}
+    ref = timm_side.timm_reference(timm_name, resolution, tmp_path / "ref.safetensors", seed=2, **kwargs)
+    model = mobilenet_v5(kind=kind, width=width).eval()
+    model.load_state_dict(ref["state"], strict=True)
+    del ref["state"]
+    with torch.no_grad():
+        out = model(ref["input"])
+    assert out.shape == ref["output"].shape
+    return (out - ref["output"]).abs().max().item()
+
+
+side = pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)
+
+
+@side
+@pytest.mark.parametrize("kind,timm_name,resolution", [
+    ("300m", "mobilenetv5_300m_enc", 200),  # odd sizes: TF padding; 13x13 -> bilinear to 16x16
+    ("base", "mobilenetv5_base", 128),
+])
+def test_narrow_outputs_equal_timm(kind, timm_name, resolution, tmp_path, one_thread):
+    assert _compare_with_timm(kind, timm_name, resolution, 0.25, tmp_path) <= 1e-4
+
+
+@side
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,timm_name,resolution", [
+    ("300m", "mobilenetv5_300m_enc", 512),  # 32x32 -> average-pooled to 16x16
+    ("base", "mobilenetv5_base", 256),
+])
+def test_full_size_outputs_equal_timm(kind, timm_name, resolution, tmp_path):
+    assert _compare_with_timm(kind, timm_name, resolution, 1.0, tmp_path) <= 1e-4
