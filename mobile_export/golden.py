@@ -8,7 +8,8 @@ of the same file: the upright decoded pixels, the [0, 1] and normalized input te
 apps must refuse, a labels file with awkward lines, and JPEG draft scales.
 
 `python -m mobile_export.golden OUT [--small]` writes them; tests write them at test time, and
-a small copy is committed beside the XCTest and the JUnit tests."""
+a small copy is committed for the XCTest (ios_demo/DemoLogic/Tests/DemoLogicTests/Golden), which
+`gradle :core:test` in android_demo reads too."""
 
 from __future__ import annotations
 
@@ -111,8 +112,13 @@ class _Model:
     def logits(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.no_grad():
-            return self.built.module(torch.from_numpy(np.ascontiguousarray(x[None]))).numpy()[0].astype(np.float32)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one image at a time: extra threads only contend on a shared CPU
+        try:
+            with torch.no_grad():
+                return self.built.module(torch.from_numpy(np.ascontiguousarray(x[None]))).numpy()[0].astype(np.float32)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _case(name: str, path: Path, pre: Preprocess, model: _Model | None, labels: list[str], note: str) -> dict:

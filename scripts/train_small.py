@@ -128,30 +128,53 @@ def _crops(img: np.ndarray, span: tuple[float, float], count: int, res: int, rng
 
 
 def load_photos(res: int, seed: int = 0, train_per_class: int = 200, test_per_class: int = 60) -> Dataset:
+    """One random-number stream per (photo, split), so a smaller request gives the first
+    crops of a larger one (the fast test cuts only what it needs)."""
     from mobile_export.preprocess import decode
 
-    rng = np.random.default_rng(seed)
     xs_tr, ys_tr, xs_te, ys_te, names = [], [], [], [], []
     for label, path in enumerate(photo_paths()):
         img = decode(path)
         names.append(path.stem)
-        tr = _crops(img, TRAIN_SPAN, train_per_class, res, rng)
-        te = _crops(img, TEST_SPAN, test_per_class, res, rng)
+        tr = _crops(img, TRAIN_SPAN, train_per_class, res, np.random.default_rng([seed, label, 0]))
+        te = _crops(img, TEST_SPAN, test_per_class, res, np.random.default_rng([seed, label, 1]))
         xs_tr += tr
         xs_te += te
         ys_tr += [label] * len(tr)
         ys_te += [label] * len(te)
-    return Dataset("photos", names, np.stack(xs_tr), np.array(ys_tr, np.int64), np.stack(xs_te),
-                   np.array(ys_te, np.int64), flips=True)
+    empty = np.zeros((0, res, res, 3), np.uint8)
+    return Dataset("photos", names, np.stack(xs_tr) if xs_tr else empty, np.array(ys_tr, np.int64),
+                   np.stack(xs_te) if xs_te else empty, np.array(ys_te, np.int64), flips=True)
 
 
 DATASETS = {"digits": load_digits, "mnist5k": load_mnist5k, "photos": load_photos}
 
 
-def load_dataset(name: str, res: int, seed: int = 0) -> Dataset:
+def cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mobile_export" / "quality"
+
+
+def load_dataset(name: str, res: int, seed: int = 0, cache: bool = True) -> Dataset:
+    """The prepared arrays are cached as .npz (no pickle): cutting thousands of crops with
+    the exact resampler takes minutes on a busy 2-core machine."""
     if name not in DATASETS:
         raise SystemExit(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](res, seed)
+    path = cache_dir() / f"{name}_{res}_{seed}_v2.npz"
+    if cache and path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return Dataset(name, [str(c) for c in z["classes"]], z["train_x"], z["train_y"], z["test_x"],
+                           z["test_y"], bool(z["flips"]))
+    data = DATASETS[name](res, seed)
+    if cache:
+        from mobile_export.fsutil import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, classes=np.array(data.classes), train_x=data.train_x, train_y=data.train_y,
+                         test_x=data.test_x, test_y=data.test_y, flips=np.array(data.flips))
+    return data
 
 
 def to_inputs(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:

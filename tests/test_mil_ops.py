@@ -499,7 +499,7 @@ def ios18_group(tmp_path_factory):
                         minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT32,
                         classifier_config=ct.ClassifierConfig(["cat", "dog", "eel", "fox"], predicted_probabilities_output="probs"))
     ml.save(str(path))
-    feeds = {n: rng.randn(*s.shape).astype(np.float32) for n, s in zip("qkv", [specs["q"], specs["k"], specs["v"]])}
+    feeds = {n: rng.randn(*shape).astype(np.float32) for n, shape in zip("qkv", [(1, 2, 5, 8), (1, 2, 6, 8), (1, 2, 6, 4)])}
     feeds["logits"] = np.array([[0.1, 2.0, -1.0, 0.5]], np.float32)
     program = load_program(path)
     return program, feeds, mask, program.run(feeds)

@@ -71,6 +71,23 @@ def test_macs_at_other_published_resolutions(spec, res):
     assert count_macs(on_meta(spec), res) / 1e6 == pytest.approx(expected_mmacs, rel=0.01)
 
 
+class _ConvThenSelfAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2)  # 1 x 8 x 256
+        return tokens.transpose(1, 2) @ tokens  # 1 x 256 x 256: attention-style matmul
+
+
+def test_macs_are_half_the_flop_counter_and_attention_is_opt_in():
+    model = _ConvThenSelfAttention()
+    conv_macs = 3 * 8 * 9 * 16 * 16
+    assert count_macs(model, 16) == conv_macs
+    assert count_macs(model, 16, attention=True) == conv_macs + 256 * 256 * 8
+
+
 def test_macs_scale_with_resolution_and_count_real_tensors_too():
     """The counter sees the graph that runs: a real model and its meta twin agree, and a fully
     convolutional net costs ~(r1/r2)^2 more at a larger input."""

@@ -234,16 +234,21 @@ ACTIVATIONS.update({
 
 class RmsNormAct2d(nn.Module):
     """RMS norm over the channels of an NCHW map (timm RmsNorm2d: no mean, no bias), then an
-    optional activation. V5 uses it where V4 has BatchNorm; the state dict holds only `weight`."""
+    optional activation. V5 uses it where V4 has BatchNorm; the state dict holds only `weight`.
+
+    The mean over channels is a 1x1 conv with a constant 1/C kernel (a buffer outside the
+    state dict): XNNPACK's mean only reduces H and W, so `mean(dim=1)` would split the graph at
+    every norm, while a conv stays in the delegate and in its channels-last layout."""
 
     def __init__(self, channels: int, act: str | None = None, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
+        self.register_buffer("channel_mean", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
         self.act = activation(act) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = (x * x).mean(dim=1, keepdim=True)
+        variance = F.conv2d(x * x, self.channel_mean)
         x = x * torch.rsqrt(variance + self.eps) * self.weight.view(1, -1, 1, 1)
         return self.act(x)
 

@@ -83,13 +83,22 @@ class MultiScaleFusionAdapter(nn.Module):
         no_scale = BlockStyle(act=style.act, norm=style.norm, eps=style.eps, layer_scale=None)
         self.ffn = UniversalInvertedResidual(sum(in_chs), out_chs, 0, 0, 1, 2.0, no_scale, skip=False)
         self.norm = RmsNormAct2d(out_chs, None, style.eps)
+        # Nearest 2x upsampling as a depthwise transposed conv with a ones kernel: the same
+        # numbers, and XNNPACK has no nearest-neighbour resize (it would split the graph).
+        self.register_buffer("nearest_2x", torch.ones(in_chs[-1], 1, 2, 2), persistent=False)
+
+    def upsample(self, coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = coarse.shape[-2:]
+        if (h, w) == size:
+            return coarse
+        if size == (2 * h, 2 * w):
+            return F.conv_transpose2d(coarse, self.nearest_2x, stride=2, groups=coarse.shape[1])
+        return F.interpolate(coarse, size=size, mode="nearest")  # odd inputs with TF padding
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        size = fine.shape[-2:]
-        if coarse.shape[-2:] != size:
-            coarse = F.interpolate(coarse, size=size, mode="nearest")
+        h, w = fine.shape[-2:]
+        coarse = self.upsample(coarse, (h, w))
         x = self.ffn(torch.cat([fine, coarse], dim=1))
-        h, w = size
         if (h, w) != (self.grid, self.grid):
             if h % self.grid or w % self.grid:
                 x = F.interpolate(x, size=(self.grid, self.grid), mode="bilinear")

@@ -18,7 +18,7 @@ final class Golden {
 
     static File dir() {
         String d = System.getProperty("golden.dir");
-        File f = new File(d != null ? d : "../../ios_demo/Tests/DemoLogicTests/Golden");
+        File f = new File(d != null ? d : "../../ios_demo/DemoLogic/Tests/DemoLogicTests/Golden");
         if (!new File(f, "index.json").isFile()) {
             throw new IllegalStateException("no golden vectors at " + f.getAbsolutePath()
                 + "; run `python -m mobile_export.golden DIR` and pass -Dgolden.dir=DIR");

@@ -1,0 +1,395 @@
+"""Core ML target: every family member converts (fp16, fp32), each compression mode on V2 and
+V3, the saved spec carries labels, image input and metadata, the package bytes are
+reproducible, and every program runs on the Linux ML Program executor with only supported ops.
+
+Exports go to a session folder and are reused across tests (conversion is the slow part).
+Parity compares the executor's output on real photos with the PyTorch model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobile_export.errors import ArtifactError, UsageError
+from mobile_export.models import BuiltModel, all_specs, create_model, get_spec
+from mobile_export.targets import ExportOptions
+from mobile_export.targets.coreml import (
+    CoreMLTarget, LABEL_NAME, PROBS_NAME, load_spec, op_types, pitfalls, softmax_input,
+)
+from mobile_export.quantize import coreml as cq
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("coremltools")
+
+RES = 64  # small input: conversion cost is in the weights, parity needs only a few pixels
+TARGET = CoreMLTarget()
+
+# One member per generation in the default suite (the smallest); the rest behind -m slow.
+FAST = {"mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v2_100", "mobilenet_v3_small_100",
+        "mobilenet_v3_large_100", "mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"}
+# SQNR floors (dB) of the executor's logits vs PyTorch, on real photos, random weights.
+# Measured on V2/V3 at 64-96 px: fp32 >= 125, fp16 >= 60, int8 ~47, w8a8 ~39, pal6 ~35, pal4 ~23.
+FLOORS = {("fp32", "none"): 90.0, ("fp16", "none"): 45.0, ("fp16", "int8"): 30.0, ("fp16", "w8a8"): 20.0,
+          ("fp16", "palettize6"): 22.0, ("fp16", "palettize4"): 12.0}
+
+
+@pytest.fixture(scope="session")
+def photos():
+    from mobile_export.preprocess import bundled_photos
+
+    paths = bundled_photos()
+    if not paths:
+        pytest.skip("no bundled photos (scikit-image) to compare on")
+    return paths[:3]
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """export(name, res=RES, labels=None, **options) -> (package, manifest fields, built); cached."""
+    root = tmp_path_factory.mktemp("coreml")
+    cache: dict = {}
+
+    def export(name: str, res: int = RES, labels: tuple | None = None, built=None, **options):
+        key = (name, res, labels, id(built), tuple(sorted(options.items())))
+        if key not in cache:
+            model = built or create_model(name, weights="random", seed=0, resolution=res,
+                                          labels=list(labels) if labels else None)
+            opts = ExportOptions(**options)
+            TARGET.validate(model, opts)
+            dest = root / f"{len(cache)}" / TARGET.artifact_name(model, opts)
+            dest.parent.mkdir(parents=True)
+            fields = TARGET.export(model, opts, dest, lambda _msg: None)
+            cache[key] = (dest, fields, model)
+        return cache[key]
+
+    return export
+
+
+def reference_and_artifact(built, package, fields, photos):
+    """(PyTorch logits, artifact outputs) on the photos, each N x classes."""
+    from mobile_export.preprocess import load_input
+
+    normalized_inside = fields["input"]["normalized_in_model"]
+    raw = [load_input(p, built.preprocess, normalized=False) for p in photos]
+    ref_in = [load_input(p, built.preprocess, normalized=True) for p in photos]
+    with torch.no_grad():
+        ref = np.concatenate([built.module(torch.from_numpy(x)).numpy().reshape(1, -1) for x in ref_in])
+    got = np.concatenate(TARGET.run(package, fields, raw if normalized_inside else ref_in))
+    return ref, got
+
+
+def sqnr(ref, got) -> float:
+    from mobile_export.verify.metrics import sqnr_db
+
+    return sqnr_db(ref, got)
+
+
+def supported_ops() -> frozenset:
+    from mobile_export.verify import mil
+
+    return mil.SUPPORTED_OPS
+
+
+def members():
+    for spec in all_specs():
+        marks = [] if spec.name in FAST else [pytest.mark.slow]
+        yield pytest.param(spec.name, marks=marks, id=spec.name)
+
+
+# --- every member, fp16 and fp32 -------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("name", list(members()))
+def test_member_converts_and_matches_pytorch(exports, photos, name, precision):
+    package, fields, built = exports(name, precision=precision)
+    TARGET.check_file(package)
+    spec = load_spec(package)
+    ops = set(op_types(spec))
+    assert ops <= supported_ops(), f"ops the executor lacks: {sorted(ops - supported_ops())}"
+    assert set(fields["coreml"]["ops"]) == ops
+    assert ("cast" in ops) == (precision == "fp16")
+    assert pitfalls(spec) == []
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert got.shape == ref.shape
+    assert sqnr(ref, got) >= FLOORS[(precision, "none")]
+    assert fields["coreml"]["files"]["Data/com.apple.CoreML/weights/weight.bin"] > 0
+
+
+# --- compression -----------------------------------------------------------------------
+
+COMPRESSED_OPS = {"int8": {"constexpr_affine_dequantize"}, "palettize6": {"constexpr_lut_to_dense"},
+                  "palettize4": {"constexpr_lut_to_dense"},
+                  "w8a8": {"constexpr_affine_dequantize", "quantize", "dequantize"}}
+DEFAULT_IOS = {"int8": "iOS16", "palettize6": "iOS18", "palettize4": "iOS18", "w8a8": "iOS17"}
+
+
+@pytest.mark.parametrize("mode", list(COMPRESSED_OPS))
+@pytest.mark.parametrize("name", ["mobilenet_v2_100", "mobilenet_v3_large_100"])
+def test_compression_modes(exports, photos, name, mode):
+    package, fields, built = exports(name, compress=mode)
+    spec = load_spec(package)
+    ops = set(op_types(spec))
+    assert COMPRESSED_OPS[mode] <= ops
+    assert ops <= supported_ops()
+    assert fields["coreml"]["deployment_target"] == DEFAULT_IOS[mode]
+    assert fields["quantization"]["mode"] == mode
+    assert "common::int_op_canonicalization" in fields["quantization"]["guarded_passes_removed"]
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp16", mode)]
+    float_package, _, _ = exports(name)
+    weights = lambda p: (p / "Data/com.apple.CoreML/weights/weight.bin").stat().st_size  # noqa: E731
+    assert weights(package) < weights(float_package)
+
+
+def test_palettize4_is_at_most_015_of_fp32_on_v2(exports):
+    from mobile_export.fsutil import size_bytes
+
+    fp32, _, _ = exports("mobilenet_v2_100", precision="fp32")
+    pal4, _, _ = exports("mobilenet_v2_100", compress="palettize4")
+    ratio = size_bytes(pal4) / size_bytes(fp32)
+    assert ratio <= 0.15, f"4-bit package is {ratio:.3f} of fp32"
+
+
+def test_int8_on_ios18_uses_blockwise_op(exports):
+    package, fields, _ = exports("mobilenet_v2_035", compress="int8", deployment_target="18")
+    assert "constexpr_blockwise_shift_scale" in op_types(load_spec(package))
+    assert fields["coreml"]["opset"] == "CoreML8"
+
+
+def test_unsafe_pass_is_out_of_every_pipeline():
+    assert "common::int_op_canonicalization" not in cq.guarded_pipeline().passes
+    assert "common::int_op_canonicalization" not in cq.guarded_pipeline(drop_fp16_cast=True).passes
+    assert "common::add_fp16_cast" not in cq.guarded_pipeline(drop_fp16_cast=True).passes
+
+
+def test_kmeans_palette_beats_uniform_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 64, 3, 3)).astype(np.float16)
+    lut_fn = cq.kmeans_lut(4)
+    lut, idx = lut_fn(w)
+    assert lut.shape == (16,) and lut.dtype == np.float16 and idx.dtype == np.uint8 and idx.max() < 16
+    err = np.abs(lut[idx].astype(np.float32) - w.reshape(-1)).mean()
+    uniform = np.linspace(w.min(), w.max(), 16).astype(np.float32)
+    err_uniform = np.abs(uniform[np.abs(w.reshape(-1, 1) - uniform).argmin(1)] - w.reshape(-1)).mean()
+    assert err < 0.8 * err_uniform
+    lut2, idx2 = lut_fn(w)
+    assert np.array_equal(lut, lut2) and np.array_equal(idx, idx2)
+    few = np.array([1.0, 2.0, 2.0], np.float16)  # fewer values than entries: exact
+    lut3, idx3 = lut_fn(few)
+    assert np.array_equal(lut3[idx3], few)
+
+
+def test_palette_group_divides_channels():
+    assert cq.palette_group_size(1000) == 8
+    assert cq.palette_group_size(24) == 8
+    assert cq.palette_group_size(960) == 16
+    assert cq.palette_group_size(7) == 1
+
+
+# --- options and refusals --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(compress="palettize4", deployment_target="17"), ["--ios 18", "int8"]),
+    (dict(compress="w8a8", deployment_target="16"), ["--ios 17"]),
+    (dict(precision="int4"), ["fp16", "fp32"]),
+    (dict(input_kind="image", normalize_in_model=False), ["--input tensor"]),
+    (dict(quantize="int8"), ["--compress"]),
+    (dict(deployment_target="15"), ["16", "17", "18"]),
+])
+def test_impossible_combinations_are_refused(options, words):
+    spec = get_spec("v2")
+    built = BuiltModel(module=None, spec=spec, preprocess=spec.preprocess, num_classes=1000, resolution=RES)
+    with pytest.raises(UsageError) as err:
+        TARGET.validate(built, ExportOptions(**options))
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_default_deployment_targets_fit_the_compression():
+    assert cq.deployment_target("none", None) == 16
+    assert cq.deployment_target("palettize4", None) == 18
+    assert cq.deployment_target("w8a8", None) == 17
+    assert cq.deployment_target("int8", "18") == 18
+
+
+def test_variant_tags_are_distinct():
+    tags = {TARGET.variant_tag(ExportOptions(precision=p, compress=c, input_kind=i, classifier=k))
+            for p in ("fp16", "fp32") for c in cq.MODES for i in ("image", "tensor") for k in (True, False)}
+    assert len(tags) == 2 * len(cq.MODES) * 2 * 2
+    assert TARGET.variant_tag(ExportOptions(compress="palettize4")) == "fp16_pal4"
+
+
+# --- the saved spec --------------------------------------------------------------------
+
+
+def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
+    labels = tuple(f"thing {i}" for i in range(7))
+    package, fields, built = exports("mobilenet_v2_035", labels=labels)
+    spec = load_spec(package)
+    desc = spec.description
+    assert desc.input[0].name == "image"
+    image = desc.input[0].type.imageType
+    assert desc.input[0].type.WhichOneof("Type") == "imageType"
+    assert (image.width, image.height) == (RES, RES)
+    assert image.colorSpace == spec.description.input[0].type.imageType.RGB
+    assert desc.predictedFeatureName == LABEL_NAME and desc.predictedProbabilitiesName == PROBS_NAME
+    from mobile_export.targets.coreml import _labels
+
+    assert _labels(spec) == list(labels)
+    meta = desc.metadata
+    assert meta.author == "mobile-export" and meta.license and meta.versionString
+    assert "MobileNetV2" in meta.shortDescription
+    assert desc.input[0].shortDescription and all(o.shortDescription for o in desc.output)
+    user = dict(meta.userDefined)
+    assert json.loads(user["mobile_export.model"])["name"] == "mobilenet_v2_035"
+    assert json.loads(user["mobile_export.preprocess"])["mean"] == list(built.preprocess.mean)
+    assert user["mobile_export.precision"] == "fp16" and user["mobile_export.compression"] == "none"
+    assert "com.github.apple.coremltools.conversion_date" not in user
+    assert fields["output"]["kind"] == "classifier" and fields["input"]["kind"] == "image"
+    # the probabilities are the softmax of the executor's logits
+    from mobile_export.verify import mil
+
+    x = np.full((1, 3, RES, RES), 128.0, np.float32)
+    result = mil.load_program(package).run({"image": x}, capture={softmax_input(spec)})
+    logits = result[softmax_input(spec)].astype(np.float64).reshape(-1)
+    probs = np.array([result[PROBS_NAME][label] for label in labels])
+    expected = np.exp(logits - logits.max())
+    np.testing.assert_allclose(probs, expected / expected.sum(), atol=2e-3)
+
+
+def test_tensor_input_and_raw_logits(exports, photos):
+    package, fields, built = exports("mobilenet_v3_small_100", precision="fp32", input_kind="tensor", classifier=False)
+    spec = load_spec(package)
+    assert spec.description.input[0].type.WhichOneof("Type") == "multiArrayType"
+    assert [o.name for o in spec.description.output] == ["logits"]
+    assert "softmax" not in op_types(spec) and "classify" not in op_types(spec)
+    assert fields["input"] == {**fields["input"], "dtype": "float32", "value_range": [0.0, 1.0], "normalized_in_model": True}
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
+
+
+def test_normalization_left_to_the_app(exports, photos):
+    package, fields, built = exports("mobilenet_v2_035", precision="fp32", input_kind="tensor", normalize_in_model=False)
+    assert fields["input"]["normalized_in_model"] is False
+    assert fields["coreml"]["std_folded_into_first_conv"] is False
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
+
+
+def test_normalization_fold_is_exact_and_falls_back_when_the_input_is_reused(exports, photos):
+    """The stem conv absorbs 1/std; a model that also reads the raw input elsewhere keeps an
+    explicit multiply instead, and both match PyTorch in fp32."""
+    from torch import nn
+
+    class ReusesInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(11, 5)
+
+        def forward(self, x):
+            feats = torch.cat([self.pool(self.stem(x)), self.pool(x)], 1).flatten(1)
+            return self.head(feats)
+
+    spec = get_spec("v2")
+    torch.manual_seed(0)
+    built = BuiltModel(module=ReusesInput().eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES),
+                       num_classes=5, resolution=RES, weights={"source": "random"})
+    package, fields, _ = exports("reuses-input", built=built, precision="fp32")
+    assert fields["coreml"]["std_folded_into_first_conv"] is False
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
+    package, fields, built = exports("mobilenet_v2_035", precision="fp32")
+    assert fields["coreml"]["std_folded_into_first_conv"] is True
+
+
+def test_features_model_has_a_plain_tensor_output(exports, photos):
+    from torch import nn
+
+    spec = dataclasses.replace(get_spec("v2"), output="features")
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), nn.Conv2d(16, 32, 1))
+    built = BuiltModel(module=body.eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES),
+                       num_classes=1000, resolution=RES, weights={"source": "random"})
+    package, fields, _ = exports("features", built=built, precision="fp32")
+    spec_pb = load_spec(package)
+    assert [o.name for o in spec_pb.description.output] == ["features"]
+    assert "classify" not in op_types(spec_pb)
+    assert fields["output"]["kind"] == "features" and TARGET.output_quantity(fields) == "features"
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
+
+
+# --- MobileNetV3 fp16 pitfalls ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large_100", "mobilenet_v3_small_100"])
+def test_v3_fp16_graph_avoids_known_pitfalls(exports, name):
+    package, _, _ = exports(name)
+    spec = load_spec(package)
+    ops = op_types(spec)
+    assert "batch_norm" not in ops  # folded into the convolutions
+    assert pitfalls(spec) == []
+
+
+def test_pitfall_check_has_teeth(exports):
+    """A Linear + hardswish head (torchvision's V3 form) is flagged and refused."""
+    from torch import nn
+
+    from mobile_export.errors import ExportError
+
+    spec = get_spec("v3")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 16),
+                          nn.Hardswish(), nn.Linear(16, 4))
+    built = BuiltModel(module=model.eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES), num_classes=4,
+                       resolution=RES, weights={"source": "random"})
+    with pytest.raises(ExportError, match="pitfall"):
+        exports("linear-hardswish", built=built)
+
+
+# --- reproducibility and damaged files -------------------------------------------------
+
+
+def test_same_command_same_bytes(exports, tmp_path):
+    first, _, built = exports("mobilenet_v2_035", compress="palettize4")
+    opts = ExportOptions(compress="palettize4")
+    again = tmp_path / first.name
+    TARGET.export(built, opts, again, lambda _m: None)
+    for rel in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin", "Manifest.json"):
+        assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == sorted(p.relative_to(again) for p in again.rglob("*"))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: (p / "Data/com.apple.CoreML/weights/weight.bin").unlink(), "weight.bin is missing"),
+    (lambda p: (p / "Manifest.json").unlink(), "Manifest.json is missing"),
+    (lambda p: (p / "Data/com.apple.CoreML/model.mlmodel").write_bytes(b"\x0a\xff\xff\xff"), "does not parse"),
+    (lambda p: (p / "Manifest.json").write_text("{"), "not valid JSON"),
+])
+def test_check_file_names_the_damage(exports, tmp_path, damage, words):
+    package, _, _ = exports("mobilenet_v2_035")
+    copy = tmp_path / package.name
+    shutil.copytree(package, copy)
+    TARGET.check_file(copy)
+    damage(copy)
+    with pytest.raises(ArtifactError, match=words) as err:
+        TARGET.check_file(copy)
+    assert "\n" not in str(err.value)
+
+
+def test_export_prints_nothing(exports, capfd):
+    capfd.readouterr()
+    exports("mobilenet_v2_035", precision="fp32", input_kind="tensor")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
