@@ -276,6 +276,22 @@ def write_golden(out: str | Path, small: bool = False, with_model: bool = True) 
     return out
 
 
+def write_photo_cases(out: str | Path, paths: list[Path], pre: Preprocess) -> Path:
+    """Cases (raw pixels + Python's tensors, no logits) for given photos under one contract,
+    e.g. the photos an export embedded in its .bpte; index.json lists them in order."""
+    out = Path(out)
+    with atomic_path(out, force=True) as tmp:
+        (tmp / "cases").mkdir(parents=True)
+        names = []
+        for i, path in enumerate(paths):
+            name = f"{i:02d}_{Path(path).stem}"
+            case = _case(name, Path(path), pre, None, [], "photo bundled by the exporter")
+            (tmp / "cases" / f"{name}.json").write_text(json.dumps(case) + "\n", encoding="utf-8")
+            names.append(name)
+        (tmp / "index.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "tolerance": 1e-6, "cases": names}) + "\n")
+    return out
+
+
 def _draft_scale(width: int, height: int, resize: int) -> int:
     """The reduction Pillow's JPEG draft picks for `decode(max_side_hint=resize)`, measured
     on a real JPEG header of that size (not re-derived)."""

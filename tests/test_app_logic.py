@@ -46,9 +46,9 @@ def jvm(tmp_path_factory):
         done = subprocess.run([javac, *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"javac failed:\n{done.stdout}\n{done.stderr}"
 
-    def run(golden_dir: Path, classes=CLASSES, bpte_dir: Path | None = None):
-        props = [f"-Dgolden.dir={golden_dir}"] + ([f"-Dbpte.dir={bpte_dir}"] if bpte_dir else [])
-        return subprocess.run([java, *props, "-cp", cp, "org.junit.runner.JUnitCore", *classes],
+    def run(golden_dir: Path, classes=CLASSES, props: dict | None = None):
+        flags = [f"-D{k}={v}" for k, v in {"golden.dir": golden_dir, **(props or {})}.items()]
+        return subprocess.run([java, *flags, "-cp", cp, "org.junit.runner.JUnitCore", *classes],
                               capture_output=True, text=True, timeout=300)
 
     return run
@@ -122,7 +122,7 @@ def test_java_core_reproduces_python_on_real_photos(jvm, golden_dir):
 
 
 def test_bundled_program_reader_reads_what_executorch_wrote(jvm, golden_dir, bpte_dir):
-    done = jvm(golden_dir, classes=CLASSES[2:], bpte_dir=bpte_dir)
+    done = jvm(golden_dir, classes=CLASSES[2:], props={"bpte.dir": bpte_dir})
     assert _summary(done) == (1, 0) and done.returncode == 0, done.stdout[-4000:]
     assert re.search(r"BPTE program_bytes=\d+ cases=3$", done.stdout, re.M), done.stdout
 
@@ -193,3 +193,34 @@ def test_committed_copy_passes_and_matches_todays_python(jvm):
         assert np.abs(unit - stored).max() <= 1e-6, f"{name}: committed vectors are stale; run python -m mobile_export.golden {COMMITTED} --small"
         stored_n = np.frombuffer(base64.b64decode(case["normalized"]), "<f4").reshape(unit.shape)
         assert np.abs(normalize(unit, pre) - stored_n).max() <= 1e-6
+
+
+@pytest.mark.slow
+def test_app_core_reads_a_real_bundled_export(jvm, tmp_path):
+    """export --bundled -> bundle --app android -> the app's Java reads the assets folder: the
+    manifest, the .pte's sha256, the .bpte; and its preprocessing of the photos the exporter
+    embedded equals the .bpte's inputs within 1e-6. (Lowering takes about a minute here.)"""
+    from mobile_export.bundle import bundle_artifacts
+    from mobile_export.pipeline import ExportRequest, run_export
+    from mobile_export.preprocess import bundled_photos
+    from mobile_export.targets import ExportOptions
+
+    out = tmp_path / "export"
+    manifest = run_export(ExportRequest(model="v3-small", target="executorch", out=out, weights="random", resolution=64,
+                                        verify=False, options=ExportOptions(bundled=True)))
+    files = [out / a["file"] for a in manifest["artifacts"]]
+    assert sorted(p.suffix for p in files) == [".bpte", ".pte"]
+    app = tmp_path / "android_demo"
+    (app / "app" / "src" / "main").mkdir(parents=True)
+    bundle_artifacts(files, app="android", app_dir=app)
+    bpte = next(a for a in manifest["artifacts"] if a["format"] == "bpte")
+    names = bpte["export"]["bundled"]["images"]
+    photos = {p.name: p for p in bundled_photos()}
+    p = manifest["preprocess"]
+    pre = Preprocess(p["crop"], p["resize"], p["interpolation"], tuple(p["mean"]), tuple(p["std"]))
+    golden.write_photo_cases(tmp_path / "photos", [photos[n] for n in names], pre)
+    done = jvm(COMMITTED, classes=["org.mobileexport.demo.core.AppBundleTest"],
+               props={"app.assets": app / "app" / "src" / "main" / "assets", "app.photos": tmp_path / "photos"})
+    assert _summary(done) == (1, 0) and done.returncode == 0, done.stdout[-4000:]
+    errors = [float(e) for e in re.findall(r"bpte_input_max_abs=(\S+)", done.stdout)]
+    assert len(errors) == len(names) and max(errors) <= 1e-6

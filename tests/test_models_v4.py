@@ -78,11 +78,13 @@ def test_unknown_kind_is_a_usage_error():
 
 
 @pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)
-@pytest.mark.parametrize("kind", ["conv_small", "hybrid_medium"])
-def test_outputs_equal_timm_on_the_same_weights(kind, tmp_path, one_thread):
-    ref = timm_side.timm_reference(f"mobilenetv4_{kind}", 128, tmp_path / "ref.safetensors", seed=1)
-    model = mobilenet_v4(kind=kind).eval()
-    model.load_state_dict(ref["state"], strict=True)  # timm names load with no renaming
-    with torch.no_grad():
-        out = model(ref["input"])
-    assert (out - ref["output"]).abs().max().item() <= 1e-5
+def test_outputs_equal_timm_on_the_same_weights(tmp_path, one_thread):
+    """Conv-S and Hybrid-M (MQA with key/value downsampling, layer scale) at 128x128."""
+    kinds = ["conv_small", "hybrid_medium"]
+    refs = timm_side.timm_references([(f"mobilenetv4_{k}", 128, {}) for k in kinds], tmp_path, seed=1)
+    for kind, ref in zip(kinds, refs):
+        model = mobilenet_v4(kind=kind).eval()
+        model.load_state_dict(ref["state"], strict=True)  # timm names load with no renaming
+        with torch.no_grad():
+            out = model(ref["input"])
+        assert (out - ref["output"]).abs().max().item() <= 1e-5, kind

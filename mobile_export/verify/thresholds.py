@@ -7,23 +7,26 @@ Why these numbers:
   fp32); only summation order differs, so ~1e-6 relative error, i.e. SQNR well above 60 dB.
   top-1 must agree wherever the reference's top-2 margin exceeds the error (ties excluded).
 - fp16: 10-bit mantissa, errors accumulate over ~50 layers: ~40-60 dB on real images.
-- int8 (PT2E, XNNPACK): against the quantized PyTorch model the runtime must agree to a
-  couple of output-quantization steps (requantization rounds differently); against the
-  float model the loss is the quantization itself. The float-side limits here catch a
-  broken export (wrong scales, uncalibrated ranges), not a small accuracy loss: the
-  accuracy bar (top-1 within 0.3 points) is measured on trained models, see README.
+- int8 (PT2E, XNNPACK): the runtime must reproduce the quantized PyTorch model (the
+  convert_pt2e graph) far better than quantization matches float: XNNPACK requantizes in
+  fixed point where PyTorch rounds in float, so single elements differ by one step per
+  layer and that propagates (measured: 1-5 steps at the logits after ~30 layers, ~28 dB);
+  more than 8 steps or under 20 dB means a different computation (wrong scale, op, layout).
+  Against the float model the loss is quantization itself; those limits catch a broken
+  export (uncalibrated ranges), not a small accuracy loss: the accuracy bar (top-1 within
+  0.3 points) is measured on trained models (README), and top-1 limits would be noise on
+  untrained weights.
 Keys: precision, or "precision/mode" when the quantization mode matters."""
 
 from __future__ import annotations
 
 THRESHOLDS: dict[str, dict[str, float]] = {
-    # key                  vs the float reference model                                       vs the quantized model
-    "fp32":               {"sqnr_db": 60.0, "cosine": 0.99999, "top1_agreement_decided": 1.0, "top5_overlap": 0.9},
-    "fp16":               {"sqnr_db": 30.0, "cosine": 0.999, "top1_agreement_decided": 0.9, "top5_overlap": 0.8},
-    "int8/pt2e-int8":     {"sqnr_db": 10.0, "cosine": 0.95, "top1_agreement_decided": 0.0, "top5_overlap": 0.0,
-                           "steps_vs_quantized": 2.0},
-    "int8":               {"sqnr_db": 10.0, "cosine": 0.95, "top1_agreement_decided": 0.0, "top5_overlap": 0.0},
-    "mixed":              {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
+    # key              vs the float reference model                                        vs the quantized PyTorch model
+    "fp32":           {"sqnr_db": 60.0, "cosine": 0.99999, "top1_agreement_decided": 1.0, "top5_overlap": 0.9},
+    "fp16":           {"sqnr_db": 30.0, "cosine": 0.999, "top1_agreement_decided": 0.9, "top5_overlap": 0.8},
+    "int8/pt2e-int8": {"sqnr_db": 10.0, "cosine": 0.9, "sqnr_db_vs_quantized": 20.0, "steps_vs_quantized": 8.0},
+    "int8":           {"sqnr_db": 10.0, "cosine": 0.9},
+    "mixed":          {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
 }
 
 # How each limit reads in a failure message, and whether higher is better.
@@ -33,6 +36,7 @@ _LABELS = {
     "top1_agreement_decided": ("top-1 agreement vs float (ties excluded)", "", True),
     "top5_overlap": ("top-5 overlap vs float", "", True),
     "steps_vs_quantized": ("max error vs the quantized PyTorch model", "output steps", False),
+    "sqnr_db_vs_quantized": ("SQNR vs the quantized PyTorch model", "dB", True),
 }
 
 

@@ -75,7 +75,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     quant = entry.get("quantization") or {}
     if quant.get("mode", "none") != "none":
         report.update(_int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref))
-        values.update({k: v for k, v in (("steps_vs_quantized", report.get("steps_vs_quantized")),) if v is not None})
+        if report.get("vs_quantized"):
+            values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
+            values["steps_vs_quantized"] = report.get("steps_vs_quantized")
 
     if extras.get("bundled_ok") is not None:
         ok = [int(v) for v in np.asarray(extras["bundled_ok"]).ravel()]
