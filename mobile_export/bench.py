@@ -177,7 +177,8 @@ def _child(argv: list[str]) -> int:
     portable_lib._unsafe_reset_threadpool(threads)
     data = Path(path).read_bytes()
     t0 = time.perf_counter()
-    method = Runtime.get().load_program(data).load_method("forward")
+    program = Runtime.get().load_program(data)  # keep it (and data) alive: the method points into them
+    method = program.load_method("forward")
     load = (time.perf_counter() - t0) * 1000
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()

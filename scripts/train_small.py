@@ -230,7 +230,7 @@ def _augment(xb, flips: bool, gen):
 
 
 def train(model, data: Dataset, pre: Preprocess, epochs: int, seed: int, lr: float = 3e-3,
-          batch: int = 64, log=print) -> dict:
+          batch: int = 64, label_smoothing: float = 0.1, log=print) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -241,7 +241,7 @@ def train(model, data: Dataset, pre: Preprocess, epochs: int, seed: int, lr: flo
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     t0 = time.perf_counter()
     history = []
     for epoch in range(epochs):
@@ -310,9 +310,11 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--half", action="store_true", help="store fp16 weights (small test fixtures)")
+    ap.add_argument("--tag", default="", help="suffix of the checkpoint name")
     ap.add_argument("--out", type=Path, default=Path("runs"))
     args = ap.parse_args(argv)
 
@@ -325,15 +327,18 @@ def main(argv=None) -> int:
           f"{len(data.classes)} classes ({time.perf_counter() - t0:.1f}s to prepare)", file=sys.stderr)
     spec, model = build(args.model, len(data.classes), args.seed)
     pre = Preprocess(crop=args.resolution, resize=args.resolution)
-    result = train(model, data, pre, args.epochs, args.seed, lr=args.lr,
+    result = train(model, data, pre, args.epochs, args.seed, lr=args.lr, label_smoothing=args.label_smoothing,
                    log=lambda m: print(m, file=sys.stderr, flush=True))
     meta = {
         "model": spec.name, "num_classes": len(data.classes), "resolution": args.resolution,
-        "dataset": args.dataset, "classes": data.classes, "seed": args.seed, "epochs": args.epochs,
+        "dataset": args.dataset, "classes": data.classes, "seed": args.seed, "epochs": args.epochs, "label_smoothing": args.label_smoothing,
         "test_top1": result["history"][-1]["test_top1"], "train_seconds": result["seconds"],
         "preprocess": pre.to_dict(), "fp16_storage": args.half,
     }
-    path = save_checkpoint(args.out / checkpoint_name(spec.name, args.dataset, args.resolution), model, meta, half=args.half)
+    name = checkpoint_name(spec.name, args.dataset, args.resolution)
+    if args.tag:
+        name = name.replace(".safetensors", f"_{args.tag}.safetensors")
+    path = save_checkpoint(args.out / name, model, meta, half=args.half)
     print(json.dumps({"checkpoint": str(path), **{k: meta[k] for k in ("model", "dataset", "test_top1", "train_seconds")}}))
     return 0
 

@@ -29,9 +29,11 @@ pytest.importorskip("coremltools")
 RES = 64  # small input: conversion cost is in the weights, parity needs only a few pixels
 TARGET = CoreMLTarget()
 
-# One member per generation in the default suite (the smallest); the rest behind -m slow.
-FAST = {"mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v2_100", "mobilenet_v3_small_100",
-        "mobilenet_v3_large_100", "mobilenet_v4_conv_small", "mobilenet_v4_hybrid_medium"}
+# Default suite: the smallest member of each generation in fp16, V2 and V3 also in fp32; every
+# member in both precisions, V4 hybrids (attention ops) and full-width V2/V3 behind -m slow.
+V2, V3 = "mobilenet_v2_035", "mobilenet_v3_small_100"  # the compression and option tests
+FAST = {("mobilenet_v1_025", "fp16"), (V2, "fp16"), (V2, "fp32"), (V3, "fp16"), (V3, "fp32"),
+        ("mobilenet_v4_conv_small", "fp16")}
 # SQNR floors (dB) of the executor's logits vs PyTorch, on real photos, random weights.
 # Measured on V2/V3 at 64-96 px: fp32 >= 125, fp16 >= 60, int8 ~47, w8a8 ~39, pal6 ~35, pal4 ~23.
 FLOORS = {("fp32", "none"): 90.0, ("fp16", "none"): 45.0, ("fp16", "int8"): 30.0, ("fp16", "w8a8"): 20.0,
@@ -97,15 +99,15 @@ def supported_ops() -> frozenset:
 
 def members():
     for spec in all_specs():
-        marks = [] if spec.name in FAST else [pytest.mark.slow]
-        yield pytest.param(spec.name, marks=marks, id=spec.name)
+        for precision in ("fp16", "fp32"):
+            marks = [] if (spec.name, precision) in FAST else [pytest.mark.slow]
+            yield pytest.param(spec.name, precision, marks=marks, id=f"{spec.name}-{precision}")
 
 
 # --- every member, fp16 and fp32 -------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
-@pytest.mark.parametrize("name", list(members()))
+@pytest.mark.parametrize("name, precision", list(members()))
 def test_member_converts_and_matches_pytorch(exports, photos, name, precision):
     package, fields, built = exports(name, precision=precision)
     TARGET.check_file(package)
@@ -130,7 +132,8 @@ DEFAULT_IOS = {"int8": "iOS16", "palettize6": "iOS18", "palettize4": "iOS18", "w
 
 
 @pytest.mark.parametrize("mode", list(COMPRESSED_OPS))
-@pytest.mark.parametrize("name", ["mobilenet_v2_100", "mobilenet_v3_large_100"])
+@pytest.mark.parametrize("name", [V2, V3, pytest.param("mobilenet_v2_100", marks=pytest.mark.slow),
+                                  pytest.param("mobilenet_v3_large_100", marks=pytest.mark.slow)])
 def test_compression_modes(exports, photos, name, mode):
     package, fields, built = exports(name, compress=mode)
     spec = load_spec(package)
@@ -147,17 +150,19 @@ def test_compression_modes(exports, photos, name, mode):
     assert weights(package) < weights(float_package)
 
 
-def test_palettize4_is_at_most_015_of_fp32_on_v2(exports):
+@pytest.mark.parametrize("name", [V2, pytest.param("mobilenet_v2_100", marks=pytest.mark.slow)])
+def test_palettize4_is_at_most_015_of_fp32_on_v2(exports, name):
     from mobile_export.fsutil import size_bytes
 
-    fp32, _, _ = exports("mobilenet_v2_100", precision="fp32")
-    pal4, _, _ = exports("mobilenet_v2_100", compress="palettize4")
+    fp32, _, _ = exports(name, precision="fp32")
+    pal4, _, _ = exports(name, compress="palettize4")
     ratio = size_bytes(pal4) / size_bytes(fp32)
     assert ratio <= 0.15, f"4-bit package is {ratio:.3f} of fp32"
 
 
+@pytest.mark.slow
 def test_int8_on_ios18_uses_blockwise_op(exports):
-    package, fields, _ = exports("mobilenet_v2_035", compress="int8", deployment_target="18")
+    package, fields, _ = exports(V2, compress="int8", deployment_target="18")
     assert "constexpr_blockwise_shift_scale" in op_types(load_spec(package))
     assert fields["coreml"]["opset"] == "CoreML8"
 
@@ -233,7 +238,7 @@ def test_variant_tags_are_distinct():
 
 def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
     labels = tuple(f"thing {i}" for i in range(7))
-    package, fields, built = exports("mobilenet_v2_035", labels=labels)
+    package, fields, built = exports(V2, labels=labels)
     spec = load_spec(package)
     desc = spec.description
     assert desc.input[0].name == "image"
@@ -250,7 +255,7 @@ def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
     assert "MobileNetV2" in meta.shortDescription
     assert desc.input[0].shortDescription and all(o.shortDescription for o in desc.output)
     user = dict(meta.userDefined)
-    assert json.loads(user["mobile_export.model"])["name"] == "mobilenet_v2_035"
+    assert json.loads(user["mobile_export.model"])["name"] == V2
     assert json.loads(user["mobile_export.preprocess"])["mean"] == list(built.preprocess.mean)
     assert user["mobile_export.precision"] == "fp16" and user["mobile_export.compression"] == "none"
     assert "com.github.apple.coremltools.conversion_date" not in user
@@ -267,7 +272,7 @@ def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
 
 
 def test_tensor_input_and_raw_logits(exports, photos):
-    package, fields, built = exports("mobilenet_v3_small_100", precision="fp32", input_kind="tensor", classifier=False)
+    package, fields, built = exports(V3, precision="fp32", input_kind="tensor", classifier=False)
     spec = load_spec(package)
     assert spec.description.input[0].type.WhichOneof("Type") == "multiArrayType"
     assert [o.name for o in spec.description.output] == ["logits"]
@@ -278,7 +283,7 @@ def test_tensor_input_and_raw_logits(exports, photos):
 
 
 def test_normalization_left_to_the_app(exports, photos):
-    package, fields, built = exports("mobilenet_v2_035", precision="fp32", input_kind="tensor", normalize_in_model=False)
+    package, fields, built = exports(V2, precision="fp32", input_kind="tensor", normalize_in_model=False)
     assert fields["input"]["normalized_in_model"] is False
     assert fields["coreml"]["std_folded_into_first_conv"] is False
     ref, got = reference_and_artifact(built, package, fields, photos)
@@ -309,7 +314,7 @@ def test_normalization_fold_is_exact_and_falls_back_when_the_input_is_reused(exp
     assert fields["coreml"]["std_folded_into_first_conv"] is False
     ref, got = reference_and_artifact(built, package, fields, photos)
     assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
-    package, fields, built = exports("mobilenet_v2_035", precision="fp32")
+    package, fields, built = exports(V2, precision="fp32")
     assert fields["coreml"]["std_folded_into_first_conv"] is True
 
 
@@ -333,7 +338,7 @@ def test_features_model_has_a_plain_tensor_output(exports, photos):
 # --- MobileNetV3 fp16 pitfalls ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_large_100", "mobilenet_v3_small_100"])
+@pytest.mark.parametrize("name", [V3, pytest.param("mobilenet_v3_large_100", marks=pytest.mark.slow)])
 def test_v3_fp16_graph_avoids_known_pitfalls(exports, name):
     package, _, _ = exports(name)
     spec = load_spec(package)
@@ -362,7 +367,7 @@ def test_pitfall_check_has_teeth(exports):
 
 
 def test_same_command_same_bytes(exports, tmp_path):
-    first, _, built = exports("mobilenet_v2_035", compress="palettize4")
+    first, _, built = exports(V2, compress="palettize4")
     opts = ExportOptions(compress="palettize4")
     again = tmp_path / first.name
     TARGET.export(built, opts, again, lambda _m: None)
@@ -378,7 +383,7 @@ def test_same_command_same_bytes(exports, tmp_path):
     (lambda p: (p / "Manifest.json").write_text("{"), "not valid JSON"),
 ])
 def test_check_file_names_the_damage(exports, tmp_path, damage, words):
-    package, _, _ = exports("mobilenet_v2_035")
+    package, _, _ = exports(V2)
     copy = tmp_path / package.name
     shutil.copytree(package, copy)
     TARGET.check_file(copy)
@@ -388,8 +393,15 @@ def test_check_file_names_the_damage(exports, tmp_path, damage, words):
     assert "\n" not in str(err.value)
 
 
-def test_export_prints_nothing(exports, capfd):
+def test_export_prints_nothing(capfd, tmp_path):
+    """coremltools and torch.export print progress bars and warnings; the library must not."""
+    from torch import nn
+
+    spec = get_spec("v2")
+    built = BuiltModel(module=nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval(),
+                       spec=spec, preprocess=spec.preprocess.at_resolution(RES), num_classes=4, resolution=RES,
+                       weights={"source": "random"})
     capfd.readouterr()
-    exports("mobilenet_v2_035", precision="fp32", input_kind="tensor")
+    TARGET.export(built, ExportOptions(compress="int8"), tmp_path / "quiet.mlpackage", lambda _m: None)
     out, err = capfd.readouterr()
     assert out == "" and err == ""

@@ -109,7 +109,7 @@ class ExecuTorchTarget(Target):
         }
         if options.bundled:
             side = dest.with_suffix(".bpte")
-            cases = write_bundled(manager, model if quantized is None else quantized.graph_module, built, options, side)
+            cases = write_bundled(manager, dest, built, options, side, quantized.output_scale if quantized else None)
             fields["export"]["bundled"] = cases
             fields["side_files"] = [side]
         return fields
@@ -145,7 +145,10 @@ class ExecuTorchTarget(Target):
         from ..verify.runner import run_isolated
 
         self.check_file(Path(artifact))
-        results = run_isolated(artifact, inputs, threads=threads, etdump_dir=etdump_dir)
+        bundled = ((entry.get("export") or {}).get("bundled") or {}) if Path(artifact).suffix == ".bpte" else {}
+        tolerance = (bundled["rtol"], bundled["atol"]) if "rtol" in bundled else None
+        results = run_isolated(artifact, inputs, threads=threads, etdump_dir=etdump_dir,
+                               bundled_cases=bundled.get("cases"), bundled_tolerance=tolerance)
         outputs = [results[f"out{i}"] for i in range(len(inputs))]
         extras = {k: v for k, v in results.items() if not k.startswith("out")}
         return outputs, extras
@@ -254,23 +257,24 @@ def input_contract(built, normalized_in_model: bool) -> dict:
     }
 
 
-def write_bundled(manager, reference, built, options: ExportOptions, dest: Path) -> dict:
-    """A .bpte: the same program plus BUNDLED_CASES real photos and the reference model's
-    outputs for them, so the app can check the runtime on the device itself."""
-    import torch
+def write_bundled(manager, program_path: Path, built, options: ExportOptions, dest: Path, output_scale) -> dict:
+    """A .bpte: the same program plus BUNDLED_CASES real photos and the outputs this program
+    gives for them in the desktop runtime (already checked against PyTorch by verify), so
+    the app can check the runtime on the device itself. Tolerance: float kernels differ by
+    device (rtol 1e-3); int8 may differ by one requantization step."""
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.core import BundledProgram
     from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
 
     from ..preprocess import default_images
     from ..quantize.calibration import to_tensor
+    from ..verify.runner import run_isolated
 
     batch = default_images(built.preprocess, normalized=not options.normalize_in_model)
-    cases = []
-    with torch.no_grad():
-        for x in batch.inputs[:BUNDLED_CASES]:
-            t = to_tensor(x)
-            cases.append(MethodTestCase(inputs=[t], expected_outputs=[reference(t).detach().contiguous().clone()]))
+    inputs = batch.inputs[:BUNDLED_CASES]
+    results = run_isolated(program_path, inputs)
+    cases = [MethodTestCase(inputs=[to_tensor(x)], expected_outputs=[to_tensor(results[f"out{i}"])])
+             for i, x in enumerate(inputs)]
     suite = MethodTestSuite(method_name="forward", test_cases=cases)
     try:
         data = serialize_from_bundled_program_to_flatbuffer(BundledProgram(manager, [suite]))
@@ -278,7 +282,9 @@ def write_bundled(manager, reference, built, options: ExportOptions, dest: Path)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ExportError(f"could not build the bundled program ({exc.__class__.__name__}: {first}); export without --bundled") from None
     dest.write_bytes(data)
-    return {"file": dest.name, "cases": len(cases), "images": [p.name for p in batch.paths[:BUNDLED_CASES]]}
+    rtol, atol = (0.0, 1.01 * output_scale) if output_scale else (1e-3, 1e-4)
+    return {"file": dest.name, "cases": len(cases), "images": [p.name for p in batch.paths[:BUNDLED_CASES]],
+            "expected": "desktop ExecuTorch runtime outputs of this program", "rtol": rtol, "atol": atol}
 
 
 # --- the quantized PyTorch model of an artifact made in this process --------------------

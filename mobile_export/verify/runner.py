@@ -7,7 +7,8 @@ failure of the child into a one-line ArtifactError.
 
 Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR];
 inputs are arrays in0, in1, ... (each 1x3xHxW float32); outputs are out0, out1, ...
-For a .bpte the child also checks the bundled expected outputs (key bundled_ok).
+For a .bpte the child also checks the bundled expected outputs (key bundled_ok, one 0/1
+per embedded case; --bundled-cases N says how many there are, from the manifest).
 A Python-level failure is reported as one line starting with ERROR_PREFIX, exit code 3."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..errors import ArtifactError
 ERROR_PREFIX = "mobile-export-runner-error: "
 DEFAULT_TIMEOUT_S = 600.0
 MAX_BUNDLED_CASES = 64
-BUNDLED_RTOL, BUNDLED_ATOL = 1e-3, 1e-4  # what the app uses too: float kernels differ by device
+BUNDLED_RTOL, BUNDLED_ATOL = 1e-3, 1e-4  # defaults; the manifest records the tolerance of each .bpte
 
 
 def run_isolated(
@@ -37,6 +38,8 @@ def run_isolated(
     threads: int = 1,
     timeout: float = DEFAULT_TIMEOUT_S,
     etdump_dir: str | Path | None = None,
+    bundled_cases: int | None = None,
+    bundled_tolerance: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Execute `program` on every input in a child process; return the child's arrays
     (out0, out1, ..., and for a .bpte bundled_ok). Any crash, abort, timeout or runtime
@@ -49,6 +52,10 @@ def run_isolated(
                "--threads", str(threads)]
         if etdump_dir is not None:
             cmd += ["--etdump", str(etdump_dir)]
+        if bundled_cases is not None:
+            cmd += ["--bundled-cases", str(int(bundled_cases))]
+        if bundled_tolerance is not None:
+            cmd += ["--bundled-rtol", repr(float(bundled_tolerance[0])), "--bundled-atol", repr(float(bundled_tolerance[1]))]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -89,6 +96,9 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("outputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--etdump", default=None)
+    parser.add_argument("--bundled-cases", type=int, default=None)
+    parser.add_argument("--bundled-rtol", type=float, default=BUNDLED_RTOL)
+    parser.add_argument("--bundled-atol", type=float, default=BUNDLED_ATOL)
     args = parser.parse_args(argv)
     try:
         import torch
@@ -100,7 +110,7 @@ def _child(argv: list[str]) -> int:
             inputs = [torch.from_numpy(npz[f"in{i}"]) for i in range(len(npz.files))]
         results: dict[str, np.ndarray] = {}
         if Path(args.program).suffix.lower() == ".bpte":
-            outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs)
+            outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs, args.bundled_cases, args.bundled_rtol, args.bundled_atol)
         else:
             outputs = _run_program(data, inputs, args.etdump)
         for i, out in enumerate(outputs):
@@ -134,23 +144,24 @@ def _run_program(data: bytes, inputs, etdump_dir: str | None) -> list[np.ndarray
     return outputs
 
 
-def _run_bundled(portable_lib, data: bytes, inputs):
+def _run_bundled(portable_lib, data: bytes, inputs, cases: int | None, rtol: float, atol: float):
     """Run the program inside a .bpte on the given inputs, and check every embedded test
     case against its embedded expected outputs (the on-device self-check)."""
     bundled = portable_lib._load_bundled_program_from_buffer(data)
     module = portable_lib._load_for_executorch_from_bundled_program(bundled)
     outputs = [module.forward((x,))[0].detach().numpy().copy() for x in inputs]
     checks = []
-    for index in range(MAX_BUNDLED_CASES):  # the case count is not exposed; stop at the first missing
+    for index in range(cases if cases is not None else MAX_BUNDLED_CASES):
         try:
-            bundled.verify_result_with_bundled_expected_output("forward", index, BUNDLED_RTOL, BUNDLED_ATOL)
+            bundled.verify_result_with_bundled_expected_output("forward", index, rtol, atol)
             checks.append(1)
-        except IndexError:
-            break
-        except Exception as exc:  # a mismatch and a missing case raise the same type
-            if "out of range" in str(exc).lower() or "invalid" in str(exc).lower() and not checks:
+        except Exception as exc:  # mismatch: "Result verification failed"; no such case: execution fails
+            if "verification failed" in str(exc).lower():
+                checks.append(0)
+            elif cases is None:
                 break
-            checks.append(0)
+            else:
+                raise RuntimeError(f"embedded test case {index} of {cases} cannot run ({exc})") from None
     return outputs, np.asarray(checks, dtype=np.int8)
 
 

@@ -39,9 +39,7 @@ def calibration_names(program: Program) -> list[str]:
 
 def activation_stats(package: str | Path | Program, samples: list[dict]) -> dict:
     """min/max of every activation and input over all `samples` (feeds as for Program.run)."""
-    from coremltools.optimize.coreml._post_training_quantization import (
-        _adjust_concat_surrounding_activation_stats,
-    )
+    from coremltools.optimize._utils import _adjust_concat_surrounding_activation_stats
 
     program = package if isinstance(package, Program) else load_program(package)
     names = set(calibration_names(program))

@@ -79,6 +79,7 @@ class Program:
         block = function.block_specializations[self.opset]
         self._blobs = Blobs(weights_dir)
         self._types: dict[str, int] = {}  # value name -> MIL DataType code
+        self._shapes: dict[str, tuple[int, ...]] = {}  # value name -> declared shape
         self.inputs = self._describe_inputs(function)
         self.outputs: list[str] = list(block.outputs)
         self.ops: list[OpInfo] = []
@@ -121,6 +122,9 @@ class Program:
             self.ops.append(info)
             for out, code in zip(outputs, out_codes):
                 self._types[out] = code
+            for o in op_spec.outputs:
+                if o.type.WhichOneof("type") == "tensorType":
+                    self._shapes[o.name] = tensor_shape(o.type.tensorType)
             if len(op_spec.blocks):
                 raise UnsupportedOpError(f"MIL op {op_spec.type!r} ({name!r}, op #{index} of main) has nested blocks (control flow), which the Linux executor does not run; export a model without control flow")
             if op_spec.type == "const":
@@ -298,6 +302,10 @@ class Program:
 
     def compute_ops(self) -> list[OpInfo]:
         return [step.info for step in self._steps]
+
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        """The shape the program declares for a value (-1 for unknown sizes)."""
+        return self._shapes.get(name)
 
     def value_type(self, name: str) -> str:
         return TYPE_NAME.get(self._types.get(name, 0), "?")

@@ -1,0 +1,166 @@
+"""Per-layer comparison of a saved ML Program with its PyTorch model.
+
+Anchors: the converter keeps one MIL `conv` per nn.Conv2d (BatchNorm folded in) and one
+`linear`/`matmul` per nn.Linear, in execution order. So the k-th conv/linear op of the
+program is matched with the k-th Conv2d/Linear the PyTorch forward executes, and compared
+with that module's effective output (the BatchNorm right after it, if the conv feeds one).
+When the counts differ (a graph the converter restructured), ops are matched greedily in
+order by output shape. Rows go to the shared writer (mobile_export.verify.per_layer)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .program import Program, load_program
+
+ANCHOR_OPS = ("conv", "linear", "matmul")
+CAP_DB = 300.0
+
+
+class _Accumulator:
+    """Running SQNR / max-abs / cosine over images."""
+
+    def __init__(self):
+        self.signal = self.noise = self.max_abs = self.cos_sum = 0.0
+        self.n = 0
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+        ref = np.asarray(ref, np.float64).ravel()
+        test = np.asarray(test, np.float64).ravel()
+        diff = ref - test
+        self.signal += float(ref @ ref)
+        self.noise += float(diff @ diff)
+        self.max_abs = max(self.max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
+        norms = float(np.linalg.norm(ref) * np.linalg.norm(test))
+        self.cos_sum += float(ref @ test) / norms if norms > 0 else 1.0
+        self.n += 1
+
+    @property
+    def sqnr(self) -> float:
+        if self.noise == 0.0:
+            return CAP_DB
+        if self.signal == 0.0:
+            return -CAP_DB
+        return max(-CAP_DB, min(CAP_DB, 10.0 * math.log10(self.signal / self.noise)))
+
+
+def _torch_layers(module, x) -> list[tuple[str, tuple, np.ndarray]]:
+    """(module path, shape, effective output) of each Conv/Linear in execution order."""
+    import torch
+
+    names = {m: n for n, m in module.named_modules()}
+    records: list[list] = []  # [name, output tensor]
+    last: dict = {}
+
+    def on_anchor(mod, args, out):
+        records.append([names[mod], out])
+        last["out"] = out
+
+    def on_norm(mod, args, out):
+        if records and args and args[0] is records[-1][1]:
+            records[-1][1] = out  # BatchNorm folded into the conv by the converter
+
+    hooks = []
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+            hooks.append(m.register_forward_hook(on_anchor))
+        elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_hook(on_norm))
+    try:
+        with torch.no_grad():
+            module(torch.from_numpy(np.asarray(x, np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(name, tuple(out.shape), out.detach().numpy().copy()) for name, out in records]
+
+
+def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) -> list[tuple[str, str, int]]:
+    """[(MIL value name, op type, index into torch_layers)] in program order."""
+    anchors = [op for op in program.compute_ops() if op.type in ANCHOR_OPS]
+    convs = [op for op in anchors if op.type == "conv"]
+    linears = [op for op in anchors if op.type == "linear"]
+    n_conv = sum(1 for _, s, _ in torch_layers if len(s) >= 3)
+    n_lin = len(torch_layers) - n_conv
+    if len(convs) == n_conv and len(linears) == n_lin:
+        t_conv = [i for i, (_, s, _) in enumerate(torch_layers) if len(s) >= 3]
+        t_lin = [i for i, (_, s, _) in enumerate(torch_layers) if len(s) < 3]
+        return ([(op.outputs[0], op.type, t) for op, t in zip(convs, t_conv)]
+                + [(op.outputs[0], op.type, t) for op, t in zip(linears, t_lin)])
+    pairs, start = [], 0
+    for op in anchors:  # greedy, in order, by element count
+        shape = program.shape_of(op.outputs[0])
+        for j in range(start, len(torch_layers)):
+            if shape is None or -1 in shape or int(np.prod(shape)) == int(np.prod(torch_layers[j][1])):
+                pairs.append((op.outputs[0], op.type, j))
+                start = j + 1
+                break
+    return pairs
+
+
+def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], reference_inputs: Sequence[np.ndarray]):
+    """LayerRows (mobile_export.verify.per_layer) for each matched conv/linear, accumulated
+    over the images: artifact_feeds[i] feeds the program, reference_inputs[i] the module."""
+    from ..per_layer import LayerRow
+
+    stats: dict[str, _Accumulator] = {}
+    meta: dict[str, tuple[str, str, str]] = {}
+    order: list[str] = []
+    for feeds, x in zip(artifact_feeds, reference_inputs):
+        layers = _torch_layers(module, x)
+        pairs = _match(program, layers)
+        if not order:
+            order = [name for name, _, _ in pairs]
+        result = program.run(feeds, capture={name for name, _, _ in pairs})
+        for name, op_type, j in pairs:
+            ref = layers[j][2]
+            got = np.asarray(result[name])
+            if got.size != ref.size:
+                continue
+            stats.setdefault(name, _Accumulator()).add(ref, got.reshape(ref.shape))
+            meta[name] = (op_type, layers[j][0], "x".join(str(d) for d in ref.shape))
+    rows, previous = [], None
+    for index, name in enumerate(n for n in order if n in stats):
+        st = stats[name]
+        sqnr = st.sqnr
+        loss = None if previous is None else previous - sqnr
+        op_type, module_name, shape = meta[name]
+        rows.append(LayerRow(name=name, op=op_type, sqnr_db=round(sqnr, 4), max_abs=st.max_abs,
+                             cosine=st.cos_sum / max(st.n, 1), sqnr_loss_db=None if loss is None else round(loss, 4),
+                             module=module_name, shape=shape, index=index))
+        previous = sqnr
+    return rows
+
+
+def per_layer_report(path: Path, entry: dict, built, inputs, report: dict, report_dir=None,
+                     log: Callable[[str], None] = lambda _m: None) -> dict:
+    """The .mlpackage counterpart of verify.per_layer.per_layer_report: executor values vs
+    the PyTorch model's layers on the verification images, written with the shared writer."""
+    from dataclasses import asdict
+
+    from ..per_layer import LayerRow, sort_by_loss, write_per_layer_report
+
+    path = Path(path)
+    program = load_program(path)
+    info = program.inputs[0]
+    in_model = bool(entry.get("input", {}).get("normalized_in_model"))
+    raw = inputs.raw if in_model else inputs.normalized
+    scale = 255.0 if info.kind == "image" else 1.0
+    feeds = [{info.name: np.asarray(x, np.float32) * scale} for x in raw]
+    rows = layer_rows(program, built.module, feeds, inputs.normalized)
+    whole = report.get("vs_float") or {}
+    if whole:
+        rows.append(LayerRow(name="output", op="mlpackage vs PyTorch", sqnr_db=round(min(whole["sqnr_db"], CAP_DB), 4),
+                             max_abs=whole["max_abs"], cosine=whole["cosine"], sqnr_loss_db=None,
+                             module="(whole program, Linux ML Program executor)", index=len(rows)))
+    out_dir = Path(report_dir) if report_dir else path.parent / f"{path.stem}_per_layer"
+    files = write_per_layer_report(rows, out_dir, f"{path.name}: per-layer error ({len(feeds)} real images, Linux executor)")
+    ranked = [r for r in sort_by_loss(rows) if r.sqnr_loss_db is not None]
+    worst = f"{ranked[0].name} ({ranked[0].op}, {ranked[0].module}) loses {ranked[0].sqnr_loss_db:.2f} dB" if ranked else "-"
+    log(f"per-layer report: {files['markdown']}")
+    return {"layers": len(rows), "worst": worst, "files": {k: str(v) for k, v in files.items()},
+            "top": [asdict(r) for r in ranked[:5]]}
