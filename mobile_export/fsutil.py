@@ -4,6 +4,7 @@ destination, then one rename. Disk full or Ctrl-C leaves the old file (or none).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -72,11 +73,27 @@ def atomic_path(dest: str | Path, force: bool = True) -> Iterator[Path]:
             raise MobileExportError(f"internal error: nothing was written for {dest.name}")
         _replace(tmp, dest)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
+        if _write_errno(exc) in (errno.ENOSPC, errno.EDQUOT):
             raise MobileExportError(f"disk full while writing {str(dest)!r}; free space or choose another --out") from None
+        if _write_errno(exc) in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise MobileExportError(f"cannot write {str(dest)!r} ({os.strerror(_write_errno(exc))}); choose another --out or fix its permissions") from None
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _write_errno(exc: OSError) -> int | None:
+    """The errno of a failed write; shutil.copytree (coremltools' save) reports it only
+    inside the messages of the shutil.Error it collects."""
+    if exc.errno is not None:
+        return exc.errno
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        for entry in exc.args[0]:
+            why = str(entry[-1]) if isinstance(entry, tuple) else str(entry)
+            for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                if f"[Errno {code}]" in why:
+                    return code
+    return None
 
 
 def _replace(tmp: Path, dest: Path) -> None:

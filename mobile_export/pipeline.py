@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import manifest as mf
-from .errors import MobileExportError, ParityError
+from .errors import MobileExportError, ParityError, UsageError
 from .fsutil import atomic_path, check_destination, ensure_writable_dir, sha256_file, write_text_atomic
 from .models import BuiltModel, create_model, read_labels
 from .targets import ExportOptions, expand, get_target
@@ -49,6 +49,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     Raises ParityError (after writing everything) when verification fails."""
     options = request.options or ExportOptions(seed=request.seed)
     targets = [get_target(name) for name in expand(request.target)]
+    _refuse_unread_options(targets, options)
     out = ensure_writable_dir(request.out)
 
     t0 = time.perf_counter()
@@ -106,6 +107,20 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     if failed:
         raise ParityError("parity check failed for " + " | ".join(failed))
     return manifest
+
+
+def _refuse_unread_options(targets, options: ExportOptions) -> None:
+    """A Core ML option with only the .pte requested would be silently ignored (an fp16 or
+    palettized request would come back fp32): refuse it instead."""
+    if any(t.name == "coreml" for t in targets):
+        return
+    core_ml_only = (("--precision", options.precision, (None, "fp32")), ("--compress", options.compress, ("none",)),
+                    ("--ios", options.deployment_target, (None,)))
+    asked = [(flag, value) for flag, value, harmless in core_ml_only if value not in harmless]
+    if asked:
+        flag, value = asked[0]
+        raise UsageError(f"{flag} {value} applies to Core ML only and --target is executorch; add --target coreml or all, "
+                         f"or drop {flag} (for an int8 .pte use --quantize int8)")
 
 
 def _existing_or_new(out: Path, built: BuiltModel) -> dict:

@@ -1,8 +1,9 @@
 """The input contract, in arithmetic that the phone apps repeat exactly.
 
 decode (Pillow, EXIF orientation applied, any mode -> 8-bit RGB)
-  -> resize so the shorter side is `resize` (separable, antialiased filter, float32, no
-     rounding between passes) and center-crop `crop` x `crop` (offset = (size - crop) // 2)
+  -> resize so the shorter side is `resize` (separable, antialiased filter; float32 weights
+     and pixels summed in float64, one rounding to float32) and center-crop `crop` x `crop`
+     (offset = (size - crop) // 2)
   -> scale to [0, 1] -> optionally (x - mean) / std.
 
 Pillow's own `resize` rounds to 8 bits between its two passes, which no app reproduces
@@ -83,7 +84,10 @@ def resize_crop(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     wy = resample_weights(h, rh, pre.interpolation, top, crop).astype(np.float32)
     wx = resample_weights(w, rw, pre.interpolation, left, crop).astype(np.float32)
     img = pixels.astype(np.float32) / 255.0
-    out = np.einsum("yh,hwc,xw->cyx", wy, img, wx, optimize=True)
+    # float32 operands summed in float64 and rounded once: a float32 sum depends on numpy's
+    # (unspecified) order and drifts past 1e-6 over many taps; the apps sum the same way.
+    f64 = np.float64
+    out = np.einsum("yh,hwc,xw->cyx", wy.astype(f64), img.astype(f64), wx.astype(f64), optimize=True).astype(np.float32)
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 

@@ -37,6 +37,7 @@ MIN_AGREEMENT_PCT = 99.0
 RECIPES: dict[str, dict] = {
     "minmax": {"observer": "minmax"},
     "plain": {"observer": "histogram"},
+    "fp32-first-block": {"observer": "histogram", "fp32_modules": ["blocks.0"]},
     "fp32-classifier": {"observer": "histogram", "fp32_modules": ["classifier"]},
     "fp32-stem-classifier": {"observer": "histogram", "fp32_modules": ["conv_stem", "classifier"]},
 }

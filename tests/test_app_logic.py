@@ -116,6 +116,7 @@ def test_java_core_reproduces_python_on_real_photos(jvm, golden_dir):
               for m in re.finditer(r"GOLDEN (\S+) unit_max_abs=(\S+) normalized_max_abs=(\S+)$", done.stdout, re.M)}
     assert set(errors) == set(names)
     assert max(max(e) for e in errors.values()) <= 1e-6
+    print(f"Java vs Python input tensors over {len(errors)} photos, max abs difference: {max(max(e) for e in errors.values()):.3e}")
     top5_checked = set(re.findall(r"GOLDEN (\S+) top5_ok", done.stdout))
     with_logits = {n for n in names if json.loads((golden_dir / "cases" / f"{n}.json").read_text())["top5"]}
     assert top5_checked == with_logits and len(with_logits) >= 8
@@ -224,3 +225,4 @@ def test_app_core_reads_a_real_bundled_export(jvm, tmp_path):
     assert _summary(done) == (1, 0) and done.returncode == 0, done.stdout[-4000:]
     errors = [float(e) for e in re.findall(r"bpte_input_max_abs=(\S+)", done.stdout)]
     assert len(errors) == len(names) and max(errors) <= 1e-6
+    print(f"app preprocessing vs .bpte inputs, max abs difference: {max(errors):.3e}")

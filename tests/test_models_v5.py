@@ -123,3 +123,46 @@ def test_full_size_outputs_equal_timm(tmp_path, one_thread):
     pads both sides) and a 13x13 map resized bilinearly; base at 256."""
     diffs = _compare([("300m", 512, 1.0), ("300m", 200, 1.0), ("base", 256, 1.0)], tmp_path)
     assert max(diffs) <= 1e-4, diffs
+
+
+class _V5Piece(torch.nn.Module):
+    """A strided UIB, a Mobile MQA with key/value downsampling and the MSFA (2x nearest path,
+    average pool to the grid), with V5's style: every op kind of the full model, small."""
+
+    def __init__(self):
+        super().__init__()
+        from mobile_export.models.blocks import BlockStyle, UniversalInvertedResidual
+        from mobile_export.models.v5 import MultiScaleFusionAdapter
+
+        style = BlockStyle(act="gelu_tanh", norm="rms", eps=1e-6, layer_scale=1e-5, tf_same=True)
+        self.uib = UniversalInvertedResidual(16, 16, 3, 5, 2, 2, style)
+        self.attn = MobileAttention(16, 16, 4, 8, 2, 3, style)
+        self.down = UniversalInvertedResidual(16, 24, 3, 3, 2, 2, style)
+        self.msfa = MultiScaleFusionAdapter([16, 24], 32, 4, style)
+
+    def forward(self, x):
+        fine = self.attn(self.uib(x))
+        return self.msfa(fine, self.down(fine))
+
+
+def test_exported_graph_has_only_ops_xnnpack_takes():
+    """What split the graph into 172 XNNPACK pieces before: mean over channels (RMSNorm) and
+    nearest upsampling (MSFA). Attention must be plain bmm + softmax, not fused SDPA."""
+    torch.manual_seed(0)
+    piece = _V5Piece().eval()
+    with torch.no_grad():
+        graph = torch.export.export(piece, (torch.rand(1, 16, 32, 32),)).graph
+    ops = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert any("softmax" in op for op in ops) and ops & {"aten.bmm.default", "aten.matmul.default"}, ops
+    assert not any("upsample_nearest" in op or "scaled_dot_product" in op for op in ops), ops
+    channel_means = [n for n in graph.nodes if str(n.target) == "aten.mean.dim" and sorted(n.args[1]) != [2, 3]]
+    assert not channel_means
+
+
+@pytest.mark.slow
+def test_v5_piece_lowers_whole_to_xnnpack():
+    from mobile_export.targets.executorch import lower
+
+    torch.manual_seed(0)
+    _, delegation = lower(_V5Piece().eval(), torch.rand(1, 16, 32, 32))
+    assert delegation["complete"] and delegation["delegated_subgraphs"] == 1, delegation["outside"]

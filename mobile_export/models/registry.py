@@ -236,7 +236,7 @@ def _v5(kind: str, timm_name: str, resolution: int, params: int, mmacs: float, a
 # Gemma 3n's encoder takes RGB in [0, 1] (mean 0, std 1) at 768x768, resized whole (crop_pct 1).
 _GEMMA3N_INPUT = Preprocess(768, 768, "bicubic", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 _GEMMA3N_WEIGHTS = WeightSource(
-    "timm", "timm", f"{HF_HUB}timm/mobilenetv5_300m.gemma3n/resolve/main/model.safetensors", None,
+    "gemma3n", "timm", f"{HF_HUB}timm/mobilenetv5_300m.gemma3n/resolve/main/model.safetensors", None,
     _GEMMA3N_INPUT, None, license="gemma",
     note="Gemma 3n vision encoder weights (Gemma Terms of Use); features, no classes",
 )

@@ -8,6 +8,7 @@ and pooled to a fixed 16x16 grid of tokens for the language model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple, Sequence
 
 import torch
@@ -80,8 +81,8 @@ class MultiScaleFusionAdapter(nn.Module):
     def __init__(self, in_chs: Sequence[int], out_chs: int, grid: int, style: BlockStyle):
         super().__init__()
         self.grid = grid
-        no_scale = BlockStyle(act=style.act, norm=style.norm, eps=style.eps, layer_scale=None)
-        self.ffn = UniversalInvertedResidual(sum(in_chs), out_chs, 0, 0, 1, 2.0, no_scale, skip=False)
+        self.ffn = UniversalInvertedResidual(sum(in_chs), out_chs, 0, 0, 1, 2.0, replace(style, layer_scale=None),
+                                             skip=False)
         self.norm = RmsNormAct2d(out_chs, None, style.eps)
         # Nearest 2x upsampling as a depthwise transposed conv with a ones kernel: the same
         # numbers, and XNNPACK has no nearest-neighbour resize (it would split the graph).

@@ -164,6 +164,22 @@ def kmeans_lut(nbits: int, max_iterations: int = 100):
     return lut_function
 
 
+#: Smallest activation range kept: a tensor that was exactly zero on every calibration image
+#: would get scale 0, which the quantize op rejects; zeros stay exact with any scale.
+MIN_RANGE = 1e-3
+
+
+def usable_ranges(stats: dict) -> dict:
+    """Ranges with a non-zero span, so every quantize op gets a positive scale."""
+    fixed = {}
+    for name, r in stats.items():
+        lo, hi = float(r["rmin"]), float(r["rmax"])
+        if max(abs(lo), abs(hi)) < MIN_RANGE:
+            lo, hi = min(lo, 0.0), max(hi, MIN_RANGE)
+        fixed[name] = {"rmin": lo, "rmax": hi}
+    return fixed
+
+
 def activation_config():
     import coremltools.optimize.coreml as cto
 
@@ -186,6 +202,7 @@ def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = 
         if not activation_stats:
             raise ExportError("w8a8 needs activation ranges from calibration; none were computed (internal error)")
         config = activation_config()
+        activation_stats = usable_ranges(activation_stats)
         for name in ("compression::insert_prefix_quantize_dequantize_pair",
                      "compression::insert_suffix_quantize_dequantize_pair"):
             p = PASS_REGISTRY[name]

@@ -149,15 +149,15 @@ def _constant(graph_module, value):
     return None
 
 
-_COMPUTE = ("conv", "linear", "addmm", "mm")
+_COMPUTE = ("conv", "linear")
 
 
 def _count_float_compute(graph_module) -> int:
-    """Convs/linears whose input does not come from a dequantize: the layers kept fp32."""
+    """Convs/linears whose weight is not a dequantized int8 tensor: the layers kept fp32."""
     count = 0
     for node in graph_module.graph.nodes:
-        if node.op == "call_function" and any(k in str(node.target) for k in _COMPUTE):
-            src = node.args[0] if node.args else None
-            if not (getattr(src, "op", None) == "call_function" and "dequantize" in str(src.target)):
+        if node.op == "call_function" and any(k in str(node.target) for k in _COMPUTE) and len(node.args) > 1:
+            weight = node.args[1]
+            if not (getattr(weight, "op", None) == "call_function" and "dequantize" in str(weight.target)):
                 count += 1
     return count

@@ -23,6 +23,8 @@ from ..errors import MobileExportError
 from ..fsutil import atomic_path, ensure_writable_dir
 from .metrics import SQNR_CAP_DB
 
+EXACT_DB = 100.0  # an input this clean counts as exact when computing a layer's loss
+
 
 @dataclass
 class LayerRow:
@@ -167,11 +169,11 @@ def _tracked(node) -> bool:
 def _after_qdq(node):
     """The dequantize that re-expresses `node`'s output in int8, if there is one: what the
     next layer really receives."""
-    users = list(node.users)
-    if len(users) == 1 and "quantize_per_tensor" in str(users[0].target):
-        deq = [u for u in users[0].users if "dequantize_per_tensor" in str(u.target)]
-        if deq:
-            return deq[0]
+    for user in node.users:
+        if "quantize_per_tensor" in str(user.target) and "dequantize" not in str(user.target):
+            deq = [u for u in user.users if "dequantize_per_tensor" in str(u.target)]
+            if deq:
+                return deq[0]
     return node
 
 
@@ -239,15 +241,14 @@ def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerR
         if not st.n:
             continue
         up = upstream(node) if node.op != "placeholder" else math.inf
-        loss = None if not math.isfinite(up) and node.op != "placeholder" else (
-            (min(up, SQNR_CAP_DB) if math.isfinite(up) else SQNR_CAP_DB) - st.sqnr)
+        loss = min(up, EXACT_DB) - min(st.sqnr, EXACT_DB)  # fed by exact values: all its error is its own
         stack = node.meta.get("nn_module_stack") or {}
         module = str(list(stack.values())[-1][0]) if stack else ""
         if module.startswith("model."):
             module = module[len("model."):]
         rows.append(LayerRow(name=node.name, op="input" if node.op == "placeholder" else _short(node.target),
                              sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs, cosine=round(st.cos_sum / st.n, 8),
-                             sqnr_loss_db=None if loss is None else round(loss, 4), module=module,
+                             sqnr_loss_db=round(loss, 4), module=module,
                              shape=st.shape, index=i))
     return rows
 

@@ -69,7 +69,8 @@ def check(values: dict, limits: dict[str, float], key: str) -> list[str]:
         ok = value >= limit if higher else value <= limit
         if not ok:
             sign = "<" if higher else ">"
-            failures.append(f"{label} {_fmt(value)}{' ' + unit if unit else ''} {sign} {_fmt(limit)} ({key})")
+            u = f" {unit}" if unit else ""
+            failures.append(f"{label} {_fmt(value)}{u} {sign} {_fmt(limit)}{u} ({key})")
     return failures
 
 

@@ -51,8 +51,16 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         outs = target.run(path, entry, artifact_inputs)
     test = np.concatenate([np.asarray(o, dtype=np.float64).reshape(1, -1) for o in outs], axis=0)
     kind = entry["output"].get("kind", "logits")
-    if kind in ("probabilities", "classifier"):
+    # What `run` returns is the target's call: Core ML gives a classifier's logits on Linux
+    # (read before its softmax) and log-probabilities under Core ML's own predict.
+    if hasattr(target, "output_quantity"):
+        quantity = target.output_quantity(entry)
+    else:
+        quantity = "probabilities" if kind in ("probabilities", "classifier") else kind
+    if quantity == "probabilities":
         ref = softmax(ref)
+    elif quantity == "log_probabilities":
+        ref = np.log(np.maximum(softmax(ref), 1e-45))
     topk = kind != "features" and manifest["model"].get("output", "logits") != "features"
 
     vs_float = metrics.compare(ref, test, topk=topk)

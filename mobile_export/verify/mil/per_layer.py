@@ -53,16 +53,18 @@ def _torch_layers(module, x) -> list[tuple[str, tuple, np.ndarray]]:
     import torch
 
     names = {m: n for n, m in module.named_modules()}
-    records: list[list] = []  # [name, output tensor]
-    last: dict = {}
+    records: list[list] = []  # [name, output tensor, its copy (later in-place ops may change it)]
 
     def on_anchor(mod, args, out):
-        records.append([names[mod], out])
-        last["out"] = out
+        records.append([names[mod], out, out.detach().clone()])
 
     def on_norm(mod, args, out):
         if records and args and args[0] is records[-1][1]:
-            records[-1][1] = out  # BatchNorm folded into the conv by the converter
+            # The converter folds the BatchNorm into the conv; the activation a BatchNormAct
+            # module may apply after it is a separate MIL op, so recompute the plain BatchNorm.
+            plain = torch.nn.functional.batch_norm(args[0], mod.running_mean, mod.running_var, mod.weight, mod.bias,
+                                                   False, 0.0, mod.eps)
+            records[-1][1:] = [out, plain.detach().clone()]
 
     hooks = []
     for m in module.modules():
@@ -76,7 +78,7 @@ def _torch_layers(module, x) -> list[tuple[str, tuple, np.ndarray]]:
     finally:
         for h in hooks:
             h.remove()
-    return [(name, tuple(out.shape), out.detach().numpy().copy()) for name, out in records]
+    return [(name, tuple(copy.shape), copy.numpy()) for name, _, copy in records]
 
 
 def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) -> list[tuple[str, str, int]]:

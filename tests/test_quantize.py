@@ -1,0 +1,106 @@
+"""Calibration data (real photos, the model's own preprocessing, skipped and counted files,
+refusals) and the PT2E recipe knobs (observer, layers kept in fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from et_helpers import photo_folder
+from mobile_export.errors import ExportError, ImageError
+from mobile_export.models.registry import Preprocess
+from mobile_export.preprocess import bundled_photos, load_input
+from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
+
+PRE = Preprocess(crop=32, resize=36, interpolation="bilinear")
+
+
+def test_folder_recursive_bounded_skips_and_counts(tmp_path):
+    folder = photo_folder(tmp_path / "photos", unreadable=2)
+    logs = []
+    cal = load_calibration(folder, PRE, limit=64, log=logs.append, progress=False)
+    n = len(bundled_photos())
+    assert len(cal.inputs) == n and len(cal.skipped) == 2
+    assert all(x.shape == (1, 3, 32, 32) and x.dtype == np.float32 for x in cal.inputs)
+    assert any("skipped 2 unreadable" in m for m in logs)
+    rec = cal.record()
+    assert rec["source"] == "folder" and rec["images"] == n and rec["skipped"] == 2 and rec["folder"]
+    # the model's own preprocessing: identical to loading that file through preprocess
+    first = cal.paths[0]
+    np.testing.assert_array_equal(cal.inputs[0], load_input(first, PRE, normalized=True))
+    raw = load_calibration(folder, PRE, limit=64, normalized=False, progress=False)
+    assert 0.0 <= raw.inputs[0].min() and raw.inputs[0].max() <= 1.0
+    # bounded, deterministic sample
+    small = load_calibration(folder, PRE, limit=4, progress=False)
+    again = load_calibration(folder, PRE, limit=4, progress=False)
+    assert len(small.paths) + len(small.skipped) == 4 and small.paths == again.paths
+
+
+def test_empty_and_unreadable_folders_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="no images"):
+        load_calibration(tmp_path / "empty", PRE, progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"nope")
+    with pytest.raises(ImageError, match="could be read"):
+        load_calibration(bad, PRE, progress=False)
+    with pytest.raises(ImageError, match="does not exist"):
+        load_calibration(tmp_path / "missing", PRE, progress=False)
+
+
+def test_fallback_warns_and_uses_bundled_photos():
+    logs = []
+    cal = load_calibration(None, PRE, log=logs.append, progress=False)
+    assert cal.source == "bundled" and len(cal.inputs) == len(bundled_photos()) >= 5
+    assert logs[0].startswith("WARNING: no --calibration folder given") and "--calibration DIR" in logs[0]
+
+
+def _net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return load_calibration(None, PRE, progress=False).inputs
+
+
+def test_recipe_knobs_change_the_result(calib):
+    import torch
+
+    example = torch.zeros(1, 3, 32, 32)
+    hist = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="histogram"))
+    minmax = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="minmax"))
+    assert hist.output_scale > 0 and minmax.output_scale > 0
+    assert hist.output_scale != minmax.output_scale  # histogram clips, min-max does not
+    assert hist.output_zero_point is not None
+    # deterministic: same inputs, same scales
+    assert quantize_pt2e(_net(), example, calib, QuantRecipe(observer="histogram")).output_scale == hist.output_scale
+    # keep the classifier (module "6") in fp32: its input is no longer dequantized int8
+    kept = quantize_pt2e(_net(), example, calib, QuantRecipe(fp32_modules=("6",)))
+    assert kept.kept_fp32_nodes == 1 and hist.kept_fp32_nodes == 0
+    assert kept.output_scale is None  # the output stays float
+    # quantized model is close to float on the calibration photos
+    from mobile_export.verify import metrics
+    from mobile_export.verify.reference import run_module
+
+    assert metrics.sqnr_db(run_module(_net(), calib), run_module(hist.graph_module, calib)) > 20
+
+
+def test_recipe_round_trip_and_refusals(calib):
+    import torch
+
+    r = QuantRecipe(observer="minmax", per_channel=False, fp32_modules=("features.0", "classifier"))
+    assert QuantRecipe.from_dict(r.to_dict()) == r
+    assert QuantRecipe.from_dict(None) == QuantRecipe()
+    with pytest.raises(ExportError, match="unknown activation observer"):
+        quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), calib, QuantRecipe(observer="bogus"))
+    with pytest.raises(ExportError, match="at least one calibration image"):
+        quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), [], QuantRecipe())

@@ -1,0 +1,213 @@
+"""verify: metrics checked against numbers worked out by hand, the threshold table, the
+per-layer writer, the report text, and the cheap refusals before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobile_export.errors import ArtifactError, ManifestError
+from mobile_export.verify import format_report, metrics, thresholds
+from mobile_export.verify.per_layer import LayerRow, sort_by_loss, write_per_layer_report
+
+
+# --- metrics: hand-checkable numbers -------------------------------------------------------
+
+
+def test_errors_and_sqnr_by_hand():
+    ref = np.array([[3.0, 4.0]])
+    test = np.array([[3.0, 3.0]])
+    assert metrics.max_abs_error(ref, test) == 1.0
+    assert metrics.mean_abs_error(ref, test) == 0.5
+    # signal 9 + 16 = 25, noise 1 -> 10 log10(25) = 13.979 dB
+    assert metrics.sqnr_db(ref, test) == pytest.approx(10 * math.log10(25.0))
+    assert metrics.sqnr_db(ref, ref) == math.inf
+    assert metrics.sqnr_db(np.zeros((1, 2)), np.ones((1, 2))) == -math.inf
+    # 10x less error amplitude = +20 dB
+    assert metrics.sqnr_db(ref, ref + 0.1 * (test - ref)) - metrics.sqnr_db(ref, test) == pytest.approx(20.0)
+
+
+def test_cosine_by_hand():
+    assert metrics.cosine_similarity([[1.0, 0.0]], [[0.0, 1.0]]) == pytest.approx(0.0)
+    assert metrics.cosine_similarity([[1.0, 1.0]], [[2.0, 2.0]]) == pytest.approx(1.0)
+    assert metrics.cosine_similarity([[1.0, 0.0]], [[-1.0, 0.0]]) == pytest.approx(-1.0)
+    # mean over rows: (1 + 0) / 2
+    assert metrics.cosine_similarity([[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]) == pytest.approx(0.5)
+    assert metrics.cosine_similarity([[0.0, 0.0]], [[0.0, 0.0]]) == 1.0
+
+
+def test_topk_by_hand():
+    ref = np.array([[0.1, 0.9, 0.5, 0.3, 0.2, 0.0, -1.0],
+                    [5.0, 1.0, 2.0, 3.0, 4.0, 0.0, -1.0]])
+    test = np.array([[0.1, 0.4, 0.5, 0.3, 0.2, 0.0, -1.0],   # top-1 moves from 1 to 2; top-5 set unchanged
+                     [5.0, 1.0, 2.0, 3.0, 4.0, 4.5, -1.0]])  # class 5 enters top-5, class 1 leaves; top-1 stays
+    assert metrics.top1_agreement(ref, test) == 0.5
+    assert metrics.topk_overlap(ref, test, 5) == pytest.approx((5 / 5 + 4 / 5) / 2)
+    # row 0 margin 0.4, row 1 margin 1.0
+    assert metrics.top1_ties(ref, 0.5) == 1
+    assert metrics.decided_top1_agreement(ref, test, 0.5) == 1.0  # only row 1 is decided, and it agrees
+    assert metrics.decided_top1_agreement(ref, test, 0.3) == 0.5  # both decided, row 0 flips
+    assert metrics.decided_top1_agreement(ref, test, 2.0) == 1.0  # no decided rows
+
+
+def test_steps_and_compare():
+    ref = np.array([[1.0, 2.0, 3.0]])
+    test = np.array([[1.0, 2.0, 3.3]])
+    assert metrics.error_in_steps(ref, test, 0.1) == pytest.approx(3.0)
+    assert math.isnan(metrics.error_in_steps(ref, test, 0.0))
+    c = metrics.compare(ref, ref)
+    assert c["sqnr_db"] == metrics.SQNR_CAP_DB and c["max_abs"] == 0.0 and c["top1_agreement"] == 1.0
+    json.dumps(c, allow_nan=False)  # strict JSON: the manifest is parsed by the apps
+    assert "top1_agreement" not in metrics.compare(ref, test, topk=False)
+    with pytest.raises(ValueError):
+        metrics.compare(ref, np.zeros((1, 4)))
+
+
+def test_input_independent_outputs_are_flagged():
+    bias = np.tile(np.array([[0.3, -0.1, 0.2]]), (5, 1))
+    assert metrics.input_independent(bias)
+    assert not metrics.input_independent(bias + np.random.default_rng(0).normal(0, 0.05, bias.shape))
+    assert not metrics.input_independent(bias[:1])
+
+
+# --- thresholds ----------------------------------------------------------------------------
+
+
+def test_one_table_keys_and_failures():
+    assert thresholds.key_for({"precision": "fp32", "quantization": {"mode": "none"}}) == "fp32"
+    assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}}) == "int8/pt2e-int8"
+    assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "something-new"}}) == "int8"
+    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "palettize4"}}) == "fp16"
+    key, limits = thresholds.limits_for({"precision": "fp32", "quantization": {"mode": "none"}})
+    good = {"sqnr_db": 90.0, "cosine": 1.0, "top1_agreement_decided": 1.0, "top5_overlap": 1.0}
+    assert thresholds.check(good, limits, key) == []
+    bad = dict(good, sqnr_db=42.0, top1_agreement_decided=0.9)
+    failures = thresholds.check(bad, limits, key)
+    assert len(failures) == 2 and "SQNR vs float 42 dB < 60 dB (fp32)" in failures[0]
+    # a metric that does not apply (features output: no top-k) is skipped, not failed
+    assert thresholds.check({"sqnr_db": 90.0, "cosine": 1.0}, limits, key) == []
+    key8, limits8 = thresholds.limits_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}})
+    fails8 = thresholds.check({"sqnr_db": 20.0, "cosine": 0.99, "steps_vs_quantized": 9.0, "sqnr_db_vs_quantized": 30.0},
+                              limits8, key8)
+    assert fails8 == ["max error vs the quantized PyTorch model 9 output steps > 8 output steps (int8/pt2e-int8)"]
+
+
+# --- per-layer writer ----------------------------------------------------------------------
+
+
+def test_per_layer_writer(tmp_path):
+    rows = [LayerRow("conv", "conv2d", 40.0, 0.01, 0.9999, 5.0, "stem.conv", "1x8x4x4", 0),
+            LayerRow("se", "mul", 25.0, 0.2, 0.99, 15.0, "blocks.1.se", "1x8x4x4", 1),
+            LayerRow("fc", "linear", 24.0, 0.3, 0.98, 1.0, "classifier", "1x10", 2),
+            LayerRow("runtime", "pte vs PyTorch", 30.0, 0.1, 0.999, None, "", "", 3)]
+    assert [r.name for r in sort_by_loss(rows)] == ["se", "conv", "fc", "runtime"]
+    paths = write_per_layer_report(rows, tmp_path / "r", "test <model>")
+    md = paths["markdown"].read_text()
+    assert md.index("| se |") < md.index("| conv |") < md.index("| fc |")
+    with open(paths["csv"], newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["name"] for r in table] == ["se", "conv", "fc", "runtime"]
+    assert float(table[0]["sqnr_loss_db"]) == 15.0 and table[3]["sqnr_loss_db"] == ""
+    page = paths["html"].read_text()
+    assert page.count("<svg") == 2 and "test &lt;model&gt;" in page and "15.00 dB" in page
+
+
+def test_quantized_layer_rows_find_the_damaged_layer():
+    """A model whose middle layer sees a huge outlier: int8 has to stretch that layer's
+    scale, so the error must enter there, and the table must say so."""
+    import torch
+
+    from mobile_export.quantize import QuantRecipe, quantize_pt2e
+    from mobile_export.verify.per_layer import quantized_layer_rows
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 8, 1)
+            self.c = torch.nn.Conv2d(8, 8, 1)
+            with torch.no_grad():
+                self.b.weight[0].mul_(500.0)  # one channel with a 500x range
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1, 3, 8, 8), dtype=np.float32) for _ in range(4)]
+    q = quantize_pt2e(Net().eval(), torch.zeros(1, 3, 8, 8), xs, QuantRecipe(observer="minmax"))
+    rows = quantized_layer_rows(q, xs)
+    by_name = {r.name: r for r in rows}
+    assert {"conv2d", "conv2d_1", "conv2d_2"} <= set(by_name)
+    worst = max((r for r in rows if r.sqnr_loss_db is not None and r.op != "input"), key=lambda r: r.sqnr_loss_db)
+    assert worst.module in ("b", "c") or worst.name in ("conv2d_1", "relu_1", "conv2d_2")
+    assert all(math.isfinite(r.sqnr_db) for r in rows)
+
+
+# --- report text ---------------------------------------------------------------------------
+
+
+def test_format_report_lines():
+    report = {
+        "artifact": "m_int8.pte", "precision": "int8", "quantization": "pt2e-int8",
+        "images": {"count": 11, "source": "bundled", "skipped": 1},
+        "vs_float": {"max_abs": 0.5, "mean_abs": 0.05, "sqnr_db": 21.5, "cosine": 0.99, "top1_agreement": 0.9,
+                     "top1_ties": 1, "top5_overlap": 0.8},
+        "output_scale": 0.02, "steps_vs_float": 25.0, "vs_quantized": {"max_abs": 0.02, "mean_abs": 0.001,
+                                                                      "sqnr_db": 45.0, "cosine": 0.9999},
+        "steps_vs_quantized": 1.0, "quantized_reference": "rebuilt", "thresholds": {"key": "int8/pt2e-int8"},
+        "passed": False, "failures": ["SQNR vs float 21.5 dB < 30 dB (x)"], "warnings": [],
+    }
+    text = format_report(report)
+    assert text.splitlines()[0].startswith("m_int8.pte: FAILED (int8, pt2e-int8")
+    assert "1 unreadable skipped" in text and "SQNR 21.5 dB" in text and "top-1 90.0% (1 tie)" in text
+    assert "1 steps" in text and "FAIL        SQNR vs float 21.5 dB" in text
+
+
+# --- refusals before anything runs ------------------------------------------------------
+
+
+def _fake_export(tmp_path, data: bytes, sha_of: bytes | None = None):
+    import hashlib
+
+    from mobile_export import manifest as mf
+    from mobile_export.models import create_model
+
+    built = create_model("mobilenet_v1_025", weights="random", resolution=32)
+    m = mf.new_manifest(built)
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(data)
+    m["artifacts"] = [{"file": "m.pte", "target": "executorch", "format": "pte", "bytes": len(data),
+                       "sha256": hashlib.sha256(sha_of if sha_of is not None else data).hexdigest(),
+                       "precision": "fp32", "quantization": {"mode": "none"},
+                       "input": {"name": "x", "kind": "tensor", "shape": [1, 3, 32, 32], "layout": "NCHW",
+                                 "dtype": "float32", "value_range": [0, 1], "normalized_in_model": True},
+                       "output": {"name": "logits", "kind": "logits"}}]
+    mf.write_manifest(tmp_path, m)
+    return pte
+
+
+def test_verify_refuses_bad_magic_missing_manifest_and_changed_file(tmp_path):
+    from mobile_export.verify import verify_artifact
+
+    with pytest.raises(ArtifactError, match="does not exist"):
+        verify_artifact(tmp_path / "nothing.pte")
+    pte = _fake_export(tmp_path, b"\0" * 200)
+    with pytest.raises(ArtifactError, match="expected b'ET12'"):
+        verify_artifact(pte)
+    good_header = b"\x1c\0\0\0ET12" + b"\0" * 200
+    pte = _fake_export(tmp_path, good_header, sha_of=b"other bytes")
+    with pytest.raises(ArtifactError, match="sha256"):
+        verify_artifact(pte)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ManifestError, match="no manifest"):
+        verify_artifact(pte)
+    short = tmp_path / "short.pte"
+    short.write_bytes(b"\x1c\0\0\0ET12")
+    with pytest.raises(ArtifactError, match="too small"):
+        verify_artifact(short)
