@@ -194,7 +194,8 @@ def _sources(tmp: Path, small: bool) -> list[tuple[str, Path, str, str]]:
 
 
 def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tuple[dict, list[dict]]:
-    """A valid manifest as the exporter writes it, and broken ones with the error the apps show."""
+    """A valid manifest as the exporter writes it, broken ones with the error the apps show,
+    and a feature-model variant."""
     from .models import BuiltModel, get_spec
 
     if model is not None:
@@ -232,6 +233,12 @@ def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tup
         edit(d)
         return {"name": name, "error": error, "manifest": d}
 
+    features = json.loads(json.dumps(doc))  # a backbone (MobileNetV5): the apps show the output shape
+    features["model"].update(output="features", output_shape=None)
+    for a in features["artifacts"]:
+        a["output"] = {"name": "features", "kind": "features", "shape": None, "dtype": "float32"}
+    mf.validate(features)
+
     bad = [
         broken("version_2", "version 2 is not supported", lambda d: d.update(version=2)),
         broken("other_format", "not a mobile-export manifest", lambda d: d.update(format="something-else")),
@@ -242,7 +249,7 @@ def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tup
         broken("artifact_escape", "not a plain file name", lambda d: d["artifacts"][0].update(file="..")),
         broken("crop_over_resize", "larger than resize", lambda d: d["preprocess"].update(crop=300)),
     ]
-    return doc, bad
+    return doc, bad, features
 
 
 def write_golden(out: str | Path, small: bool = False, with_model: bool = True) -> Path:
@@ -258,7 +265,7 @@ def write_golden(out: str | Path, small: bool = False, with_model: bool = True) 
             (tmp / "cases" / f"{name}.json").write_text(json.dumps(case, ensure_ascii=False) + "\n", encoding="utf-8")
             names.append(name)
         (tmp / "labels.txt").write_bytes(labels_text.encode("utf-8"))
-        manifest, bad = _manifests(model, labels_text, labels)
+        manifest, bad, features = _manifests(model, labels_text, labels)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         sizes = [(4032, 3024), (3024, 4032), (2048, 1536), (1000, 700), (511, 511), (640, 480), (8000, 600)]
         index = {
@@ -269,6 +276,7 @@ def write_golden(out: str | Path, small: bool = False, with_model: bool = True) 
                          "resize": manifest["preprocess"]["resize"], "labels_count": len(labels),
                          "artifacts": [a["file"] for a in manifest["artifacts"]]},
             "bad_manifests": bad,
+            "features_manifest": features,
             "jpeg_draft": [{"width": w, "height": h, "resize": r, "scale": _draft_scale(w, h, r)}
                            for (w, h) in sizes for r in (224, 256, 64)],
         }

@@ -99,3 +99,11 @@ def test_invalid_manifest_is_never_written(tmp_path):
     with pytest.raises(ManifestError):
         mf.write_manifest(tmp_path, m)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_imagenet_labels_ship_with_the_package():
+    from mobile_export.models import imagenet_labels
+
+    labels = imagenet_labels()
+    assert len(labels) == 1000 and len(set(labels)) == 1000
+    assert labels[0] == "tench" and labels[207] == "golden retriever" and labels[999] == "toilet tissue"

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from .registry import ModelSpec, Preprocess, all_specs, get_spec
 
 __all__ = ["BuiltModel", "ModelSpec", "Preprocess", "all_specs", "get_spec", "create_model",
-           "build_architecture", "read_labels"]
+           "build_architecture", "read_labels", "imagenet_labels"]
 
 
 @dataclass
@@ -55,6 +55,14 @@ def read_labels(path: str | Path) -> list[str]:
     if not labels:
         raise MobileExportError(f"labels file {str(p)!r} is empty; put one label per line")
     return labels
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the order torchvision and timm checkpoints use."""
+    from importlib import resources
+
+    text = resources.files("mobile_export").joinpath("data/imagenet_labels.txt").read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def create_model(
@@ -101,6 +109,8 @@ def create_model(
 
     preprocess = source.preprocess if source is not None else spec.preprocess
     res = resolution or preprocess.crop
+    if labels is None and source is not None and n_classes == 1000 and spec.output == "logits":
+        labels = imagenet_labels()  # a published ImageNet checkpoint: its class names ship with us
     return BuiltModel(
         module=module, spec=spec, preprocess=preprocess.at_resolution(res), num_classes=n_classes,
         resolution=res, weights=info, labels=labels,

@@ -120,12 +120,9 @@ class MobileNetV5(nn.Module):
         self.blocks, widths = build_stages(stem, variant.stages, style, width)
         self.msfa = MultiScaleFusionAdapter(widths[-2:], MSFA_CHANNELS, MSFA_GRID, style)
         self.num_features = MSFA_CHANNELS
-        self.encoder = variant.encoder
-        if self.encoder:
-            self.head = nn.Identity()
-        else:
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout))
-        self.classifier = nn.Identity() if self.encoder else classifier(MSFA_CHANNELS, num_classes)
+        pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout))
+        self.head = nn.Identity() if variant.encoder else pooled
+        self.classifier = nn.Identity() if variant.encoder else classifier(MSFA_CHANNELS, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_stem(x)

@@ -217,8 +217,10 @@ def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = 
 
 def apply_passes(mlmodel, passes, ios: int):
     """Run graph passes on the program and serialize once through `guarded_pipeline`."""
-    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.converter import _reset_conversion_state, mil_convert
     from coremltools.models import utils as model_utils
+
+    _reset_conversion_state()  # op-name counters: same program, same names, same bytes
 
     spec = mlmodel.get_spec()
     version = max(spec.specificationVersion, _spec_version(ios))

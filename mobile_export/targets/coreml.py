@@ -387,6 +387,9 @@ def _convert(exported, built, plan: _Plan, precision: str, ios: int):
             kwargs["classifier_config"] = ct.ClassifierConfig(plan.labels, predicted_feature_name=LABEL_NAME)
         else:
             kwargs["outputs"] = [ct.TensorType(name=FEATURES_NAME if plan.features else LOGITS_NAME, dtype=np.float32)]
+        from coremltools.converters.mil.converter import _reset_conversion_state
+
+        _reset_conversion_state()  # op-name counters: a failed conversion must not rename the next one
         try:
             return ct.convert(
                 exported, inputs=inputs, convert_to="mlprogram",

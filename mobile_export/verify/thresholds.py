@@ -10,8 +10,9 @@ Why these numbers:
 - int8 (PT2E, XNNPACK): the runtime must reproduce the quantized PyTorch model (the
   convert_pt2e graph) far better than quantization matches float: XNNPACK requantizes in
   fixed point where PyTorch rounds in float, so single elements differ by one step per
-  layer and that propagates (measured: 1-5 steps at the logits after ~30 layers, ~28 dB);
-  more than 8 steps or under 20 dB means a different computation (wrong scale, op, layout).
+  layer and that propagates with depth (measured with synthetic well-conditioned weights at
+  64 px: 5 steps / 28 dB for V1 0.25, 9 steps for V2); more than 16 steps (6% of the
+  output range) or under 20 dB means a different computation (wrong scale, op, layout).
   Against the float model the loss is quantization itself; those limits catch a broken
   export (uncalibrated ranges), not a small accuracy loss: the accuracy bar (top-1 within
   0.3 points) is measured on trained models (README), and top-1 limits would be noise on
@@ -24,7 +25,7 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     # key              vs the float reference model                                        vs the quantized PyTorch model
     "fp32":           {"sqnr_db": 60.0, "cosine": 0.99999, "top1_agreement_decided": 1.0, "top5_overlap": 0.9},
     "fp16":           {"sqnr_db": 30.0, "cosine": 0.999, "top1_agreement_decided": 0.9, "top5_overlap": 0.8},
-    "int8/pt2e-int8": {"sqnr_db": 10.0, "cosine": 0.9, "sqnr_db_vs_quantized": 20.0, "steps_vs_quantized": 8.0},
+    "int8/pt2e-int8": {"sqnr_db": 10.0, "cosine": 0.9, "sqnr_db_vs_quantized": 20.0, "steps_vs_quantized": 16.0},
     "int8":           {"sqnr_db": 10.0, "cosine": 0.9},
     "mixed":          {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
 }

@@ -101,7 +101,11 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     report["failures"] = failures
 
     quantized = report.pop("_quantized", None)
-    if per_layer:
+    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (verify/mil)
+        from .mil.per_layer import per_layer_report as mil_per_layer_report
+
+        report["per_layer"] = mil_per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
+    elif per_layer:
         from .per_layer import per_layer_report
 
         report["per_layer"] = per_layer_report(path, entry, built, inputs, quantized, report, report_dir, log=log)

@@ -129,6 +129,15 @@ final class GoldenTests: XCTestCase {
         XCTAssertThrowsError(try m.runnable(format: "tflite"))
     }
 
+    func testFeatureModelManifestParses() throws {
+        let doc = try json("index.json")["features_manifest"]!
+        let m = try DemoManifest(json: JSONSerialization.data(withJSONObject: doc))
+        XCTAssertEqual(m.output, "features")
+        let package = try m.runnable(format: "mlpackage")
+        XCTAssertEqual(package.outputKind, "features")
+        XCTAssertNil(package.outputShape)
+    }
+
     func testBrokenManifestsGiveOneLineMessages() throws {
         let bad = try json("index.json")["bad_manifests"] as! [[String: Any]]
         XCTAssertGreaterThanOrEqual(bad.count, 5)

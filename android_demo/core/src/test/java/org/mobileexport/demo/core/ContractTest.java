@@ -58,6 +58,15 @@ public class ContractTest {
     }
 
     @Test
+    public void featureModelManifestParses() throws Exception {
+        Manifest m = Manifest.parse(toJson(Golden.index().get("features_manifest")));
+        assertEquals("features", m.output);
+        Manifest.Artifact pte = m.runnable("pte");
+        assertEquals("features", pte.outputKind);
+        assertNull(pte.outputShape);
+    }
+
+    @Test
     public void garbageIsAManifestErrorNotACrash() {
         for (String text : new String[] {"", "{", "[1,2]", "{\"format\": 1}", "nul", "{\"a\":1} x", "\"\\u12\""}) {
             try {
