@@ -94,7 +94,9 @@ def write_calibration_folder(folder: Path, pixels: np.ndarray, count: int, seed:
 
 
 def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: int, work: Path,
-            data_cache: dict, log=lambda m: None) -> Measurement:
+            data_cache: dict, log=lambda m: None, quantized_pytorch: bool = False) -> Measurement:
+    """One export + run. `quantized_pytorch`: stop before lowering and score the convert_pt2e
+    model instead of the .pte (the same calibration path; minutes faster, for recipe sweeps)."""
     import torch
 
     from mobile_export.models import BuiltModel, get_spec
@@ -120,6 +122,9 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
                             seed=seed, extra={"quant_recipe": RECIPES[recipe_name]})
     target = ExecuTorchTarget()
     dest = work / f"{checkpoint.stem}_{recipe_name}_{seed}.pte"
+    if quantized_pytorch:
+        return _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed, calibration_images,
+                                        data, x_test, reference, t0, log)
     fields = target.export(built, options, dest, log)
     int8 = np.concatenate(target.run(dest, fields, [x[None] for x in x_test]))
 
@@ -142,6 +147,47 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
         agreement=100.0 * float((int8.argmax(1) == reference.argmax(1)).mean()),
         sqnr_db=sqnr_db(reference, int8), pte_vs_quantized_pytorch_agreement=pte_vs_q,
         pte_bytes=dest.stat().st_size, seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+def read_runs(paths: list[Path]) -> list[Measurement]:
+    """Measurements printed by earlier runs (one JSON object a line); other lines are ignored.
+    Long sweeps on a busy machine run as several processes; this joins them."""
+    names = set(Measurement.__dataclass_fields__)
+    rows = []
+    for path in paths:
+        text = path.read_text()
+        if text.lstrip().startswith('{\n') or text.lstrip().startswith('{"summary"'):  # a --json file
+            docs = json.loads(text)["runs"]
+        else:
+            docs = [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"recipe"' in line]
+        rows += [Measurement(**{k: v for k, v in doc.items() if k in names}) for doc in docs]
+    return rows
+
+
+def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed, calibration_images, data,
+                             x_test, reference, t0, log) -> Measurement:
+    import torch
+
+    from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
+    from mobile_export.targets.executorch import with_normalization
+
+    model = with_normalization(built.module, built.preprocess.mean, built.preprocess.std)
+    calibration = load_calibration(options.calibration, built.preprocess, limit=calibration_images,
+                                   normalized=False, log=log)
+    q = quantize_pt2e(model, torch.zeros(built.input_shape), calibration.inputs,
+                      QuantRecipe.from_dict(options.extra["quant_recipe"]), log)
+    with torch.no_grad():
+        int8 = np.concatenate([q.graph_module(torch.from_numpy(x[None])).numpy() for x in x_test])
+    y = data.test_y
+    return Measurement(
+        checkpoint=checkpoint.name, model=meta["model"], dataset=meta["dataset"], recipe=recipe_name + " (quantized PyTorch)",
+        seed=seed, calibration_images=calibration_images, held_out=len(y),
+        fp32_top1=100.0 * float((reference.argmax(1) == y).mean()),
+        int8_top1=100.0 * float((int8.argmax(1) == y).mean()),
+        agreement=100.0 * float((int8.argmax(1) == reference.argmax(1)).mean()),
+        sqnr_db=sqnr_db(reference, int8), pte_vs_quantized_pytorch_agreement=None, pte_bytes=0,
+        seconds=round(time.perf_counter() - t0, 1),
     )
 
 
@@ -206,11 +252,15 @@ def markdown(summary: list[dict], rows: list[Measurement], command: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument("checkpoints", nargs="*", type=Path)
+    ap.add_argument("--report-from", nargs="*", type=Path, default=[],
+                    help="rebuild the report from the JSON lines of earlier runs (their stdout) instead of measuring")
     ap.add_argument("--recipes", default="plain", help=f"comma-separated, from: {', '.join(RECIPES)}")
     ap.add_argument("--seeds", default="0", help="calibration sample seeds, comma-separated")
     ap.add_argument("--calibration-images", default="64", help="comma-separated sizes")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quantized-pytorch", action="store_true",
+                    help="score the convert_pt2e model instead of lowering to .pte (fast recipe sweeps)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
     args = ap.parse_args(argv)
@@ -224,7 +274,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(s) for s in args.calibration_images.split(",")]
-    rows: list[Measurement] = []
+    rows: list[Measurement] = read_runs(args.report_from)
     cache: dict = {}
     with tempfile.TemporaryDirectory(prefix="int8-quality-") as tmp:
         for ckpt in args.checkpoints:
@@ -232,7 +282,8 @@ def main(argv=None) -> int:
                 for n in sizes:
                     for seed in seeds:
                         m = measure(ckpt, recipe, seed, n, Path(tmp), cache,
-                                    log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+                                    log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
+                                    quantized_pytorch=args.quantized_pytorch)
                         rows.append(m)
                         print(json.dumps({**m.__dict__, "drop": round(m.drop, 3), "passed": m.passed}), flush=True)
     summary = summarize(rows)

@@ -35,6 +35,18 @@ def export_small(root: Path) -> Path:
     return out
 
 
+def shared_export(tmp_path_factory) -> Path:
+    """export_small once per pytest session, shared by test_robustness and test_fuzz (their
+    session fixtures are separate, the folder is not)."""
+    root = tmp_path_factory.getbasetemp() / "robust-export"
+    out = root / "export"
+    if not (out / "manifest.json").exists():
+        if root.exists():
+            shutil.rmtree(root)
+        export_small(root)
+    return out
+
+
 def listing(folder: Path) -> list[str]:
     """Every path below `folder` (hidden temporaries included), relative and sorted."""
     folder = Path(folder)

@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

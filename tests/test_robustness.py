@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robust_helpers import (MODEL, PKG, PTE, RES, WEIGHT_REL, cli_inprocess, cli_subprocess, copy_export, export_small,
-                            flip, listing, one_line_error, repin, set_blob_offset, truncate)
+from robust_helpers import (MODEL, PKG, PTE, RES, WEIGHT_REL, cli_inprocess, cli_subprocess, copy_export,
+                            flip, listing, one_line_error, repin, set_blob_offset, shared_export, truncate)
 
 SMALL = ["v1-025", "--weights", "random", "--resolution", str(RES)]
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> Path:
-    return export_small(tmp_path_factory.mktemp("robust"))
+    return shared_export(tmp_path_factory)
 
 
 def _fails(code_expected: int, *args) -> str:

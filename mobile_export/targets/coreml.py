@@ -12,15 +12,15 @@ The graph that is converted is the model itself plus, straight-line:
   (spec.output == "features") a plain tensor.
 
 MobileNetV3 fp16 pitfalls on the Neural Engine, and what this file does about them:
-- fp32 BatchNorm epsilon beside fp16 parameters (coremltools #2470): every BatchNorm that follows
-  a convolution is folded into it by the converter; `pitfalls()` checks that no `batch_norm` op
-  survives next to a conv (a standalone BatchNorm, as in V4 attention, is converted in fp32
-  arithmetic by the `cast` the fp16 pass inserts, so it never sees an fp16 epsilon).
+- fp32 BatchNorm epsilon beside fp16 parameters (coremltools #2470): the converter folds every
+  BatchNorm that follows a convolution into it (conv -> BN -> act is how every MobileNet block
+  is built), so no `batch_norm` op with an epsilon is left; `pitfalls()` fails the export if a
+  `batch_norm` directly after a `conv` survives, and the tests check V3 has no `batch_norm` at all.
 - Linear followed by hardswish drifts on the ANE unless done as a 1x1 conv on a 4-D tensor: our
-  V3 head is pool -> 1x1 conv -> hardswish; `pitfalls()` fails the export if any `linear` feeds
-  a hardswish/hardsigmoid in the converted program.
-- The SE broadcast multiply is slow on the ANE (#657): unchanged (it is the architecture); the
-  SE scale is a (1, C, 1, 1) tensor multiplied into (1, C, H, W), the form the ANE supports.
+  V3 head is pool -> 1x1 conv -> hardswish, and the only `linear` left is the classifier, which
+  feeds the softmax; `pitfalls()` fails the export if any `linear` feeds a hardswish/hardsigmoid.
+- The SE broadcast multiply is slow on the ANE (#657): left as the architecture defines it (a
+  (1, C, 1, 1) gate times the (1, C, H, W) features); its speed can only be measured on a Mac.
 
 Reproducible bytes: coremltools writes the conversion date into the metadata, serializes
 protobuf maps in hash order, gives Manifest.json random UUIDs and adds an ExecuTorch debug
@@ -110,7 +110,7 @@ class CoreMLTarget(Target):
         precision = options.precision or DEFAULT_PRECISION
         mode = cq.get_mode(options.compress)
         ios = cq.deployment_target(options.compress, options.deployment_target)
-        plan = _plan(built, options)
+        plan = _Plan(built, options)
         wrapper, conv = _prepare(built, plan)
         exported = _export(wrapper, built)
         if conv is not None and not _input_feeds_only(exported, wrapper, conv):
@@ -255,10 +255,6 @@ class _Plan:
             return {"name": PROBS_NAME, "kind": "classifier", "label": LABEL_NAME,
                     "shape": [1, built.num_classes], "dtype": "float32"}
         return {"name": LOGITS_NAME, "kind": "logits", "shape": [1, built.num_classes], "dtype": "float32"}
-
-
-def _plan(built, options: ExportOptions) -> _Plan:
-    return _Plan(built, options)
 
 
 def _prepare(built, plan: _Plan, fold: bool = True):
@@ -413,12 +409,12 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
     calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
                              normalized=not plan.normalize, log=log)
     scale = 255.0 if plan.input_kind == "image" else 1.0
-    samples = [{plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs]
+    samples = ({plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs)  # streamed, one at a time
     with tempfile.TemporaryDirectory(prefix=".calib.", dir=dest.parent) as tmp:
         float_pkg = Path(tmp) / "float.mlpackage"
         with _quiet():
             mlmodel.save(str(float_pkg))
-        log(f"coreml: calibrating activations on {len(samples)} image(s) with the ML Program executor")
+        log(f"coreml: calibrating activations on {len(calib.inputs)} image(s) with the ML Program executor")
         stats = mil.activation_stats(float_pkg, samples)
     return stats, calib.record()
 

@@ -104,7 +104,6 @@ class ExecuTorchTarget(Target):
                 "backend": "XnnpackBackend",
                 "method": "forward",
                 "lower_seconds": round(time.perf_counter() - t0, 2),
-                "reproducible": True,
             },
         }
         if options.bundled:
