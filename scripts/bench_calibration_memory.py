@@ -1,11 +1,13 @@
 """Peak memory of calibration-image loading against the number of images in the folder.
 
 Writes N small generated JPEGs (100 / 1,000 / 10,000 by default), then, each in a fresh
-process, runs `quantize.load_calibration` on the folder with the model's real preprocessing
-and records the process's peak resident memory (VmHWM) before and after. Two regimes:
-  - the default --calibration-limit (64): the folder is listed, an even sample of 64 is
-    decoded one file at a time; memory should not depend on N;
-  - limit = N (every image used): what the in-memory calibration set then costs per image.
+process, runs `quantize.load_calibration` on the folder with the model's real preprocessing,
+consumes every input once (as an observer does) and records the process's peak resident
+memory (VmHWM) before and after. Two regimes:
+  - the default --calibration-limit (64): an even sample of 64 of the N files;
+  - limit = N: every image is used (--calibration-limit 10000).
+Streaming means neither grows with N: the set keeps file names, and each input is decoded
+when it is consumed.
 Prints a table and, with --json, writes the numbers (docs/robustness.md quotes them).
 
     python scripts/bench_calibration_memory.py [--counts 100 1000 10000] [--model v2] [--json out.json]
@@ -39,6 +41,9 @@ pre = get_spec(model).preprocess
 before = hwm_mb()
 t0 = time.perf_counter()
 calib = load_calibration(folder, pre, limit=limit, progress=False)
+low, high = float("inf"), float("-inf")
+for x in calib.inputs:  # consume every input once, as an observer does
+    low, high = min(low, float(x.min())), max(high, float(x.max()))
 seconds = time.perf_counter() - t0
 print(json.dumps({"images_used": len(calib.inputs), "skipped": len(calib.skipped), "hwm_before_mb": before,
                   "hwm_after_mb": hwm_mb(), "seconds": seconds}))
@@ -73,7 +78,7 @@ def measure(folder: Path, model: str, limit: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--all-images-up-to", type=int, default=1000,
+    parser.add_argument("--all-images-up-to", type=int, default=10000,
                         help="also run with limit = N (every image kept) for N up to this")
     parser.add_argument("--model", default="v2", help="whose preprocessing to use (v2: resize 256, crop 224)")
     parser.add_argument("--side", type=int, default=128, help="generated JPEG size in pixels")

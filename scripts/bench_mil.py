@@ -57,7 +57,7 @@ def main() -> None:
     rel = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-12))
     print(f"{built.spec.name} {args.resolution}px {args.precision}: convert {convert_s:.1f}s, load {load_s:.2f}s, "
           f"first run {times[0]:.3f}s, best {min(times[1:]):.3f}s, median {statistics.median(times[1:]):.3f}s "
-          f"over {args.runs} runs ({program.threads} thread(s)); max rel error vs PyTorch {rel:.2e}; "
+          f"over {args.runs} runs ({program.threads} thread(s)); max rel error vs PyTorch {rel:.2e} (random weights); "
           f"{len(program.compute_ops())} ops")
 
 

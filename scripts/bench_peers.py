@@ -679,8 +679,10 @@ def write_markdown(doc_path: Path, results: dict) -> None:
     lines.append("")
     lines.append(f"Each cell: median of {results['rounds']} alternating rounds of {results['runs']} calls each "
                  f"(per-round medians), after {results['warmup']} warm-up calls; every runtime in its own process, "
-                 "one at a time. ms, lower is better; `1t / 2t` = 1 thread / 2 threads. The machine was shared: "
-                 "compare ratios within this run, not absolute times across runs.")
+                 "one at a time. ms, lower is better; `1t / 2t` = 1 thread / 2 threads. Load average (1/5/15 min) "
+                 f"at the start {results['load_average']['start']}, at the end {results['load_average']['end']}: "
+                 "above ~1 on these 2 cores, other jobs shared the machine and single-thread times stretch with "
+                 "their share of a core; compare ratios within one run, not absolute times across runs.")
     lines.append("")
     header = "| runtime | " + " | ".join(f"{a} {p}" for a in infos for p in ("fp32", "int8")) + " |"
     lines += [header, "|---" * (1 + 2 * len(infos)) + "|"]
@@ -807,7 +809,10 @@ def write_chart(png: Path, results: dict) -> None:
 
     rows, infos, threads_list = results["rows"], results["models"], results["threads"]
     panels = [(a, p) for a in infos for p in ("fp32", "int8")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.2 * nrows), squeeze=False)
+    axes = [list(axes.flat)]
     colors = {1: "#4c72b0", 2: "#dd8452"}
     for ax, (a, p) in zip(axes[0], panels):
         labels = []
@@ -864,6 +869,7 @@ def main() -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    load_start = _loadavg()
 
     import warnings
 
@@ -881,6 +887,7 @@ def main() -> int:
         "threads": threads_list, "rounds": args.rounds, "runs": args.runs, "warmup": args.warmup,
         "models": infos, "rows": rows, "goals": goal_results(rows, threads_list),
         "litert_versions": _litert_versions(litert_python) if litert_python else None,
+        "load_average": {"start": load_start, "end": _loadavg()},
     }
     missed = [g for g in results["goals"] if not g["met"]]
     profiles = {}
@@ -911,6 +918,11 @@ def main() -> int:
         log(f"goal {g['model']} {g['precision']} {g['threads']}t: {g['speedup']:.2f}x (need {g['need']}) "
             f"{'met' if g['met'] else 'MISSED'}")
     return 0
+
+
+def _loadavg() -> str | None:
+    p = Path("/proc/loadavg")
+    return " ".join(p.read_text().split()[:3]) if p.exists() else None
 
 
 def _litert_versions(python: Path) -> str | None:

@@ -38,6 +38,8 @@ RECIPES: dict[str, dict] = {
     "minmax": {"observer": "minmax"},
     "plain": {"observer": "histogram"},
     "fp32-first-block": {"observer": "histogram", "fp32_modules": ["blocks.0"]},
+    "bias-correction": {"observer": "histogram", "bias_correction": True},
+    "fp32-first-block+bias-correction": {"observer": "histogram", "fp32_modules": ["blocks.0"], "bias_correction": True},
     "fp32-classifier": {"observer": "histogram", "fp32_modules": ["classifier"]},
     "fp32-stem-classifier": {"observer": "histogram", "fp32_modules": ["conv_stem", "classifier"]},
 }

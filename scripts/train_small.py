@@ -288,7 +288,6 @@ def save_checkpoint(path: Path, model, meta: dict, half: bool = False) -> Path:
 
 def load_checkpoint(path: str | Path):
     """-> (model in eval mode with fp32 weights, metadata dict, Preprocess)."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 

@@ -208,7 +208,6 @@ def test_palette_group_divides_channels():
     (dict(compress="w8a8", deployment_target="16"), ["--ios 17"]),
     (dict(precision="int4"), ["fp16", "fp32"]),
     (dict(input_kind="image", normalize_in_model=False), ["--input tensor"]),
-    (dict(quantize="int8"), ["--compress"]),
     (dict(deployment_target="15"), ["16", "17", "18"]),
 ])
 def test_impossible_combinations_are_refused(options, words):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -33,7 +33,6 @@ class Case:
     shapes: list
     mil: Callable  # (name, *input vars) -> var | tuple of vars
     ref: Callable  # (*float64 torch tensors) -> tensor | tuple | other
-    covers: tuple = ()  # op types this case proves besides the one in its id
     gen: str = "normal"  # normal | positive | round | small
     exact: bool = False  # outputs compared for equality (ints, bools, fp16 rounding)
 
@@ -242,6 +241,9 @@ CASES_FP16 = [
     Case("reduce_mean", [H], lambda n, x: mb.reduce_mean(x=x, axes=[2, 3], keep_dims=True, name=n), lambda x: x.mean((2, 3), keepdim=True)),
     Case("avg_pool", [H], lambda n, x: mb.avg_pool(x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", name=n), lambda x: F.avg_pool2d(x, 2)),
     Case("cast", [H], lambda n, x: mb.cast(x=x, dtype="fp32", name=n), lambda x: x, exact=True),
+    # two ops: the product is stored in fp16 before the add, as the program declares
+    Case("mul_then_add", [H, H, H], lambda n, x, y, z: mb.add(x=mb.mul(x=x, y=y), y=z, name=n),
+         lambda x, y, z: torch.from_numpy((x * y).numpy().astype(np.float16).astype(np.float64)) + z, exact=True),
 ]
 
 
@@ -348,11 +350,14 @@ def test_op_fp16_rounds_as_declared(case, fp16_group):
 
 
 def test_fp16_rounding_is_not_a_no_op(fp16_group):
-    """The fp16 results differ from fp32 arithmetic: the emulation really rounds."""
+    """The fp16 results differ from fp32 arithmetic: the emulation really rounds, after
+    every op (rounding only the final output would give fp16(x*y + z) instead)."""
     program, feeds, names, outputs = fp16_group
     a, b = (feeds["mul_in0"].astype(np.float64), feeds["mul_in1"].astype(np.float64))
-    exact = a * b
-    assert np.any(outputs[names["mul"][0]].astype(np.float64) != exact)
+    assert np.any(outputs[names["mul"][0]].astype(np.float64) != a * b)
+    x, y, z = (feeds[f"mul_then_add_in{i}"].astype(np.float64) for i in range(3))
+    once = (x * y + z).astype(np.float16)
+    assert np.any(outputs[names["mul_then_add"][0]] != once)
 
 
 # --- constexpr decompression (the weight formats of the compression modes) -------------------

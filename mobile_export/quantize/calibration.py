@@ -11,9 +11,9 @@ weak stand-in for the app's own images."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np

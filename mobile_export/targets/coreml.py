@@ -98,8 +98,6 @@ class CoreMLTarget(Target):
         if options.input_kind == "image" and not options.normalize_in_model:
             raise UsageError("an image input cannot leave normalization to the app (Core ML hands the model pixels); "
                              "drop --normalize-outside or add --input tensor")
-        if options.quantize != "none":
-            raise UsageError(f"--quantize {options.quantize} is for ExecuTorch; for Core ML use --compress int8|w8a8|palettize4|palettize6")
         if options.compress == "w8a8" and not _executor_available():
             raise UsageError("--compress w8a8 calibrates activations by running the model, which on Linux needs the ML Program "
                              "executor (mobile_export.verify.mil) that is not available here; use --compress int8")

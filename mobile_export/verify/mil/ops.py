@@ -297,13 +297,13 @@ def _pool(kind: str):
             fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
             return fn(x, kernel, strides, 0, ceil_mode=ceil_mode)
         exclude = flag(a.get("exclude_padding_from_average"), False)
-        summed_shape = x
+        unpadded = x
         if any(pads):
             x = F.pad(x, _torch_pad(pads))
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
         out = fn(x, kernel, strides, 0, ceil_mode=ceil_mode, count_include_pad=True)
         if exclude and any(pads):  # divide by the count of real (unpadded) elements instead
-            ones = F.pad(torch.ones_like(summed_shape[:1, :1]), _torch_pad(pads))
+            ones = F.pad(torch.ones_like(unpadded[:1, :1]), _torch_pad(pads))
             counts = fn(ones, kernel, strides, 0, ceil_mode=ceil_mode, count_include_pad=True)
             out = out / counts
         return out

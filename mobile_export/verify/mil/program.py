@@ -86,7 +86,6 @@ class Program:
         self.consts: dict[str, object] = {}  # name -> numpy value (const and decompressed constexpr)
         self._static: dict[str, object] = {}  # name -> runtime value (torch) of every constant
         self._steps: list[_Step] = []
-        self.classes: list | None = None
         self._load_block(block)
 
     # --- loading -----------------------------------------------------------------------
@@ -96,15 +95,15 @@ class Program:
         infos = []
         for named in function.inputs:
             tt = named.type.tensorType
-            self_type = TYPE_NAME.get(tt.dataType, str(tt.dataType))
+            dtype_name = TYPE_NAME.get(tt.dataType, str(tt.dataType))
             feature = described.get(named.name)
             if feature is not None and feature.type.WhichOneof("Type") == "imageType":
                 from coremltools.proto import FeatureTypes_pb2
 
                 layout = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(feature.type.imageType.colorSpace)
-                infos.append(InputInfo(named.name, "image", tensor_shape(tt), self_type, layout))
+                infos.append(InputInfo(named.name, "image", tensor_shape(tt), dtype_name, layout))
             else:
-                infos.append(InputInfo(named.name, "tensor", tensor_shape(tt), self_type))
+                infos.append(InputInfo(named.name, "tensor", tensor_shape(tt), dtype_name))
             self._types[named.name] = tt.dataType
         return infos
 
