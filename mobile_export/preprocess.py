@@ -145,7 +145,7 @@ def load_input(path: str | Path, pre: Preprocess, normalized: bool = True) -> np
     x = resize_crop(decode(path, max_side_hint=pre.resize), pre)
     if normalized:
         x = normalize(x, pre)
-    return x[None]
+    return x[None].copy()  # fresh strides: a stride-0 batch axis trips ExecuTorch's serializer
 
 
 # --- image folders ---------------------------------------------------------------------

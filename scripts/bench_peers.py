@@ -680,7 +680,8 @@ def write_markdown(doc_path: Path, results: dict) -> None:
     lines.append(f"Each cell: median of {results['rounds']} alternating rounds of {results['runs']} calls each "
                  f"(per-round medians), after {results['warmup']} warm-up calls; every runtime in its own process, "
                  "one at a time. ms, lower is better; `1t / 2t` = 1 thread / 2 threads. Load average (1/5/15 min) "
-                 f"at the start {results['load_average']['start']}, at the end {results['load_average']['end']}: "
+                 f"at the start {results.get('load_average', {}).get('start')}, at the end "
+                 f"{results.get('load_average', {}).get('end')}: "
                  "above ~1 on these 2 cores, other jobs shared the machine and single-thread times stretch with "
                  "their share of a core; compare ratios within one run, not absolute times across runs.")
     lines.append("")

@@ -38,8 +38,6 @@ RECIPES: dict[str, dict] = {
     "minmax": {"observer": "minmax"},
     "plain": {"observer": "histogram"},
     "fp32-first-block": {"observer": "histogram", "fp32_modules": ["blocks.0"]},
-    "bias-correction": {"observer": "histogram", "bias_correction": True},
-    "fp32-first-block+bias-correction": {"observer": "histogram", "fp32_modules": ["blocks.0"], "bias_correction": True},
     "fp32-classifier": {"observer": "histogram", "fp32_modules": ["classifier"]},
     "fp32-stem-classifier": {"observer": "histogram", "fp32_modules": ["conv_stem", "classifier"]},
 }
@@ -196,7 +194,11 @@ def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed
 def summarize(rows: list[Measurement]) -> list[dict]:
     """Median over seeds for each (checkpoint, recipe, calibration size)."""
     groups: dict[tuple, list[Measurement]] = {}
+    seen = set()
     for r in rows:
+        if (r.checkpoint, r.recipe, r.calibration_images, r.seed) in seen:  # a repeated run (same bytes) counts once
+            continue
+        seen.add((r.checkpoint, r.recipe, r.calibration_images, r.seed))
         groups.setdefault((r.checkpoint, r.recipe, r.calibration_images), []).append(r)
     out = []
     for (ckpt, recipe, n), ms in groups.items():

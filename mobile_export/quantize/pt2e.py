@@ -27,7 +27,6 @@ class QuantRecipe:
     observer: str = "histogram"
     per_channel: bool = True  # per-output-channel weight scales (the XNNPACK sweet spot)
     fp32_modules: tuple[str, ...] = ()  # module names (prefixes) of the model kept in float
-    bias_correction: bool = False  # shift conv/linear biases by the mean error int8 adds (see correct_bias)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -38,8 +37,7 @@ class QuantRecipe:
     def from_dict(cls, d: dict | None) -> "QuantRecipe":
         d = dict(d or {})
         return cls(observer=d.get("observer", "histogram"), per_channel=bool(d.get("per_channel", True)),
-                   fp32_modules=tuple(d.get("fp32_modules", ())),
-                   bias_correction=bool(d.get("bias_correction", False)))
+                   fp32_modules=tuple(d.get("fp32_modules", ())))
 
 
 @dataclass
@@ -107,15 +105,11 @@ def quantize_pt2e(
     try:
         with torch.no_grad():
             captured = torch.export.export(module.eval(), (example_input,), strict=False).module()
-            float_reference = copy.deepcopy(captured) if recipe.bias_correction else None
             prepared = prepare_pt2e(captured, quantizer)
             for x in calibration_inputs:
                 prepared(to_tensor(x))
             float_graph = copy.deepcopy(prepared)
             converted = convert_pt2e(prepared)
-            if float_reference is not None:
-                corrected = correct_bias(converted, float_reference, calibration_inputs)
-                log(f"int8: bias correction on {corrected} conv/linear layer(s)")
     except ExportError:
         raise
     except Exception as exc:  # torch.export / torchao raise many types; name the stage
@@ -168,51 +162,3 @@ def _count_float_compute(graph_module) -> int:
                 count += 1
     return count
 
-
-def correct_bias(converted, float_reference, calibration_inputs, passes: int = 2) -> int:
-    """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2):
-    int8 rounding and clipping shift the mean of each conv/linear output channel; measure that
-    shift on the calibration images against the float graph (BatchNorm folded the same way)
-    and subtract it from the layer's float bias. Whole-graph passes, repeated, so the shifts
-    that upstream corrections remove are not corrected twice. Returns the corrected count."""
-    import torch
-    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
-
-    from .calibration import to_tensor
-
-    _fuse_conv_bn_(float_reference)
-    float_nodes = {n.name for n in float_reference.graph.nodes}
-    targets = {}
-    for node in converted.graph.nodes:
-        if (node.op == "call_function" and any(k in str(node.target) for k in ("conv2d", "linear"))
-                and len(node.args) > 2 and getattr(node.args[2], "op", None) == "get_attr" and node.name in float_nodes):
-            targets[node.name] = node.args[2].target
-    if not targets:
-        return 0
-
-    def channel_means(graph_module) -> dict:
-        sums: dict = {}
-
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                if n.name in targets:
-                    dims = [0] + list(range(2, out.dim()))
-                    sums[n.name] = sums.get(n.name, 0.0) + out.detach().double().mean(dim=dims)
-                return out
-
-        with torch.no_grad():
-            for x in calibration_inputs:
-                Recorder(graph_module).run(to_tensor(x))
-        return {k: v / len(calibration_inputs) for k, v in sums.items()}
-
-    reference = channel_means(float_reference)
-    for _ in range(passes):
-        measured = channel_means(converted)
-        with torch.no_grad():
-            for name, attr in targets.items():
-                bias = converted
-                for part in attr.split("."):
-                    bias = getattr(bias, part)
-                bias.sub_((measured[name] - reference[name]).to(bias.dtype))
-    return len(targets)
