@@ -123,8 +123,9 @@ _SKIP = ("getitem", "quantize_per", "dequantize_per", "choose_qparams", "view", 
          "permute", "transpose", "squeeze", "unsqueeze", "expand", "contiguous", "clone", "_assert")
 
 
-class _Stats:
-    """Running sums over images, so memory does not grow with the number of images."""
+class LayerStats:
+    """Running SQNR / max-abs / cosine sums over images, so memory does not grow with the
+    number of images. Shared by the ExecuTorch and the Core ML per-layer producers."""
 
     def __init__(self):
         self.signal = self.noise = 0.0
@@ -134,8 +135,8 @@ class _Stats:
         self.shape = ""
 
     def add(self, ref: np.ndarray, test: np.ndarray) -> None:
-        ref = ref.astype(np.float64).ravel()
-        test = test.astype(np.float64).ravel()
+        ref = np.asarray(ref, np.float64).ravel()
+        test = np.asarray(test, np.float64).ravel()
         diff = ref - test
         self.signal += float(ref @ ref)
         self.noise += float(diff @ diff)
@@ -213,7 +214,7 @@ def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerR
     f_wanted = {n.name: n.name for n in order}
     q_vals = _capture(qgm, inputs, q_wanted)
     f_vals = _capture(fgm, inputs, f_wanted)
-    stats = {n.name: _Stats() for n in order}
+    stats = {n.name: LayerStats() for n in order}
     for qv, fv in zip(q_vals, f_vals):
         for name, st in stats.items():
             if qv.get(name) is not None and fv.get(name) is not None and qv[name].shape == fv[name].shape:

@@ -9,43 +9,16 @@ order by output shape. Rows go to the shared writer (mobile_export.verify.per_la
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..metrics import SQNR_CAP_DB
+from ..per_layer import LayerStats
 from .program import Program, load_program
 
 ANCHOR_OPS = ("conv", "linear", "matmul")
-CAP_DB = 300.0
-
-
-class _Accumulator:
-    """Running SQNR / max-abs / cosine over images."""
-
-    def __init__(self):
-        self.signal = self.noise = self.max_abs = self.cos_sum = 0.0
-        self.n = 0
-
-    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
-        ref = np.asarray(ref, np.float64).ravel()
-        test = np.asarray(test, np.float64).ravel()
-        diff = ref - test
-        self.signal += float(ref @ ref)
-        self.noise += float(diff @ diff)
-        self.max_abs = max(self.max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
-        norms = float(np.linalg.norm(ref) * np.linalg.norm(test))
-        self.cos_sum += float(ref @ test) / norms if norms > 0 else 1.0
-        self.n += 1
-
-    @property
-    def sqnr(self) -> float:
-        if self.noise == 0.0:
-            return CAP_DB
-        if self.signal == 0.0:
-            return -CAP_DB
-        return max(-CAP_DB, min(CAP_DB, 10.0 * math.log10(self.signal / self.noise)))
 
 
 def _torch_layers(module, x) -> list[tuple[str, tuple, np.ndarray]]:
@@ -109,7 +82,7 @@ def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], referen
     over the images: artifact_feeds[i] feeds the program, reference_inputs[i] the module."""
     from ..per_layer import LayerRow
 
-    stats: dict[str, _Accumulator] = {}
+    stats: dict[str, LayerStats] = {}
     meta: dict[str, tuple[str, str, str]] = {}
     order: list[str] = []
     for feeds, x in zip(artifact_feeds, reference_inputs):
@@ -123,7 +96,7 @@ def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], referen
             got = np.asarray(result[name])
             if got.size != ref.size:
                 continue
-            stats.setdefault(name, _Accumulator()).add(ref, got.reshape(ref.shape))
+            stats.setdefault(name, LayerStats()).add(ref, got.reshape(ref.shape))
             meta[name] = (op_type, layers[j][0], "x".join(str(d) for d in ref.shape))
     rows, previous = [], None
     for index, name in enumerate(n for n in order if n in stats):
@@ -156,7 +129,7 @@ def per_layer_report(path: Path, entry: dict, built, inputs, report: dict, repor
     rows = layer_rows(program, built.module, feeds, inputs.normalized)
     whole = report.get("vs_float") or {}
     if whole:
-        rows.append(LayerRow(name="output", op="mlpackage vs PyTorch", sqnr_db=round(min(whole["sqnr_db"], CAP_DB), 4),
+        rows.append(LayerRow(name="output", op="mlpackage vs PyTorch", sqnr_db=round(min(whole["sqnr_db"], SQNR_CAP_DB), 4),
                              max_abs=whole["max_abs"], cosine=whole["cosine"], sqnr_loss_db=None,
                              module="(whole program, Linux ML Program executor)", index=len(rows)))
     out_dir = Path(report_dir) if report_dir else path.parent / f"{path.stem}_per_layer"
