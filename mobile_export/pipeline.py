@@ -110,9 +110,13 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
 
 
 def _refuse_unread_options(targets, options: ExportOptions) -> None:
-    """A Core ML option with only the .pte requested would be silently ignored (an fp16 or
-    palettized request would come back fp32): refuse it instead."""
-    if any(t.name == "coreml" for t in targets):
+    """An option for a target that was not requested would be silently ignored (an fp16 or
+    palettized .pte request would come back fp32, an int8 .mlpackage request fp16): refuse it."""
+    names = {t.name for t in targets}
+    if "executorch" not in names and options.quantize != "none":
+        raise UsageError(f"--quantize {options.quantize} applies to ExecuTorch only and --target is coreml; "
+                         "for Core ML use --compress int8|w8a8|palettize4|palettize6, or add --target executorch or all")
+    if "coreml" in names:
         return
     core_ml_only = (("--precision", options.precision, (None, "fp32")), ("--compress", options.compress, ("none",)),
                     ("--ios", options.deployment_target, (None,)))

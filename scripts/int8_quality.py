@@ -40,6 +40,23 @@ RECIPES: dict[str, dict] = {
     "fp32-first-block": {"observer": "histogram", "fp32_modules": ["blocks.0"]},
     "fp32-classifier": {"observer": "histogram", "fp32_modules": ["classifier"]},
     "fp32-stem-classifier": {"observer": "histogram", "fp32_modules": ["conv_stem", "classifier"]},
+    # Round 2: per-group sensitivity (one group kept in fp32) and combinations of the winners.
+    "fp32-stem": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1"]},
+    "fp32-stem-first-block": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0"]},
+    "fp32-head": {"observer": "histogram", "fp32_modules": ["conv_head", "norm_head", "act2", "bn2", "classifier"]},
+    "fp32-se": {"observer": "histogram", "fp32_modules": ["*.se"]},
+    "fp32-last-block": {"observer": "histogram", "fp32_modules": ["blocks.5", "blocks.6"]},
+    "fp32-first-block-head": {"observer": "histogram",
+                              "fp32_modules": ["blocks.0", "conv_head", "norm_head", "act2", "bn2", "classifier"]},
+    "fp32-first-block-se": {"observer": "histogram", "fp32_modules": ["blocks.0", "*.se"]},
+    "bias-corr": {"observer": "histogram", "bias_correction": True},
+    "fp32-se-bias-corr": {"observer": "histogram", "fp32_modules": ["*.se"], "bias_correction": True},
+    "fp32-first-block-bias-corr": {"observer": "histogram", "fp32_modules": ["blocks.0"], "bias_correction": True},
+    "fp32-stem-first-block-se": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0", "*.se"]},
+    "fp32-stem-first-block-bias-corr": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
+                                        "bias_correction": True},
+    "fp32-first-block-se-bias-corr": {"observer": "histogram", "fp32_modules": ["blocks.0", "*.se"],
+                                      "bias_correction": True},
 }
 
 

@@ -9,8 +9,8 @@ Artifacts are re-pinned in their manifest after damage, so the damage reaches th
 CLI process, torch.load / safetensors) instead of stopping at the sha256 check.
 
 Default run: a seeded slice of 50 cases. `-m slow`: 1,000 cases, a third of each kind
-(FUZZ_CASES overrides the total, FUZZ_PTE_CASES the .pte share; FUZZ_REPORT_DIR keeps the
-per-case results as JSON lines)."""
+(FUZZ_CASES overrides the total, FUZZ_PTE_CASES the .pte share, FUZZ_KINDS picks kinds;
+FUZZ_REPORT_DIR keeps the per-case results as JSON lines)."""
 
 from __future__ import annotations
 
@@ -150,6 +150,9 @@ def test_fuzz_thousand(exported, tmp_path):
     counts = {kind: share + (1 if i < SLOW_TOTAL % len(KINDS) else 0) for i, kind in enumerate(KINDS)}
     if os.environ.get("FUZZ_PTE_CASES"):  # each .pte case starts a runtime child (~5-20 s): allow fewer
         counts["pte"] = int(os.environ["FUZZ_PTE_CASES"])
+    for kind in KINDS:  # FUZZ_KINDS=mlpackage,pte re-runs only those kinds (same seeds)
+        if kind not in os.environ.get("FUZZ_KINDS", ",".join(KINDS)).split(","):
+            counts[kind] = 0
     results = _run_worker(exported, tmp_path, _plan(counts))
     (Path(os.environ.get("FUZZ_REPORT_DIR", tmp_path)) / "fuzz_results.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in results))

@@ -53,6 +53,9 @@ LN_G, LN_B = RNG.randn(8).astype(np.float32), RNG.randn(8).astype(np.float32)
 ALPHA = _c([0.1, 0.2, 0.3])
 Q_SCALE, Q_ZP = _c([0.02, 0.05, 0.1]), np.array([0, 3, -5], np.int8)
 T = torch.tensor
+_RNG_CT = np.random.RandomState(99)  # own stream: the values above stay as they were
+W_CT, B_CT = _RNG_CT.randn(4, 3, 3, 3).astype(np.float32), _RNG_CT.randn(3).astype(np.float32)
+W_CT_DW = _RNG_CT.randn(4, 1, 2, 2).astype(np.float32)
 
 
 def _pad_ref(x, torch_pad, w, **kw):
@@ -160,6 +163,11 @@ CASES_FP32 = [
          lambda x: F.conv2d(x, T(W_DIL, dtype=x.dtype), dilation=2)),
     Case("conv1d", [(1, 3, 12)], lambda n, x: mb.conv(x=x, weight=W_1D, pad_type="same", name=n),
          lambda x: F.conv1d(x, T(W_1D, dtype=x.dtype), padding=2)),
+    Case("conv_transpose", [(1, 4, 5, 5)], lambda n, x: mb.conv_transpose(x=x, weight=W_CT, bias=B_CT, strides=[2, 2], name=n),
+         lambda x: F.conv_transpose2d(x, T(W_CT, dtype=x.dtype), T(B_CT, dtype=x.dtype), stride=2)),
+    Case("conv_transpose_dw_pad", [(1, 4, 6, 6)], lambda n, x: mb.conv_transpose(x=x, weight=W_CT_DW, strides=[2, 2], groups=4,
+                                                                              pad_type="custom", pad=[1, 0, 0, 1], name=n),
+         lambda x: F.conv_transpose2d(x, T(W_CT_DW, dtype=x.dtype), stride=2, groups=4)[:, :, 1:, :-1]),
     Case("avg_pool", [(1, 3, 9, 9)], lambda n, x: mb.avg_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
                                                             exclude_padding_from_average=True, name=n),
          lambda x: F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)),

@@ -26,7 +26,8 @@ OBSERVERS = ("histogram", "minmax", "moving_average")
 class QuantRecipe:
     observer: str = "histogram"
     per_channel: bool = True  # per-output-channel weight scales (the XNNPACK sweet spot)
-    fp32_modules: tuple[str, ...] = ()  # module names (prefixes) of the model kept in float
+    fp32_modules: tuple[str, ...] = ()  # module names (prefixes or globs) of the model kept in float
+    bias_correction: bool = False  # layer-by-layer empirical bias correction on the calibration images
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -37,7 +38,8 @@ class QuantRecipe:
     def from_dict(cls, d: dict | None) -> "QuantRecipe":
         d = dict(d or {})
         return cls(observer=d.get("observer", "histogram"), per_channel=bool(d.get("per_channel", True)),
-                   fp32_modules=tuple(d.get("fp32_modules", ())))
+                   fp32_modules=tuple(d.get("fp32_modules", ())),
+                   bias_correction=bool(d.get("bias_correction", False)))
 
 
 @dataclass
@@ -68,14 +70,19 @@ def quantization_config(recipe: QuantRecipe):
 
 def _module_filter(prefixes: Sequence[str]) -> Callable:
     """Node filter for XNNPACKQuantizer: False for nodes inside any excluded module.
-    Matches the module path with or without the wrapper's leading attribute name."""
+    Matches the module path with or without the wrapper's leading attribute name; a prefix
+    may be a glob ("*.se" = every squeeze-excite gate) so a family of modules is one entry."""
+    from fnmatch import fnmatchcase
+
+    def inside(path: str, prefix: str) -> bool:
+        return fnmatchcase(path, prefix) or fnmatchcase(path, prefix + ".*")
 
     def keep(node) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         for path, _type in stack.values():
             path = str(path)
             for prefix in prefixes:
-                if any(p == prefix or p.startswith(prefix + ".") for p in (path, path.split(".", 1)[-1])):
+                if any(inside(p, prefix) for p in (path, path.split(".", 1)[-1])):
                     return False
         return True
 
@@ -110,6 +117,11 @@ def quantize_pt2e(
                 prepared(to_tensor(x))
             float_graph = copy.deepcopy(prepared)
             converted = convert_pt2e(prepared)
+            if recipe.bias_correction:
+                from .bias_correction import correct_biases
+
+                corrected = correct_biases(converted, copy.deepcopy(float_graph), [to_tensor(x) for x in calibration_inputs])
+                log(f"int8: bias correction on {corrected} layer(s)")
     except ExportError:
         raise
     except Exception as exc:  # torch.export / torchao raise many types; name the stage

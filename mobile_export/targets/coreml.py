@@ -178,6 +178,11 @@ class CoreMLTarget(Target):
         spec = load_spec(artifact)
         if spec.WhichOneof("Type") != "mlProgram":
             raise ArtifactError(f"{artifact.name}: not an ML Program (found {spec.WhichOneof('Type')}); export it again with mobile-export")
+        # A damaged model.mlmodel can still parse as a protobuf with parts missing.
+        function = spec.mlProgram.functions.get("main")
+        if not spec.description.input or not spec.description.output or function is None \
+                or function.opset not in function.block_specializations:
+            raise ArtifactError(f"{artifact.name}: {SPEC_FILE} lacks its inputs, outputs or main function; the file is damaged, export it again")
         blobs = _blob_files(spec)
         for name in blobs:
             rel = name.replace("@model_path/", "Data/com.apple.CoreML/")

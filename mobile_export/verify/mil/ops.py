@@ -283,6 +283,36 @@ def conv(a):
     return _CONV[n](x, w, a.get("bias"), strides, 0, dilations, groups)
 
 
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@op("conv_transpose")
+def conv_transpose(a):
+    """Weight [C_in, C_out/groups, *K] (torch's layout). The full ("valid") result is computed,
+    then cropped to what pad_type / pad / output_shape declare (TF's SAME split: the smaller
+    half of the crop at the start)."""
+    x, w = a["x"], a["weight"]
+    n = x.dim() - 2
+    strides = ints(a["strides"]) if a.get("strides") is not None else [1] * n
+    dilations = ints(a["dilations"]) if a.get("dilations") is not None else [1] * n
+    groups = int(num(a["groups"])) if a.get("groups") is not None else 1
+    full = _CONV_T[n](x, w, a.get("bias"), strides, 0, 0, groups, dilations)
+    size = list(full.shape[2:])
+    pad_type = a.get("pad_type", "valid")
+    pads = ints(a["pad"]) if pad_type == "custom" and a.get("pad") is not None else None
+    if a.get("output_shape") is not None:
+        target = ints(a["output_shape"])[2:]
+    elif pad_type == "same":
+        target = [d * s for d, s in zip(x.shape[2:], strides)]
+    elif pads is not None:
+        target = [size[i] - pads[2 * i] - pads[2 * i + 1] for i in range(n)]
+    else:
+        return full
+    begins = [pads[2 * i] if pads is not None else (size[i] - target[i]) // 2 for i in range(n)]
+    index = (slice(None), slice(None)) + tuple(slice(b, b + t) for b, t in zip(begins, target))
+    return full[index]
+
+
 def _pool(kind: str):
     def run(a):
         x = a["x"]
