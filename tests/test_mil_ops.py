@@ -212,6 +212,12 @@ CASES_FP32 = [
          lambda x: torch.gather(x, 1, T([[0, 3], [1, 1], [2, 0]]))),
     Case("upsample_nearest_neighbor", [(1, 2, 3, 4)], lambda n, x: mb.upsample_nearest_neighbor(x=x, scale_factor_height=2, scale_factor_width=2, name=n),
          lambda x: x.repeat_interleave(2, -1).repeat_interleave(2, -2)),
+    Case("upsample_bilinear", [(1, 2, 3, 4)], lambda n, x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=1.5,
+                                                                               align_corners=False, name=n),
+         lambda x: F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False)),
+    Case("upsample_bilinear_corners", [(1, 2, 3, 4)], lambda n, x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0,
+                                                                                       align_corners=True, name=n),
+         lambda x: F.interpolate(x, size=(6, 8), mode="bilinear", align_corners=True)),
     # dtypes and quantization
     Case("cast", [S], lambda n, x: mb.cast(x=x, dtype="fp16", name=n), lambda x: x.to(torch.float16), exact=True),
     Case("cast_int32", [S], lambda n, x: mb.cast(x=x, dtype="int32", name=n), lambda x: torch.trunc(x).to(torch.int32), exact=True),

@@ -547,6 +547,41 @@ def upsample_nearest(a):
     return F.interpolate(a["x"], scale_factor=(sh, sw), mode="nearest")
 
 
+def _bilinear_matrix(n_in: int, n_out: int, align_corners: bool, half_pixel: bool, dtype) -> torch.Tensor:
+    """(n_out x n_in) interpolation weights on the MIL grid: align_corners spaces the corners
+    exactly; half-pixel centers sample (i + 0.5) * n_in / n_out - 0.5; else i * n_in / n_out.
+    Grid points are clamped to [0, n_in - 1]."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    if align_corners:
+        grid = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    elif half_pixel:
+        grid = (i + 0.5) * (n_in / n_out) - 0.5
+    else:
+        grid = i * (n_in / n_out)
+    grid = grid.clamp(0, n_in - 1)
+    lo = grid.floor().long()
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = grid - lo
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[torch.arange(n_out), lo] += 1 - frac
+    m[torch.arange(n_out), hi] += frac
+    return m.to(dtype)
+
+
+@op("upsample_bilinear")
+def upsample_bilinear(a):
+    """Output size floor(H * scale_h) x floor(W * scale_w). align_corners defaults to True
+    (iOS15 op); half_pixel_centers (iOS16 op) defaults to not align_corners."""
+    x = a["x"]
+    sh, sw = num(a.get("scale_factor_height", 1)), num(a.get("scale_factor_width", 1))
+    align = flag(a.get("align_corners"), True)
+    half = flag(a.get("half_pixel_centers"), not align)
+    h, w = x.shape[-2], x.shape[-1]
+    mh = _bilinear_matrix(h, int(math.floor(h * sh)), align, half, x.dtype)
+    mw = _bilinear_matrix(w, int(math.floor(w * sw)), align, half, x.dtype)
+    return torch.einsum("yh,...hw,xw->...yx", mh, x, mw)
+
+
 # --- dtypes and quantization -----------------------------------------------------------
 
 DTYPE_NAMES = {"fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64, "int32": torch.int32,
