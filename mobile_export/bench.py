@@ -30,7 +30,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ArtifactError, MobileExportError, UsageError
+from .errors import ArtifactError, MobileExportError
 
 _CLOCK_C = r"""
 #include <stdio.h>

@@ -9,9 +9,8 @@ outputs on the same weights."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from pathlib import Path
+
 
 import pytest
 import torch
@@ -238,8 +237,7 @@ def test_unknown_name_far_from_everything_still_lists_known():
 
 # --- against the real timm / torchvision (side venv) -----------------------------------------
 
-SIDE_PYTHON = os.environ.get("MOBILE_EXPORT_SIDECAR_PYTHON") or (
-    "/work/sidevenv/bin/python" if Path("/work/sidevenv/bin/python").exists() else None)
+from sidecar import SIDE_PYTHON, SKIP_REASON  # noqa: E402
 
 # timm's own constructors for every V1-V3 row; unregistered widths/variants through timm's generators.
 TIMM_MODELS = {
@@ -308,7 +306,7 @@ def side_params(lib, names):
 def side_outputs(request, tmp_path_factory):
     """Run the side venv once for every side test selected in this session."""
     if not SIDE_PYTHON:
-        pytest.skip("no side python with timm/torchvision (set MOBILE_EXPORT_SIDECAR_PYTHON)")
+        pytest.skip(SKIP_REASON)
     exprs = {"timm": TIMM_MODELS, "tv": TORCHVISION_MODELS}
     libs = {test_timm_state_dict_loads_by_identity_and_outputs_match.__name__: "timm",
             test_torchvision_state_dict_maps_one_to_one_by_order.__name__: "tv"}

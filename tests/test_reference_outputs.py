@@ -7,12 +7,10 @@ statistics, affine terms and layer scales are all non-trivial, saves its state d
 library would (.pth / .safetensors) and its output on a real photo. Here our loader reads that
 file through `create_model(..., weights=PATH)` and our model must agree: max abs diff <= 1e-5
 in fp32. Skips, saying why, when no side python is found (env MOBILE_EXPORT_SIDECAR_PYTHON,
-else /work/sidevenv/bin/python)."""
+else the fallbacks in tests/sidecar.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +22,7 @@ pytestmark = pytest.mark.sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "reference_fixtures.py"
-DEFAULT_SIDE_PYTHON = "/work/sidevenv/bin/python"
+from sidecar import SIDE_PYTHON, SKIP_REASON  # noqa: E402
 RESOLUTION = 128  # small, but every stage still sees a spatial map (4x4 at stride 32)
 TOLERANCE = 1e-5
 
@@ -42,10 +40,7 @@ CASES = (
 
 
 def _side_python() -> tuple[str | None, str]:
-    candidate = os.environ.get("MOBILE_EXPORT_SIDECAR_PYTHON") or DEFAULT_SIDE_PYTHON
-    if not (Path(candidate).exists() or shutil.which(candidate)):
-        return None, f"no side python at {candidate!r} (set MOBILE_EXPORT_SIDECAR_PYTHON to a python with torchvision and timm)"
-    return candidate, ""
+    return (SIDE_PYTHON, "") if SIDE_PYTHON else (None, SKIP_REASON)
 
 
 def _v4_available() -> bool:

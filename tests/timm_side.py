@@ -5,13 +5,11 @@ can load timm's weights into our model by name and compare outputs."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 from pathlib import Path
 
-SIDE_PYTHON = Path(os.environ.get("MOBILE_EXPORT_SIDE_PYTHON", "/work/sidevenv/bin/python"))
-SKIP_REASON = f"side venv with timm not found at {SIDE_PYTHON} (set MOBILE_EXPORT_SIDE_PYTHON)"
+from sidecar import SIDE_PYTHON, SKIP_REASON  # noqa: F401 (SKIP_REASON is used through this module)
 
 _SCRIPT = textwrap.dedent(
     """
@@ -50,7 +48,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def available() -> bool:
-    return SIDE_PYTHON.exists()
+    return SIDE_PYTHON is not None
 
 
 def timm_reference(name: str, resolution: int, out: Path, seed: int = 0, **kwargs) -> dict:

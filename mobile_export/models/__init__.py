@@ -6,7 +6,7 @@ checkpoint handling in `weights`. Torch is imported only when a model is built."
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
