@@ -50,7 +50,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     options = request.options or ExportOptions(seed=request.seed)
     targets = [get_target(name) for name in expand(request.target)]
     _refuse_unread_options(targets, options)
-    out = ensure_writable_dir(request.out)
+    out = Path(request.out)
 
     t0 = time.perf_counter()
     built = build(request)
@@ -60,6 +60,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     for target in targets:  # refuse cheap problems before any heavy work
         target.validate(built, options)
         check_destination(names[target.name], request.force)
+    ensure_writable_dir(out)  # only now: a refused request leaves no empty folder behind
 
     manifest = _existing_or_new(out, built)
     if built.labels:
