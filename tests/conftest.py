@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 # Keep tests off the network and deterministic.
 os.environ.setdefault("MOBILE_EXPORT_OFFLINE", "1")
@@ -20,3 +21,12 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch on one thread: on a shared 2-core machine a second thread mostly spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,16 +37,8 @@ from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E40
 from mobile_export.verify.mil import activation_stats, coremltools_calibration, load_program  # noqa: E402
 
 PHOTOS = pp.bundled_photos()
-pytestmark = pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """PyTorch references on one thread: on the shared 2-core machine extra threads only spin."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @contextlib.contextmanager

@@ -21,15 +21,8 @@ from mobile_export.verify.mil import load_program  # noqa: E402
 from mobile_export.verify.mil.program import package_paths, read_spec  # noqa: E402
 from test_mil_executor import PHOTOS, Family, logits_name, run_logits  # noqa: E402
 
-pytestmark = pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,6 @@ KINDS = list(VARIANTS)
 FIXTURES = Path(__file__).parent / "fixtures" / "reference" / "timm"
 
 
-@pytest.fixture
-def one_thread():
-    """The machine is shared by many test runs: one thread is faster than two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_params_equal_registry_and_timm_names_shapes(kind):
     model = build_on_meta(mobilenet_v4, kind=kind)

@@ -22,15 +22,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "reference" / "timm"
 CASES = [("300m", "mobilenetv5_300m_enc"), ("base", "mobilenetv5_base")]
 
 
-@pytest.fixture
-def one_thread():
-    """The machine is shared by many test runs: one thread is faster than two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind,timm_name", CASES)
 def test_params_equal_registry_and_timm_names_shapes(kind, timm_name):
     model = build_on_meta(mobilenet_v5, kind=kind)
@@ -86,6 +77,19 @@ def test_forward_shapes(one_thread):
 def test_encoder_rejects_num_classes():
     with pytest.raises(UsageError, match="feature encoder"):
         create_model("v5-300m", weights="random", num_classes=10)
+
+
+def test_verify_rebuilds_the_encoder_from_its_manifest(one_thread):
+    """A standalone `verify` of an encoder artifact rebuilds the reference from the manifest,
+    which records num_classes 0: that must not be passed on as a class count."""
+    from mobile_export.verify.reference import rebuild_reference
+
+    manifest = {"model": {"name": "mobilenet_v5_300m", "num_classes": 0, "output": "features", "resolution": 64,
+                          "weights": {"source": "random", "seed": 0}}}
+    built = rebuild_reference(manifest)
+    assert (built.spec.output, built.resolution) == ("features", 64)
+    with torch.no_grad():
+        assert built.module(torch.rand(built.input_shape)).shape == (1, 2048, 16, 16)
 
 
 side = pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)

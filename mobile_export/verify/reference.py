@@ -45,7 +45,9 @@ def rebuild_reference(manifest: dict, weights: str | None = None):
             weights = path
         else:
             raise WeightsError(f"the manifest records no usable weights source ({source!r}); pass --weights")
-    built = create_model(model["name"], weights=weights, seed=seed, num_classes=int(model["num_classes"]),
+    encoder = model.get("output") == "features"  # an encoder takes no class count (manifest has 0)
+    built = create_model(model["name"], weights=weights, seed=seed,
+                         num_classes=None if encoder else int(model["num_classes"]),
                          resolution=int(model["resolution"]))
     recorded = record.get("sha256")
     if source == "random" and weights == "random" and recorded and state_digest(built.module) != recorded:
