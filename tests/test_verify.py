@@ -211,3 +211,15 @@ def test_verify_refuses_bad_magic_missing_manifest_and_changed_file(tmp_path):
     short.write_bytes(b"\x1c\0\0\0ET12")
     with pytest.raises(ArtifactError, match="too small"):
         verify_artifact(short)
+
+
+def test_core_ml_compression_has_its_own_threshold_rows():
+    from mobile_export.verify.thresholds import check, limits_for
+
+    for mode in ("int8", "palettize6", "palettize4"):
+        key, limits = limits_for({"precision": "fp16", "quantization": {"mode": mode}})
+        assert key == f"fp16/{mode}"
+        # the compression's own loss passes, a broken export (~0 dB) does not
+        assert check({"sqnr_db": limits["sqnr_db"] + 1, "cosine": 0.999}, limits, key) == []
+        assert check({"sqnr_db": 0.5, "cosine": 0.3}, limits, key)
+    assert limits_for({"precision": "fp16", "quantization": {"mode": "none"}})[0] == "fp16"
