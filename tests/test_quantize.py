@@ -104,3 +104,38 @@ def test_recipe_round_trip_and_refusals(calib):
         quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), calib, QuantRecipe(observer="bogus"))
     with pytest.raises(ExportError, match="at least one calibration image"):
         quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), [], QuantRecipe())
+
+
+# --- layer-by-layer bias correction and glob fp32_modules ---------------------------------
+
+
+def _mean_logit_shift(graph_module, calib) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        q = np.concatenate([graph_module(torch.from_numpy(x)).numpy() for x in calib])
+        f = np.concatenate([_net()(torch.from_numpy(x)).numpy() for x in calib])
+    return np.abs((q - f).mean(axis=0))
+
+
+def test_bias_correction_removes_the_mean_shift(calib):
+    import torch
+
+    example = torch.zeros(1, 3, 32, 32)
+    logs = []
+    plain = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="minmax"))
+    corrected = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="minmax", bias_correction=True),
+                              log=logs.append)
+    assert any("bias correction on 3 layer(s)" in m for m in logs)  # two convs and the linear
+    before, after = _mean_logit_shift(plain.graph_module, calib), _mean_logit_shift(corrected.graph_module, calib)
+    # what is left is the int8 output rounding (half a step at most), not the accumulated shift
+    assert after.max() <= 0.5 * corrected.output_scale + 1e-6
+    assert after.max() < before.max()
+    assert QuantRecipe.from_dict(QuantRecipe(bias_correction=True).to_dict()).bias_correction
+
+
+def test_fp32_modules_accepts_globs(calib):
+    import torch
+
+    kept = quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), calib, QuantRecipe(fp32_modules=("[6]",)))
+    assert kept.kept_fp32_nodes == 1 and kept.output_scale is None
