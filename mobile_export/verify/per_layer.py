@@ -270,12 +270,23 @@ def per_layer_report(path: Path, entry: dict, built, inputs, quantized, report: 
     elif (entry.get("quantization") or {}).get("mode", "none") != "none":
         raise MobileExportError(f"--per-layer needs the quantized PyTorch model, which is {report.get('quantized_reference')}")
     runtime = report.get("vs_quantized") or report["vs_float"]
-    rows.append(LayerRow(name="runtime", op=f"{path.suffix.lstrip('.')} vs PyTorch",
-                         sqnr_db=round(min(runtime["sqnr_db"], SQNR_CAP_DB), 4), max_abs=runtime["max_abs"],
-                         cosine=runtime["cosine"], sqnr_loss_db=None,
-                         module="(whole program, XNNPACK kernels)", index=len(rows)))
+    rows.append(whole_program_row("runtime", f"{path.suffix.lstrip('.')} vs PyTorch", runtime,
+                                  "(whole program, XNNPACK kernels)", len(rows)))
+    return publish(rows, path, report_dir, f"{path.name}: per-layer error ({len(feed)} real images)", log)
+
+
+def whole_program_row(name: str, op: str, metrics: dict, module: str, index: int) -> LayerRow:
+    """The artifact as a whole against its reference, as the last row of a per-layer table."""
+    return LayerRow(name=name, op=op, sqnr_db=round(min(metrics["sqnr_db"], SQNR_CAP_DB), 4),
+                    max_abs=metrics["max_abs"], cosine=metrics["cosine"], sqnr_loss_db=None, module=module,
+                    index=index)
+
+
+def publish(rows: Sequence[LayerRow], path: Path, report_dir, title: str, log) -> dict:
+    """Write the table and picture (beside the artifact unless --report names a folder) and
+    summarize the worst layers for the verify report. Shared by the .pte and .mlpackage paths."""
     out_dir = Path(report_dir) if report_dir else path.parent / f"{path.stem}_per_layer"
-    files = write_per_layer_report(rows, out_dir, f"{path.name}: per-layer error ({len(feed)} real images)")
+    files = write_per_layer_report(rows, out_dir, title)
     ranked = [r for r in sort_by_loss(rows) if r.sqnr_loss_db is not None]
     worst = f"{ranked[0].name} ({ranked[0].op}, {ranked[0].module}) loses {ranked[0].sqnr_loss_db:.2f} dB" if ranked else "-"
     log(f"per-layer report: {files['markdown']}")

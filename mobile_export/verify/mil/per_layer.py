@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..metrics import SQNR_CAP_DB
-from ..per_layer import LayerStats
+from ..per_layer import LayerRow, LayerStats, publish, whole_program_row
 from .program import Program, load_program
 
 ANCHOR_OPS = ("conv", "linear", "matmul")
@@ -80,7 +79,6 @@ def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) 
 def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], reference_inputs: Sequence[np.ndarray]):
     """LayerRows (mobile_export.verify.per_layer) for each matched conv/linear, accumulated
     over the images: artifact_feeds[i] feeds the program, reference_inputs[i] the module."""
-    from ..per_layer import LayerRow
 
     stats: dict[str, LayerStats] = {}
     meta: dict[str, tuple[str, str, str]] = {}
@@ -115,10 +113,6 @@ def per_layer_report(path: Path, entry: dict, built, inputs, report: dict, repor
                      log: Callable[[str], None] = lambda _m: None) -> dict:
     """The .mlpackage counterpart of verify.per_layer.per_layer_report: executor values vs
     the PyTorch model's layers on the verification images, written with the shared writer."""
-    from dataclasses import asdict
-
-    from ..per_layer import LayerRow, sort_by_loss, write_per_layer_report
-
     path = Path(path)
     program = load_program(path)
     info = program.inputs[0]
@@ -129,13 +123,6 @@ def per_layer_report(path: Path, entry: dict, built, inputs, report: dict, repor
     rows = layer_rows(program, built.module, feeds, inputs.normalized)
     whole = report.get("vs_float") or {}
     if whole:
-        rows.append(LayerRow(name="output", op="mlpackage vs PyTorch", sqnr_db=round(min(whole["sqnr_db"], SQNR_CAP_DB), 4),
-                             max_abs=whole["max_abs"], cosine=whole["cosine"], sqnr_loss_db=None,
-                             module="(whole program, Linux ML Program executor)", index=len(rows)))
-    out_dir = Path(report_dir) if report_dir else path.parent / f"{path.stem}_per_layer"
-    files = write_per_layer_report(rows, out_dir, f"{path.name}: per-layer error ({len(feeds)} real images, Linux executor)")
-    ranked = [r for r in sort_by_loss(rows) if r.sqnr_loss_db is not None]
-    worst = f"{ranked[0].name} ({ranked[0].op}, {ranked[0].module}) loses {ranked[0].sqnr_loss_db:.2f} dB" if ranked else "-"
-    log(f"per-layer report: {files['markdown']}")
-    return {"layers": len(rows), "worst": worst, "files": {k: str(v) for k, v in files.items()},
-            "top": [asdict(r) for r in ranked[:5]]}
+        rows.append(whole_program_row("output", "mlpackage vs PyTorch", whole,
+                                      "(whole program, Linux ML Program executor)", len(rows)))
+    return publish(rows, path, report_dir, f"{path.name}: per-layer error ({len(feeds)} real images, Linux executor)", log)
