@@ -82,7 +82,8 @@ def test_one_table_keys_and_failures():
     assert thresholds.key_for({"precision": "fp32", "quantization": {"mode": "none"}}) == "fp32"
     assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}}) == "int8/pt2e-int8"
     assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "something-new"}}) == "int8"
-    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "palettize4"}}) == "fp16"
+    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "palettize4"}}) == "fp16/palettize4"
+    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "prune50"}}) == "fp16"  # no row: precision
     key, limits = thresholds.limits_for({"precision": "fp32", "quantization": {"mode": "none"}})
     good = {"sqnr_db": 90.0, "cosine": 1.0, "top1_agreement_decided": 1.0, "top5_overlap": 1.0}
     assert thresholds.check(good, limits, key) == []
