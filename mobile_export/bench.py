@@ -243,13 +243,11 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
         tgt.check_file(path)
         manifest, entry = mf.manifest_for(path)
         mf.check_sha256(path, entry)
-        from .models import create_model
+        from .models import create_from_manifest
 
         # Latency does not depend on the weights' values: time the same architecture with
         # random weights, so a benchmark never needs the checkpoint (or the network).
-        model = manifest["model"]
-        built = create_model(model["name"], weights="random", num_classes=int(model["num_classes"]),
-                             resolution=int(model["resolution"]))
+        built = create_from_manifest(manifest["model"], weights="random")
         result.update(artifact=path.name, bytes=entry["bytes"], precision=entry["precision"],
                       quantization=entry["quantization"]["mode"])
         if tgt.name == "coreml":

@@ -118,3 +118,16 @@ def test_peak_arithmetic_follows_the_simd_width():
     assert peak_gmacs(1, "int8", avx2)["gmacs"] == pytest.approx(128.0)
     unknown = dict(zen5, clock_ghz_measured=None, clock_ghz_reported=None)
     assert peak_gmacs(1, "fp32", unknown)["gmacs"] is None
+
+
+def test_bench_rebuilds_a_feature_encoder_from_its_manifest():
+    """bench times the manifest's architecture; an encoder's manifest records num_classes 0,
+    which must not be passed on as a class count (it once stopped `bench` on a V5 .pte)."""
+    from mobile_export.models import create_from_manifest
+
+    built = create_from_manifest({"name": "mobilenet_v5_300m", "output": "features", "num_classes": 0,
+                                  "resolution": 256}, weights="random")
+    assert (built.spec.output, built.num_classes, built.resolution) == ("features", 0, 256)
+    classifier = create_from_manifest({"name": "mobilenet_v2_100", "output": "logits", "num_classes": 17,
+                                       "resolution": 64}, weights="random")
+    assert classifier.num_classes == 17

@@ -139,3 +139,85 @@ def test_fp32_modules_accepts_globs(calib):
 
     kept = quantize_pt2e(_net(), torch.zeros(1, 3, 32, 32), calib, QuantRecipe(fp32_modules=("[6]",)))
     assert kept.kept_fp32_nodes == 1 and kept.output_scale is None
+
+
+def _relu6_net():
+    """conv -> BN -> ReLU6, twice: the MobileNetV1/V2 pattern. BN shifts the pre-activation
+    well below zero, so a grid spanning the raw conv output wastes most of its 256 steps."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    for cin in (3, 8):
+        conv, bn = torch.nn.Conv2d(cin, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        bn.running_mean.fill_(0.3)  # pre-activation mostly negative
+        layers += [conv, bn, torch.nn.ReLU6()]
+    return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+
+
+def _hardtanh_grids(graph_module) -> list[tuple[float, int]]:
+    """(scale, zero point) of the quantize node that follows each hardtanh."""
+    from mobile_export.quantize.pt2e import _constant
+
+    grids = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and "hardtanh" in str(node.target):
+            (q,) = [u for u in node.users if "quantize_per_tensor" in str(u.target)]
+            grids.append((float(_constant(graph_module, q.args[1])), int(_constant(graph_module, q.args[2]))))
+    return grids
+
+
+def test_relu6_is_quantized_after_the_clamp(calib):
+    """ReLU6 after a conv gets its own int8 grid on [0, 6] (zero point -128), the conv feeds it
+    directly (no quantize between them: XNNPACK fuses the clamp into the conv), and the result
+    is closer to float than XNNPACKQuantizer's own annotation, which shares the conv's grid."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from mobile_export.quantize.pt2e import quantization_config
+    from mobile_export.verify import metrics
+    from mobile_export.verify.reference import run_module
+
+    example = torch.zeros(1, 3, 32, 32)
+    ours = quantize_pt2e(_relu6_net(), example, calib, QuantRecipe())
+    grids = _hardtanh_grids(ours.graph_module)
+    assert len(grids) == 2 and all(zp == -128 and scale <= 6.0 / 255 + 1e-9 for scale, zp in grids)
+    for node in ours.graph_module.graph.nodes:
+        if "hardtanh" in str(node.target):
+            assert "conv" in str(node.args[0].target)
+
+    prepared = prepare_pt2e(torch.export.export(_relu6_net(), (example,), strict=False).module(),
+                            XNNPACKQuantizer().set_global(quantization_config(QuantRecipe())))
+    with torch.no_grad():
+        for x in calib:
+            prepared(torch.from_numpy(x))
+    stock = convert_pt2e(prepared)
+    assert any(zp > -128 for _, zp in _hardtanh_grids(stock))  # the shared grid spans negatives
+    reference = run_module(_relu6_net(), calib)
+    assert metrics.sqnr_db(reference, run_module(ours.graph_module, calib)) > \
+        metrics.sqnr_db(reference, run_module(stock, calib)) + 3.0
+
+
+def test_tiny_activations_survive_quantization(calib):
+    """A tensor of ~1e-5 (MobileNetV5's initial layer scale) keeps its shape through int8:
+    with XNNPACKQuantizer's scale floor of 2**-12 it rounded to all zeros."""
+    import torch
+
+    from mobile_export.verify import metrics
+    from mobile_export.verify.reference import run_module
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.gamma = torch.nn.Parameter(torch.full((1, 8, 1, 1), 1e-5))
+
+        def forward(self, x):
+            return self.conv(x) * self.gamma
+
+    q = quantize_pt2e(Tiny().eval(), torch.zeros(1, 3, 32, 32), calib, QuantRecipe())
+    reference = run_module(Tiny().eval(), calib)
+    assert np.abs(reference).max() < 1e-4
+    assert metrics.sqnr_db(reference, run_module(q.graph_module, calib)) > 20

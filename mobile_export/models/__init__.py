@@ -115,3 +115,12 @@ def create_model(
         module=module, spec=spec, preprocess=preprocess.at_resolution(res), num_classes=n_classes,
         resolution=res, weights=info, labels=labels,
     )
+
+
+def create_from_manifest(model: dict, weights: str, seed: int = 0) -> BuiltModel:
+    """Rebuild the architecture a manifest's `model` record describes (verify, bench).
+    An encoder records num_classes 0 and takes no class count."""
+    encoder = model.get("output") == "features"
+    return create_model(model["name"], weights=weights, seed=seed,
+                        num_classes=None if encoder else int(model["num_classes"]),
+                        resolution=int(model["resolution"]))

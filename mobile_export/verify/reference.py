@@ -26,7 +26,7 @@ def preprocess_of(manifest: dict) -> Preprocess:
 def rebuild_reference(manifest: dict, weights: str | None = None):
     """A BuiltModel equal to the one the manifest describes. `weights` (the --weights
     argument) overrides the recorded source, e.g. when a checkpoint moved."""
-    from ..models import create_model
+    from ..models import create_from_manifest
     from ..models.weights import state_digest
 
     model = manifest["model"]
@@ -45,10 +45,7 @@ def rebuild_reference(manifest: dict, weights: str | None = None):
             weights = path
         else:
             raise WeightsError(f"the manifest records no usable weights source ({source!r}); pass --weights")
-    encoder = model.get("output") == "features"  # an encoder takes no class count (manifest has 0)
-    built = create_model(model["name"], weights=weights, seed=seed,
-                         num_classes=None if encoder else int(model["num_classes"]),
-                         resolution=int(model["resolution"]))
+    built = create_from_manifest(model, weights=weights, seed=seed)
     recorded = record.get("sha256")
     if source == "random" and weights == "random" and recorded and state_digest(built.module) != recorded:
         raise WeightsError(
