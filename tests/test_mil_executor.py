@@ -280,6 +280,22 @@ def test_more_compression_formats(mode, v2, v2_ios18, tmp_path):
     _compressed_vs_decompressed(base, fn, tmp_path, op, v2.feeds())
 
 
+def test_intermediates_are_freed_after_their_last_reader(v2):
+    """Every intermediate that is not a program output is dropped once, right after the last
+    op that reads it (memory: V5 at 768 px), and capture still returns freed values."""
+    program = load_program(v2.packages["fp16"])
+    steps = program._steps
+    freed_at = {name: i for i, step in enumerate(steps) for name in step.frees}
+    produced = {out for step in steps for out in step.info.outputs} | {i.name for i in program.inputs}
+    read = {name for step in steps for names in step.info.inputs.values() for name in names}
+    assert set(freed_at) == (read & produced) - set(program.outputs)
+    for i, step in enumerate(steps):
+        for names in step.info.inputs.values():
+            assert all(freed_at.get(n, len(steps)) >= i for n in names)
+    early = steps[1].info.outputs[0]
+    assert early in freed_at and program.run(v2.feeds()[0], capture={early})[early].size > 0
+
+
 # --- W8A8: activation calibration through the executor ------------------------------------------
 
 
