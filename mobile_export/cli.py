@@ -146,6 +146,9 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
               help="ExecuTorch: int8 post-training static quantization (XNNPACK).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="Folder of images for int8/w8a8 calibration.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=64, show_default=True, help="Images used for calibration.")
+@click.option("--keep-fp32", default=None, metavar="MODULES",
+              help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).")
+@click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images.")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
 @click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "w8a8"]), default="none",
               show_default=True, help="Core ML weight compression.")
@@ -161,17 +164,24 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
-           calibration_limit, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
+           calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
            bundled, no_verify, images, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
 
     spec = _run(get_spec, model)
+    extra = {}
+    if keep_fp32 is not None or bias_correction:
+        if quantize != "int8":
+            raise click.UsageError("--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8")
+        modules = [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()]
+        extra["quant_recipe"] = {"fp32_modules": modules, "bias_correction": bias_correction}
     options = ExportOptions(
         precision=precision, quantize=quantize, compress=compress, calibration=calibration,
         calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
         classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
+        extra=extra,
     )
     request = ExportRequest(
         model=spec.name, target=target, out=out or Path("exports") / spec.name, weights=weights, seed=seed,

@@ -355,3 +355,27 @@ def test_per_layer_report_for_int8(v2_int8, tmp_path):
     assert losses == sorted(losses, reverse=True)
     md = files["markdown"].read_text()
     assert "conv2d" in md and "runtime" in md
+
+
+def test_cli_int8_recipe_flags(cli, work, photos, tmp_path):
+    """--keep-fp32 / --bias-correction reach the quantizer and the manifest (so a later verify
+    rebuilds the same quantized reference); a name matching no layer and a recipe without
+    --quantize int8 are one-line errors."""
+    weights = write_weights("mobilenet_v1_025", 64, work, 0)
+    common = ["mobilenet_v1_025", "--target", "executorch", "--weights", weights, "--resolution", 64,
+              "--calibration", photos]
+    out = tmp_path / "kept"
+    code, _, err = cli(*common, "--quantize", "int8", "--keep-fp32", "conv_stem, blocks.0", "--bias-correction",
+                       "--out", out)
+    assert code == 0, err
+    entry = next(a for a in mf.read_manifest(out / "manifest.json")["artifacts"] if a["format"] == "pte")
+    q = entry["quantization"]
+    assert q["fp32_modules"] == ["conv_stem", "blocks.0"] and q["bias_correction"] is True
+    assert "bias correction on" in err and entry["parity"]["passed"]
+
+    code, _, err = cli(*common, "--quantize", "int8", "--keep-fp32", "no_such_layer", "--out", tmp_path / "bad")
+    assert code == 2 and "no_such_layer match no module of mobilenet_v1_025" in err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == err.strip().splitlines()[-1:]
+    assert not (tmp_path / "bad").exists()
+    code, _, err = cli(*common, "--bias-correction", "--out", tmp_path / "usage")
+    assert code == 2 and "--quantize int8" in err

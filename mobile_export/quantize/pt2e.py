@@ -135,6 +135,14 @@ def annotate_conv_clamp(graph_module, config, filter_fn=None) -> int:
     return count
 
 
+def unmatched_modules(module, patterns: Sequence[str]) -> list[str]:
+    """The fp32_modules entries that name no submodule of `module` (typos fail early)."""
+    from fnmatch import fnmatchcase
+
+    names = [name for name, _ in module.named_modules() if name]
+    return [p for p in patterns if not any(fnmatchcase(n, p) or fnmatchcase(n, p + ".*") for n in names)]
+
+
 def _module_filter(prefixes: Sequence[str]) -> Callable:
     """Node filter for XNNPACKQuantizer: False for nodes inside any excluded module.
     Matches the module path with or without the wrapper's leading attribute name; a prefix
@@ -193,6 +201,9 @@ def quantize_pt2e(
         raise ExportError(f"int8 quantization failed ({exc.__class__.__name__}: {first[:200]}); try --quantize none or report the model") from None
     scale, zero_point = output_qparams(converted)
     kept = _count_float_compute(converted) if recipe.fp32_modules else 0
+    if recipe.fp32_modules and kept == 0:
+        raise ExportError(f"fp32 modules {', '.join(recipe.fp32_modules)} match no conv or linear layer; "
+                          "name modules as in the model's state dict (e.g. conv_stem, blocks.0, *.se)")
     log(f"int8: calibrated on {len(calibration_inputs)} image(s), observer {recipe.observer}, output scale {scale}")
     return QuantizedModel(converted, scale, zero_point, recipe, float_graph_module=float_graph, kept_fp32_nodes=kept)
 

@@ -42,6 +42,12 @@ class ExecuTorchTarget(Target):
             r = QuantRecipe.from_dict(recipe)
             if r.observer not in OBSERVERS:
                 raise UsageError(f"unknown activation observer {r.observer!r}; choose one of {', '.join(OBSERVERS)}")
+            from ..quantize.pt2e import unmatched_modules
+
+            missing = unmatched_modules(built.module, r.fp32_modules)
+            if missing:
+                raise UsageError(f"fp32 module(s) {', '.join(missing)} match no module of {built.spec.name}; "
+                                 "name them as in its state dict (e.g. conv_stem, blocks.0, *.se)")
 
     # --- export -------------------------------------------------------------------------
 
