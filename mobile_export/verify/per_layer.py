@@ -204,6 +204,22 @@ def _capture(graph_module, inputs: Sequence[np.ndarray], wanted: dict) -> list[d
     return results
 
 
+def upstream_sqnr(node, sqnr: dict[str, float], seen: set | None = None) -> float:
+    """Lowest SQNR among the measured nodes (names in `sqnr`) feeding `node`, looking through
+    the unmeasured ones (views, q/dq); inf when only constants and graph inputs feed it."""
+    seen = seen if seen is not None else set()
+    best = math.inf
+    for arg in node.all_input_nodes:
+        if arg.name in seen:
+            continue
+        seen.add(arg.name)
+        if arg.name in sqnr:
+            best = min(best, sqnr[arg.name])
+        elif arg.op not in ("get_attr", "placeholder"):
+            best = min(best, upstream_sqnr(arg, sqnr, seen))
+    return best
+
+
 def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerRow]:
     """Compare the convert_pt2e graph with its float twin (the prepared graph: same node
     names, BN folded, observers pass-through) on real inputs, layer by layer."""
@@ -222,26 +238,12 @@ def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerR
                 st.shape = "x".join(str(d) for d in fv[name].shape)
     sqnr = {name: st.sqnr for name, st in stats.items() if st.n}
 
-    def upstream(node, seen=None) -> float:
-        """Lowest SQNR among the tracked layers feeding `node` (through views and q/dq)."""
-        seen = seen if seen is not None else set()
-        best = math.inf
-        for arg in node.all_input_nodes:
-            if arg.name in seen:
-                continue
-            seen.add(arg.name)
-            if arg.name in sqnr:
-                best = min(best, sqnr[arg.name])
-            elif arg.op not in ("get_attr", "placeholder"):
-                best = min(best, upstream(arg, seen))
-        return best
-
     rows = []
     for i, node in enumerate(order):
         st = stats[node.name]
         if not st.n:
             continue
-        up = upstream(node) if node.op != "placeholder" else math.inf
+        up = upstream_sqnr(node, sqnr) if node.op != "placeholder" else math.inf
         loss = min(up, EXACT_DB) - min(st.sqnr, EXACT_DB)  # fed by exact values: all its error is its own
         stack = node.meta.get("nn_module_stack") or {}
         module = str(list(stack.values())[-1][0]) if stack else ""
@@ -259,20 +261,42 @@ def per_layer_report(path: Path, entry: dict, built, inputs, quantized, report: 
     """Rows for an ExecuTorch artifact, written next to it (or into `report_dir`).
 
     int8: the quantized PyTorch model vs its float twin, layer by layer (where quantization
-    error enters), plus one last row for the runtime itself (the .pte vs the quantized
-    model). fp32: there is no quantization; the only difference is kernel arithmetic, which
-    the whole-model metrics already bound, so a single runtime row is written."""
+    error enters). fp32: the shipped .pte is one XNNPACK delegate and cannot give per-op
+    values, so its per-op twin (verify/etdump: the same model lowered one delegate per op)
+    runs with ETDump and the Inspector compares every op with PyTorch; if that fails, the
+    reason is logged and only the whole-program row is written. Both end with one row for
+    the shipped runtime itself (the .pte vs the quantized / float model)."""
     in_model = bool(entry["input"].get("normalized_in_model"))
     feed = inputs.raw if in_model else inputs.normalized
     rows: list[LayerRow] = []
+    title = f"{path.name}: per-layer error ({len(feed)} real images)"
+    source = "quantized PyTorch model vs its float twin, layer by layer"
     if quantized is not None:
         rows = quantized_layer_rows(quantized, feed)
     elif (entry.get("quantization") or {}).get("mode", "none") != "none":
         raise MobileExportError(f"--per-layer needs the quantized PyTorch model, which is {report.get('quantized_reference')}")
+    else:
+        rows, title, source = _fp32_twin_rows(path, entry, built, feed, log)
     runtime = report.get("vs_quantized") or report["vs_float"]
     rows.append(whole_program_row("runtime", f"{path.suffix.lstrip('.')} vs PyTorch", runtime,
                                   "(whole program, XNNPACK kernels)", len(rows)))
-    return publish(rows, path, report_dir, f"{path.name}: per-layer error ({len(feed)} real images)", log)
+    return {**publish(rows, path, report_dir, title, log), "source": source}
+
+
+def _fp32_twin_rows(path: Path, entry: dict, built, feed, log) -> tuple[list[LayerRow], str, str]:
+    """Per-op rows from the per-op twin, or none (and why) when ETRecord/ETDump/Inspector fail."""
+    from .etdump import TWIN_IMAGES, twin_rows
+
+    images = list(feed[:TWIN_IMAGES])
+    try:
+        rows = twin_rows(built, entry, images, log)
+    except Exception as exc:  # lowering, the child, ETRecord and the Inspector raise many types
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        why = f"per-op twin of {path.name} failed ({exc.__class__.__name__}: {first}); whole-program row only"
+        log(why)
+        return [], f"{path.name}: whole-program error only ({len(feed)} real images)", why
+    return rows, (f"{path.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump on {len(images)} "
+                  f"real images) + the shipped .pte as the last row"), "per-op twin of the .pte, ETDump + Inspector"
 
 
 def whole_program_row(name: str, op: str, metrics: dict, module: str, index: int) -> LayerRow:

@@ -5,8 +5,11 @@ path is not always survivable from Python), so the CLI never loads one itself: t
 writes the inputs to an .npz, starts `python -m mobile_export.verify.runner`, and turns any
 failure of the child into a one-line ArtifactError.
 
-Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR];
+Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR [--debug-buffer BYTES]];
 inputs are arrays in0, in1, ... (each 1x3xHxW float32); outputs are out0, out1, ...
+With --etdump, input i runs on a freshly loaded program and its ETDump and debug buffer go to
+DIR/etdump_i.etdp and DIR/debug_i.bin: the Inspector keeps one value per op, so one dump per
+image is what lets every image be compared.
 For a .bpte the child also checks the bundled expected outputs (key bundled_ok, one 0/1
 per embedded case; --bundled-cases N says how many there are, from the manifest).
 A Python-level failure is reported as one line starting with ERROR_PREFIX, exit code 3."""
@@ -28,6 +31,7 @@ from ..errors import ArtifactError
 ERROR_PREFIX = "mobile-export-runner-error: "
 DEFAULT_TIMEOUT_S = 600.0
 MAX_BUNDLED_CASES = 64
+DEBUG_BUFFER_BYTES = 64 << 20  # default room for every intermediate output of one run
 BUNDLED_RTOL, BUNDLED_ATOL = 1e-3, 1e-4  # defaults; the manifest records the tolerance of each .bpte
 
 
@@ -38,6 +42,7 @@ def run_isolated(
     threads: int = 1,
     timeout: float = DEFAULT_TIMEOUT_S,
     etdump_dir: str | Path | None = None,
+    debug_buffer_bytes: int | None = None,
     bundled_cases: int | None = None,
     bundled_tolerance: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
@@ -51,7 +56,7 @@ def run_isolated(
         cmd = [sys.executable, "-m", "mobile_export.verify.runner", str(program), str(in_path), str(out_path),
                "--threads", str(threads)]
         if etdump_dir is not None:
-            cmd += ["--etdump", str(etdump_dir)]
+            cmd += ["--etdump", str(etdump_dir), "--debug-buffer", str(int(debug_buffer_bytes or DEBUG_BUFFER_BYTES))]
         if bundled_cases is not None:
             cmd += ["--bundled-cases", str(int(bundled_cases))]
         if bundled_tolerance is not None:
@@ -96,6 +101,7 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("outputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--etdump", default=None)
+    parser.add_argument("--debug-buffer", type=int, default=DEBUG_BUFFER_BYTES)
     parser.add_argument("--bundled-cases", type=int, default=None)
     parser.add_argument("--bundled-rtol", type=float, default=BUNDLED_RTOL)
     parser.add_argument("--bundled-atol", type=float, default=BUNDLED_ATOL)
@@ -112,7 +118,7 @@ def _child(argv: list[str]) -> int:
         if Path(args.program).suffix.lower() == ".bpte":
             outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs, args.bundled_cases, args.bundled_rtol, args.bundled_atol)
         else:
-            outputs = _run_program(data, inputs, args.etdump)
+            outputs = _run_program(data, inputs, args.etdump, args.debug_buffer)
         for i, out in enumerate(outputs):
             results[f"out{i}"] = out
         tmp = Path(args.outputs).with_suffix(".part.npz")
@@ -126,22 +132,27 @@ def _child(argv: list[str]) -> int:
         return 3
 
 
-def _run_program(data: bytes, inputs, etdump_dir: str | None) -> list[np.ndarray]:
+def _run_program(data: bytes, inputs, etdump_dir: str | None, debug_buffer: int = DEBUG_BUFFER_BYTES) -> list[np.ndarray]:
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(data, enable_etdump=etdump_dir is not None,
-                                         debug_buffer_size=(64 << 20) if etdump_dir else 0)
+    if etdump_dir is not None:
+        return [_run_with_etdump(Runtime.get(), data, x, Path(etdump_dir), i, debug_buffer) for i, x in enumerate(inputs)]
+    program = Runtime.get().load_program(data)
     method = program.load_method("forward")
     if method is None:
         raise RuntimeError("the program has no forward method")
-    outputs = []
-    for x in inputs:
-        out = method.execute((x,))
-        outputs.append(out[0].detach().numpy().copy())
-    if etdump_dir is not None:
-        Path(etdump_dir).mkdir(parents=True, exist_ok=True)
-        program.write_etdump_result_to_file(str(Path(etdump_dir) / "etdump.etdp"), str(Path(etdump_dir) / "debug.bin"))
-    return outputs
+    return [method.execute((x,))[0].detach().numpy().copy() for x in inputs]
+
+
+def _run_with_etdump(runtime, data: bytes, x, etdump_dir: Path, index: int, debug_buffer: int) -> np.ndarray:
+    program = runtime.load_program(data, enable_etdump=True, debug_buffer_size=debug_buffer)
+    method = program.load_method("forward")
+    if method is None:
+        raise RuntimeError("the program has no forward method")
+    out = method.execute((x,))[0].detach().numpy().copy()
+    etdump_dir.mkdir(parents=True, exist_ok=True)
+    program.write_etdump_result_to_file(str(etdump_dir / f"etdump_{index}.etdp"), str(etdump_dir / f"debug_{index}.bin"))
+    return out
 
 
 def _run_bundled(portable_lib, data: bytes, inputs, cases: int | None, rtol: float, atol: float):

@@ -1,0 +1,181 @@
+"""Per-op rows for an fp32 .pte from the real ExecuTorch runtime: the per-op twin of the .pte.
+
+The shipped .pte is one XNNPACK delegate, so the runtime reports one call and cannot say
+which op loses precision. The twin is the same reference model lowered AGAIN (the same
+`lower`, the same normalization wrapper as export) with XnnpackPartitioner(per_op_mode=True),
+one delegate per op, plus an ETRecord. It runs in a child process with ETDump and a debug
+buffer (every op's output), one dump per image; the Inspector pairs each runtime output with
+the same op of the exported PyTorch graph run on the same image. Same weights and XNNPACK
+kernels as the shipped file, but no fusion across op boundaries, so the twin's rows say where
+kernel arithmetic departs from PyTorch, not the shipped file's last bits: its whole-program
+row stays the last row of the report."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..fsutil import atomic_path, ensure_writable_dir
+from .per_layer import LayerRow, LayerStats, upstream_sqnr
+from .runner import run_isolated
+
+TWIN_IMAGES = 3  # per-op dumps are large and each image is one child-side program load
+FP32_EXACT_DB = 150.0  # above float32 rounding (~138 dB): an input this clean counts as exact
+KEEP_ENV = "MOBILE_EXPORT_KEEP_TWIN"  # a folder: keep the twin's program, ETRecord and dumps there
+
+
+def twin_rows(built, entry: dict, feed: Sequence[np.ndarray], log: Callable[[str], None] = lambda _m: None) -> list[LayerRow]:
+    """Lower the per-op twin into a temp dir (or the folder named by $MOBILE_EXPORT_KEEP_TWIN,
+    kept for opening the Inspector by hand), run it with ETDump on `feed` (the images in the
+    artifact's input contract), and return one row per op, in graph order."""
+    from executorch.devtools.etrecord import parse_etrecord
+
+    keep = os.environ.get(KEEP_ENV)
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="mobile-export-twin-")) as tmp:
+        work = ensure_writable_dir(tmp)
+        program, etrecord = lower_twin(built, entry, work, log)
+        dumps = work / "etdump"
+        record = parse_etrecord(str(etrecord))
+        run_isolated(program, feed, etdump_dir=dumps, debug_buffer_bytes=debug_buffer_bytes(record))
+        if keep:
+            log(f"per-op twin kept in {work}: twin.pte, twin.etrecord, etdump/etdump_N.etdp + debug_N.bin")
+        return numeric_gap_rows(record, dumps, feed, in_wrapper=_normalized_in_model(entry))
+
+
+def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
+    """The reference model as export lowered it, but one XNNPACK delegate per op; returns the
+    twin .pte and its ETRecord."""
+    import torch
+
+    from ..targets.executorch import lower, with_normalization
+
+    pre = built.preprocess
+    model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
+    model.eval()
+    manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
+                       per_op=True, etrecord=True)
+    program, etrecord = workdir / "twin.pte", workdir / "twin.etrecord"
+    with atomic_path(program) as tmp:
+        tmp.write_bytes(manager.buffer)
+    with atomic_path(etrecord) as tmp:
+        manager.get_etrecord().save(str(tmp))
+    return program, etrecord
+
+
+def debug_buffer_bytes(record) -> int:
+    """Room for every op output of one run: the tensor sizes the ETRecord's edge graph
+    records, doubled (alignment, layout copies), plus slack."""
+    total = 0
+    for node in record.edge_dialect_program.graph.nodes:
+        vals = node.meta.get("val")
+        for v in vals if isinstance(vals, (list, tuple)) else [vals]:
+            if hasattr(v, "numel") and hasattr(v, "element_size"):
+                total += int(v.numel()) * int(v.element_size())
+    return 2 * total + (16 << 20)
+
+
+def numeric_gap_rows(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], in_wrapper: bool = False) -> list[LayerRow]:
+    """Inspector.calculate_numeric_gap per image (image i: dump_dir/etdump_i.etdp + debug_i.bin),
+    accumulated into one row per AOT op (or fused group of ops). `etrecord`: a path or a parsed
+    ETRecord (a test may alter its reference weights). `in_wrapper`: module paths carry the
+    normalization wrapper's "model." prefix, dropped so they match the model's own names."""
+    from executorch.devtools import Inspector
+    from executorch.devtools.etrecord import ETRecord, parse_etrecord
+
+    from ..quantize.calibration import to_tensor
+
+    record = etrecord if isinstance(etrecord, ETRecord) else parse_etrecord(str(etrecord))
+    stats: dict[tuple, LayerStats] = {}
+    names: dict[tuple, list[str]] = {}
+    for i, x in enumerate(feed):
+        record.update_representative_inputs([(to_tensor(x),)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inspector = Inspector(etdump_path=str(dump_dir / f"etdump_{i}.etdp"), etrecord=record,
+                                  debug_buffer_path=str(dump_dir / f"debug_{i}.bin"))
+            gap = inspector.calculate_numeric_gap("L1")
+        if gap.empty:
+            continue
+        for handle, ops, aot, runtime in zip(gap["aot_debug_handle"], gap["aot_ops"], gap["aot_intermediate_output"],
+                                             gap["runtime_intermediate_output"]):
+            aot, runtime = _tensor(aot), _tensor(runtime)
+            if aot is None or runtime is None or aot.size != runtime.size:
+                continue
+            key = tuple(handle)
+            st = stats.setdefault(key, LayerStats())
+            st.add(aot, runtime.reshape(aot.shape))
+            st.shape = "x".join(str(d) for d in aot.shape)
+            names[key] = list(ops)
+    if not stats:
+        raise ValueError("the Inspector matched no runtime output to an op of the exported graph")
+    return _rows(_reference_nodes(record), stats, names, in_wrapper)
+
+
+def _tensor(value) -> np.ndarray | None:
+    """Inspector values are tensors, or one-element lists of them."""
+    import torch
+
+    if isinstance(value, (list, tuple)):
+        value = value[0] if len(value) == 1 else None
+    return value.detach().float().numpy() if isinstance(value, torch.Tensor) else None
+
+
+def _reference_nodes(record) -> list:
+    """Nodes of the graph the Inspector compared against: the ATen exported program, or the
+    edge program it falls back to when debug handles do not map back (names rarely clash)."""
+    nodes, seen = [], set()
+    for program in (record.exported_program, record.edge_dialect_program):
+        for node in (program.graph.nodes if program is not None and hasattr(program, "graph") else ()):
+            if node.name not in seen:
+                seen.add(node.name)
+                nodes.append(node)
+    return nodes
+
+
+def _rows(graph_nodes: list, stats: dict, names: dict, in_wrapper: bool) -> list[LayerRow]:
+    """Rows in graph order; loss = the SQNR of the op's inputs (the ops feeding it, through
+    unmeasured nodes; exact for the graph input) minus its own, both capped at FP32_EXACT_DB."""
+    order = {n.name: i for i, n in enumerate(graph_nodes)}
+    nodes = {n.name: n for n in graph_nodes}
+    groups = {key: [nodes[name] for name in sorted(names[key], key=lambda n: order.get(n, math.inf)) if name in nodes]
+              for key in stats}
+    sqnr = {node.name: stats[key].sqnr for key, members in groups.items() for node in members}
+    rows = []
+    for index, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: order.get(kv[1][0].name, math.inf) if kv[1] else math.inf)):
+        st = stats[key]
+        up = math.inf
+        seen = {m.name for m in members}
+        for m in members:
+            up = min(up, upstream_sqnr(m, sqnr, seen))
+        loss = min(up, FP32_EXACT_DB) - min(st.sqnr, FP32_EXACT_DB)
+        first = members[0] if members else None
+        rows.append(LayerRow(
+            name="+".join(names[key]), op="+".join(_op(m) for m in members) or "?",
+            sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs, cosine=round(st.cos_sum / st.n, 8),
+            sqnr_loss_db=round(loss, 4), module=_module(first, in_wrapper) if first is not None else "",
+            shape=st.shape, index=index))
+    return rows
+
+
+def _op(node) -> str:
+    target = getattr(node.target, "__name__", None) or str(node.target)
+    return target.replace("aten.", "").split(".")[0]
+
+
+def _module(node, in_wrapper: bool) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]) if stack else ""
+    if in_wrapper:
+        path = path[len("model."):] if path.startswith("model.") else ("(input normalization)" if path in ("", "model") else path)
+    return path
+
+
+def _normalized_in_model(entry: dict) -> bool:
+    return bool(entry["input"].get("normalized_in_model"))
