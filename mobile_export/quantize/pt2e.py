@@ -61,24 +61,21 @@ class QuantizedModel:
     kept_fp32_nodes: int = 0
 
 
-def quantization_config(recipe: QuantRecipe, qat: bool = False):
-    """XNNPACK's symmetric int8 config with the recipe's activation observer swapped in.
-    `qat`: fake-quantize modules (moving-average ranges) for fine-tuning instead."""
+def quantization_config(recipe: QuantRecipe):
+    """XNNPACK's symmetric int8 config with the recipe's activation observer swapped in."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
     if recipe.observer not in OBSERVERS:
         raise ExportError(f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}")
-    config = get_symmetric_quantization_config(is_per_channel=recipe.per_channel, is_qat=qat)
-    if qat:
-        return config
+    config = get_symmetric_quantization_config(is_per_channel=recipe.per_channel)
     ctor = {"histogram": HistogramObserver, "minmax": MinMaxObserver,
             "moving_average": MovingAverageMinMaxObserver}[recipe.observer]
     act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctor.with_args(eps=MIN_ACTIVATION_SCALE))
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
-def quantizer_for(recipe: QuantRecipe, qat: bool = False):
+def quantizer_for(recipe: QuantRecipe):
     """XNNPACKQuantizer with the recipe's config, the fp32 module filter, and one pattern
     it lacks: conv/linear followed by a clamp (ReLU6 = hardtanh(0, 6)).
 
@@ -95,7 +92,7 @@ def quantizer_for(recipe: QuantRecipe, qat: bool = False):
             annotate_conv_clamp(model, self.global_config, self.filter_fn)
             return super().annotate(model)
 
-    quantizer = _Quantizer().set_global(quantization_config(recipe, qat))
+    quantizer = _Quantizer().set_global(quantization_config(recipe))
     if recipe.fp32_modules:
         quantizer.set_filter_function(_module_filter(recipe.fp32_modules))
     return quantizer
@@ -137,27 +134,27 @@ def annotate_conv_clamp(graph_module, config, filter_fn=None) -> int:
 
 def unmatched_modules(module, patterns: Sequence[str]) -> list[str]:
     """The fp32_modules entries that name no submodule of `module` (typos fail early)."""
+    names = [name for name, _ in module.named_modules() if name]
+    return [p for p in patterns if not any(_inside(n, p) for n in names)]
+
+
+def _inside(path: str, pattern: str) -> bool:
+    """`path` is the module `pattern` names (a name or glob) or one of its submodules."""
     from fnmatch import fnmatchcase
 
-    names = [name for name, _ in module.named_modules() if name]
-    return [p for p in patterns if not any(fnmatchcase(n, p) or fnmatchcase(n, p + ".*") for n in names)]
+    return fnmatchcase(path, pattern) or fnmatchcase(path, pattern + ".*")
 
 
 def _module_filter(prefixes: Sequence[str]) -> Callable:
     """Node filter for XNNPACKQuantizer: False for nodes inside any excluded module.
     Matches the module path with or without the wrapper's leading attribute name; a prefix
     may be a glob ("*.se" = every squeeze-excite gate) so a family of modules is one entry."""
-    from fnmatch import fnmatchcase
-
-    def inside(path: str, prefix: str) -> bool:
-        return fnmatchcase(path, prefix) or fnmatchcase(path, prefix + ".*")
-
     def keep(node) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         for path, _type in stack.values():
             path = str(path)
             for prefix in prefixes:
-                if any(inside(p, prefix) for p in (path, path.split(".", 1)[-1])):
+                if any(_inside(p, prefix) for p in (path, path.split(".", 1)[-1])):
                     return False
         return True
 
