@@ -59,14 +59,36 @@ def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
     model.eval()
-    manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
-                       per_op=True, etrecord=True)
+    with _buffers_persistent(model):
+        manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
+                           per_op=True, etrecord=True)
     program, etrecord = workdir / "twin.pte", workdir / "twin.etrecord"
     with atomic_path(program) as tmp:
         tmp.write_bytes(manager.buffer)
     with atomic_path(etrecord) as tmp:
         manager.get_etrecord().save(str(tmp))
     return program, etrecord
+
+
+@contextlib.contextmanager
+def _buffers_persistent(model):
+    """Non-persistent buffers (V5 RMSNorm's constant 1/C kernel) become program constants that
+    the saved ETRecord drops, and the Inspector then fails to rebuild its reference graph
+    (KeyError on the buffer's name). For the twin only, register them as persistent, then
+    restore the model as it was."""
+    state = set(model.state_dict())
+    changed = []
+    for name, buf in list(model.named_buffers()):
+        if name not in state:
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            owner.register_buffer(attr, buf, persistent=True)
+            changed.append((owner, attr, buf))
+    try:
+        yield
+    finally:
+        for owner, attr, buf in changed:
+            owner.register_buffer(attr, buf, persistent=False)
 
 
 def debug_buffer_bytes(record) -> int:
