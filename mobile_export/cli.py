@@ -158,6 +158,8 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities.")
 @click.option("--normalize-outside", is_flag=True, help="Do not bake mean/std into the model; the app normalizes.")
 @click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK delegate.")
+@click.option("--fast-gelu", is_flag=True,
+              help="ExecuTorch: run tanh GELU (V5) as XNNPACK's erf GELU: ~1.17x faster, ~67 instead of ~114 dB vs PyTorch.")
 @click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
@@ -165,7 +167,7 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
            calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
-           bundled, no_verify, images, bundle_app, as_json):
+           fast_gelu, bundled, no_verify, images, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
@@ -177,6 +179,8 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
             raise click.UsageError("--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8")
         modules = [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()]
         extra["quant_recipe"] = {"fp32_modules": modules, "bias_correction": bias_correction}
+    if fast_gelu:
+        extra["fast_gelu"] = True
     options = ExportOptions(
         precision=precision, quantize=quantize, compress=compress, calibration=calibration,
         calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,

@@ -19,7 +19,8 @@ import torch
 pytest.importorskip("executorch")
 
 from mobile_export.models.blocks import RmsNormAct2d  # noqa: E402
-from mobile_export.targets.executorch import lower, spell_out_tanh_gelu  # noqa: E402
+from mobile_export.targets.executorch import (  # noqa: E402
+    TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu)
 
 
 class _ConvActConv(torch.nn.Module):
@@ -61,29 +62,37 @@ def tanh_case():
 
 
 def test_tanh_gelu_is_spelled_out_and_matches_pytorch(tanh_case):
+    """The default: the .pte computes tanh GELU, as the model does."""
     model, x, ref = tanh_case
     exported = torch.export.export(model, (x,), strict=False)
     assert _gelus(exported) == ["tanh"]
     assert _gelus(spell_out_tanh_gelu(exported)) == []
     manager, delegation = lower(model, x)
     assert delegation["complete"] and delegation["outside"] == {}
+    assert delegation["tanh_gelu"] == {"count": 1, "runs_as": TANH_GELU_EXACT}  # recorded in the manifest
     sqnr = _sqnr(ref, _run(manager.buffer, x))
     assert sqnr > 110.0, f"{sqnr:.1f} dB: tanh GELU is not computed as PyTorch computes it"
 
 
-def test_xnnpack_still_runs_erf_for_tanh_gelu(tanh_case, monkeypatch):
-    """Why the workaround exists. When an ExecuTorch upgrade fixes the delegate, this fails:
-    then drop `spell_out_tanh_gelu` (and get the single fused op back)."""
-    import mobile_export.targets.executorch as et
-
+def test_fast_gelu_runs_xnnpack_erf_gelu(tanh_case):
+    """--fast-gelu, and why the workaround exists: XNNPACK's own op is erf GELU. When an
+    ExecuTorch upgrade fixes the delegate, this fails: then drop `spell_out_tanh_gelu`."""
     model, x, ref = tanh_case
-    monkeypatch.setattr(et, "spell_out_tanh_gelu", lambda exported: exported)
-    manager, _ = et.lower(model, x)
+    manager, delegation = lower(model, x, exact_tanh_gelu=False)
+    assert delegation["tanh_gelu"] == {"count": 1, "runs_as": TANH_GELU_FAST}
     out = _run(manager.buffer, x)
     with torch.no_grad():
         erf = model.head(torch.nn.functional.gelu(model.conv_stem(x)))
     assert _sqnr(ref, out) < 90.0  # the erf/tanh gap, not float rounding
     assert _sqnr(erf, out) > 110.0  # it is exact GELU that ran
+
+
+def test_fast_gelu_is_refused_for_a_model_without_tanh_gelu(cli, tmp_path):
+    code, out, err = cli("v1-025", "--target", "executorch", "--weights", "random", "--resolution", "32",
+                         "--fast-gelu", "--out", tmp_path / "out")
+    assert code == 2 and "--fast-gelu" in err and "does not use" in err, err
+    assert [line for line in err.splitlines() if line.startswith("Error:")] == [err.strip().splitlines()[-1]]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_exact_gelu_stays_one_op():

@@ -35,6 +35,8 @@ class ExecuTorchTarget(Target):
     def validate(self, built, options: ExportOptions) -> None:
         if options.quantize not in ("none", "int8"):
             raise UsageError(f"--quantize {options.quantize!r} is not supported for ExecuTorch; use none or int8")
+        if options.extra.get("fast_gelu") and not uses_tanh_gelu(built.module):
+            raise UsageError(f"--fast-gelu changes only tanh GELU, which {built.spec.name} does not use (V5 does); drop the flag")
         recipe = options.extra.get("quant_recipe")
         if recipe is not None:
             from ..quantize.pt2e import OBSERVERS, QuantRecipe
@@ -84,7 +86,7 @@ class ExecuTorchTarget(Target):
         else:
             program_source = model
 
-        manager, delegation = lower(program_source, example, log)
+        manager, delegation = lower(program_source, example, log, exact_tanh_gelu=not options.extra.get("fast_gelu"))
         outside = delegation["outside"]
         if outside and not options.allow_partial:
             named = ", ".join(f"{op} x{n}" for op, n in sorted(outside.items()))
@@ -183,9 +185,12 @@ def with_normalization(module, mean, std):
     return NormalizedInput(module, mean, std).eval()
 
 
-def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: bool = False):
+def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: bool = False,
+          exact_tanh_gelu: bool = True):
     """torch.export + XNNPACK lowering; returns (ExecutorchProgramManager, delegation summary).
-    `per_op`: one delegate per op (for per-layer numerics); `etrecord`: keep an ETRecord."""
+    `per_op`: one delegate per op (for per-layer numerics); `etrecord`: keep an ETRecord;
+    `exact_tanh_gelu`: False lets XNNPACK run tanh GELU as its erf GELU (faster, see
+    `spell_out_tanh_gelu`)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.utils.configs import get_transform_passes
@@ -194,12 +199,17 @@ def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: 
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            exported = spell_out_tanh_gelu(torch.export.export(module, (example,), strict=False))
+            exported = torch.export.export(module, (example,), strict=False)
+            tanh_gelus = count_tanh_gelu(exported)
+            if tanh_gelus and exact_tanh_gelu:
+                exported = spell_out_tanh_gelu(exported)
             edge = to_edge_transform_and_lower(
                 exported, partitioner=[XnnpackPartitioner(per_op_mode=per_op)],
                 transform_passes=get_transform_passes(), generate_etrecord=etrecord,
             )
         delegation = delegation_summary(edge.exported_program().graph_module)
+        if tanh_gelus:
+            delegation["tanh_gelu"] = {"count": tanh_gelus, "runs_as": TANH_GELU_EXACT if exact_tanh_gelu else TANH_GELU_FAST}
         manager = edge.to_executorch()
     except (ExportError, MemoryError):
         raise
@@ -207,12 +217,30 @@ def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: 
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise ExportError(f"ExecuTorch lowering failed ({exc.__class__.__name__}: {first[:200]}); the model uses an op torch.export/XNNPACK cannot take") from None
     log(f"lowered to XNNPACK in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) delegated in "
-        f"{delegation['delegated_subgraphs']} subgraph(s), {sum(delegation['outside'].values())} outside")
+        f"{delegation['delegated_subgraphs']} subgraph(s), {sum(delegation['outside'].values())} outside"
+        + (f"; {tanh_gelus} tanh GELU run as {delegation['tanh_gelu']['runs_as']}" if tanh_gelus else ""))
     return manager, delegation
 
 
 GELU_SIGMOID_C0 = 1.5957691216057308  # 2 * sqrt(2 / pi): 0.5 * (1 + tanh(z)) = sigmoid(2 z)
 GELU_SIGMOID_C1 = 0.07135481627260025  # 2 * sqrt(2 / pi) * 0.044715
+
+
+TANH_GELU_EXACT = "tanh GELU, written out"
+TANH_GELU_FAST = "erf GELU (XNNPACK's op, --fast-gelu)"
+
+
+def uses_tanh_gelu(module) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.GELU) and m.approximate == "tanh" for m in module.modules())
+
+
+def count_tanh_gelu(exported) -> int:
+    import torch
+
+    return sum(1 for n in exported.graph.nodes
+               if n.target == torch.ops.aten.gelu.default and n.kwargs.get("approximate", "none") == "tanh")
 
 
 def spell_out_tanh_gelu(exported):
@@ -225,7 +253,7 @@ def spell_out_tanh_gelu(exported):
     import torch
 
     gelu = torch.ops.aten.gelu.default
-    if not any(n.target == gelu and n.kwargs.get("approximate", "none") == "tanh" for n in exported.graph.nodes):
+    if not count_tanh_gelu(exported):
         return exported
 
     def tanh_gelu(x, approximate="none"):

@@ -54,14 +54,15 @@ def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
     twin .pte and its ETRecord."""
     import torch
 
-    from ..targets.executorch import lower, with_normalization
+    from ..targets.executorch import TANH_GELU_FAST, lower, with_normalization
 
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
     model.eval()
+    fast_gelu = ((entry.get("delegation") or {}).get("tanh_gelu") or {}).get("runs_as") == TANH_GELU_FAST
     with _buffers_persistent(model):
         manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
-                           per_op=True, etrecord=True)
+                           per_op=True, etrecord=True, exact_tanh_gelu=not fast_gelu)
     program, etrecord = workdir / "twin.pte", workdir / "twin.etrecord"
     with atomic_path(program) as tmp:
         tmp.write_bytes(manager.buffer)
