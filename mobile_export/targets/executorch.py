@@ -247,7 +247,7 @@ def spell_out_tanh_gelu(exported):
     """ExecuTorch 1.5.1's XNNPACK delegate runs every aten.gelu as exact (erf) GELU and ignores
     approximate="tanh" (fixed upstream after 1.5.1 in pytorch/executorch#22851, which needs a
     newer runtime). V5 uses tanh GELU: delegated as is, each one is 74 dB off PyTorch (the erf vs
-    tanh gap) and 56 of them take the 64 px v5-base under the 60 dB fp32 row. Written as
+    tanh gap), and the 31 of v5-base take it under the 60 dB fp32 row at 64 px. Written as
     x * sigmoid(x * (c0 + c1 x^2)), the same function in 5 ops XNNPACK runs as written, it
     matches PyTorch to float rounding."""
     import torch
