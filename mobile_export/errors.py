@@ -56,3 +56,9 @@ class UnsupportedOpError(MobileExportError):
 
 class OutputExistsError(MobileExportError):
     """An artifact is already at the destination and --force was not given."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """"Type: first line of the message", for wrapping a backend's exception in one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {(lines[0] if lines else exc.__class__.__name__)[:limit]}"

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 # Activation observers by name. "histogram" searches the clipping range that minimizes the
 # L2 quantization error (XNNPACKQuantizer's default); "minmax" takes the raw extremes;
@@ -194,8 +194,7 @@ def quantize_pt2e(
     except ExportError:
         raise
     except Exception as exc:  # torch.export / torchao raise many types; name the stage
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ExportError(f"int8 quantization failed ({exc.__class__.__name__}: {first[:200]}); try --quantize none or report the model") from None
+        raise ExportError(f"int8 quantization failed ({first_line(exc)}); try --quantize none or report the model") from None
     scale, zero_point = output_qparams(converted)
     kept = _count_float_compute(converted) if recipe.fp32_modules else 0
     if recipe.fp32_modules and kept == 0:

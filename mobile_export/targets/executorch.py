@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import ArtifactError, DelegationError, ExportError, UsageError
+from ..errors import ArtifactError, DelegationError, ExportError, UsageError, first_line
 from .base import ExportOptions, Target
 
 MAGIC = b"ET12"  # flatbuffer file identifier of an ExecuTorch program, bytes 4..8
@@ -214,8 +214,7 @@ def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: 
     except (ExportError, MemoryError):
         raise
     except Exception as exc:  # torch.export / exir raise many types; keep one line
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ExportError(f"ExecuTorch lowering failed ({exc.__class__.__name__}: {first[:200]}); the model uses an op torch.export/XNNPACK cannot take") from None
+        raise ExportError(f"ExecuTorch lowering failed ({first_line(exc)}); the model uses an op torch.export/XNNPACK cannot take") from None
     log(f"lowered to XNNPACK in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) delegated in "
         f"{delegation['delegated_subgraphs']} subgraph(s), {sum(delegation['outside'].values())} outside"
         + (f"; {tanh_gelus} tanh GELU run as {delegation['tanh_gelu']['runs_as']}" if tanh_gelus else ""))
@@ -337,8 +336,7 @@ def write_bundled(manager, program_path: Path, built, options: ExportOptions, de
     try:
         data = serialize_from_bundled_program_to_flatbuffer(BundledProgram(manager, [suite]))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"could not build the bundled program ({exc.__class__.__name__}: {first}); export without --bundled") from None
+        raise ExportError(f"could not build the bundled program ({first_line(exc)}); export without --bundled") from None
     dest.write_bytes(data)
     rtol, atol = (0.0, 1.01 * output_scale) if output_scale else (1e-3, 1e-4)
     return {"file": dest.name, "cases": len(cases), "images": [p.name for p in batch.paths[:BUNDLED_CASES]],

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..fsutil import atomic_path, ensure_writable_dir
-from .per_layer import LayerRow, LayerStats, upstream_sqnr
+from .per_layer import LayerRow, LayerStats, module_path, upstream_sqnr
 from .runner import run_isolated
 
 TWIN_IMAGES = 3  # per-op dumps are large and each image is one child-side program load
@@ -193,8 +193,7 @@ def _op(node) -> str:
 
 
 def _module(node, in_wrapper: bool) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = str(list(stack.values())[-1][0]) if stack else ""
+    path = module_path(node)
     if in_wrapper:
         path = path[len("model."):] if path.startswith("model.") else ("(input normalization)" if path in ("", "model") else path)
     return path

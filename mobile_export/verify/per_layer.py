@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import MobileExportError
+from ..errors import MobileExportError, first_line
 from ..fsutil import atomic_path, ensure_writable_dir
 from .metrics import SQNR_CAP_DB
 
@@ -204,6 +204,12 @@ def _capture(graph_module, inputs: Sequence[np.ndarray], wanted: dict) -> list[d
     return results
 
 
+def module_path(node) -> str:
+    """The innermost module an exported graph node was traced in ("" outside any)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
 def upstream_sqnr(node, sqnr: dict[str, float], seen: set | None = None) -> float:
     """Lowest SQNR among the measured nodes (names in `sqnr`) feeding `node`, looking through
     the unmeasured ones (views, q/dq); inf when only constants and graph inputs feed it."""
@@ -245,8 +251,7 @@ def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerR
             continue
         up = upstream_sqnr(node, sqnr) if node.op != "placeholder" else math.inf
         loss = min(up, EXACT_DB) - min(st.sqnr, EXACT_DB)  # fed by exact values: all its error is its own
-        stack = node.meta.get("nn_module_stack") or {}
-        module = str(list(stack.values())[-1][0]) if stack else ""
+        module = module_path(node)
         if module.startswith("model."):
             module = module[len("model."):]
         rows.append(LayerRow(name=node.name, op="input" if node.op == "placeholder" else _short(node.target),
@@ -291,8 +296,7 @@ def _fp32_twin_rows(path: Path, entry: dict, built, feed, log) -> tuple[list[Lay
     try:
         rows = twin_rows(built, entry, images, log)
     except Exception as exc:  # lowering, the child, ETRecord and the Inspector raise many types
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        why = f"per-op twin of {path.name} failed ({exc.__class__.__name__}: {first}); whole-program row only"
+        why = f"per-op twin of {path.name} failed ({first_line(exc)}); whole-program row only"
         log(why)
         return [], f"{path.name}: whole-program error only ({len(feed)} real images)", why
     return rows, (f"{path.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump on {len(images)} "

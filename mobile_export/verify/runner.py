@@ -137,19 +137,20 @@ def _run_program(data: bytes, inputs, etdump_dir: str | None, debug_buffer: int 
 
     if etdump_dir is not None:
         return [_run_with_etdump(Runtime.get(), data, x, Path(etdump_dir), i, debug_buffer) for i, x in enumerate(inputs)]
-    program = Runtime.get().load_program(data)
+    method = _forward(Runtime.get().load_program(data))
+    return [method.execute((x,))[0].detach().numpy().copy() for x in inputs]
+
+
+def _forward(program):
     method = program.load_method("forward")
     if method is None:
         raise RuntimeError("the program has no forward method")
-    return [method.execute((x,))[0].detach().numpy().copy() for x in inputs]
+    return method
 
 
 def _run_with_etdump(runtime, data: bytes, x, etdump_dir: Path, index: int, debug_buffer: int) -> np.ndarray:
     program = runtime.load_program(data, enable_etdump=True, debug_buffer_size=debug_buffer)
-    method = program.load_method("forward")
-    if method is None:
-        raise RuntimeError("the program has no forward method")
-    out = method.execute((x,))[0].detach().numpy().copy()
+    out = _forward(program).execute((x,))[0].detach().numpy().copy()
     etdump_dir.mkdir(parents=True, exist_ok=True)
     program.write_etdump_result_to_file(str(etdump_dir / f"etdump_{index}.etdp"), str(etdump_dir / f"debug_{index}.bin"))
     return out
