@@ -29,7 +29,7 @@ def main() -> None:
 
     from mobile_export import preprocess as pp
     from mobile_export.models import create_model
-    from mobile_export.verify.mil import load_program
+    from mobile_export.coreml.mil import load_program
 
     if args.threads:
         torch.set_num_threads(args.threads)

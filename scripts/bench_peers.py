@@ -150,7 +150,7 @@ def export_onnx(built, calibration_inputs, out: Path, reuse: bool) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from mobile_export.quantize.calibration import to_tensor
-    from mobile_export.targets.executorch import with_normalization
+    from mobile_export.executorch.target import with_normalization
 
     fp32, pre, int8 = out / "model_fp32.onnx", out / "model_fp32_pre.onnx", out / "model_int8.onnx"
     if not (reuse and fp32.exists()):
@@ -212,7 +212,7 @@ def litert_convert_child(alias: str, out: Path, digest: str) -> int:
 
     from mobile_export.models import create_model
     from mobile_export.models.weights import state_digest
-    from mobile_export.targets.executorch import with_normalization
+    from mobile_export.executorch.target import with_normalization
 
     built = create_model(alias, weights="random", seed=SEED, resolution=RESOLUTION)
     if state_digest(built.module) != digest:
@@ -320,7 +320,7 @@ def _make_call(kind, precision, artifact, alias, threads, x_np):
         import torch
 
         from mobile_export.models import create_model
-        from mobile_export.targets.executorch import with_normalization
+        from mobile_export.executorch.target import with_normalization
 
         torch.set_num_threads(threads)
         t0 = time.perf_counter()

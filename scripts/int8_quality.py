@@ -118,7 +118,7 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
 
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
-    from mobile_export.targets.executorch import ExecuTorchTarget, quantized_for
+    from mobile_export.executorch.target import ExecuTorchTarget, quantized_for
 
     t0 = time.perf_counter()
     model, meta, pre = train_small.load_checkpoint(checkpoint)
@@ -187,7 +187,7 @@ def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed
     import torch
 
     from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
-    from mobile_export.targets.executorch import with_normalization
+    from mobile_export.executorch.target import with_normalization
 
     model = with_normalization(built.module, built.preprocess.mean, built.preprocess.std)
     calibration = load_calibration(options.calibration, built.preprocess, limit=calibration_images,

@@ -18,10 +18,10 @@ import pytest
 from mobile_export.errors import ArtifactError, UsageError
 from mobile_export.models import BuiltModel, all_specs, create_model, get_spec
 from mobile_export.targets import ExportOptions
-from mobile_export.targets.coreml import (
+from mobile_export.coreml.target import (
     CoreMLTarget, LABEL_NAME, PROBS_NAME, load_spec, op_types, pitfalls, softmax_input,
 )
-from mobile_export.quantize import coreml as cq
+from mobile_export.coreml import compress as cq
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
@@ -94,7 +94,7 @@ def sqnr(ref, got) -> float:
 
 
 def supported_ops() -> frozenset:
-    from mobile_export.verify import mil
+    from mobile_export.coreml import mil
 
     return mil.SUPPORTED_OPS
 
@@ -249,7 +249,7 @@ def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
     assert (image.width, image.height) == (RES, RES)
     assert image.colorSpace == spec.description.input[0].type.imageType.RGB
     assert desc.predictedFeatureName == LABEL_NAME and desc.predictedProbabilitiesName == PROBS_NAME
-    from mobile_export.targets.coreml import _labels
+    from mobile_export.coreml.target import _labels
 
     assert _labels(spec) == list(labels)
     meta = desc.metadata
@@ -263,7 +263,7 @@ def test_labels_image_input_and_metadata_in_the_saved_spec(exports):
     assert "com.github.apple.coremltools.conversion_date" not in user
     assert fields["output"]["kind"] == "classifier" and fields["input"]["kind"] == "image"
     # the probabilities are the softmax of the executor's logits
-    from mobile_export.verify import mil
+    from mobile_export.coreml import mil
 
     x = np.full((1, 3, RES, RES), 128.0, np.float32)
     result = mil.load_program(package).run({"image": x}, capture={softmax_input(spec)})

@@ -22,7 +22,7 @@ from mobile_export.errors import ArtifactError, DelegationError
 from mobile_export.models import all_specs, get_spec
 from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
-from mobile_export.targets.executorch import MAGIC, ExecuTorchTarget
+from mobile_export.executorch.target import MAGIC, ExecuTorchTarget
 
 # (name, resolution) exported in the default run; every other member runs under -m slow.
 DEFAULT_FP32 = {"mobilenet_v2_100": 224, "mobilenet_v3_small_100": 224, "mobilenet_v3_large_100": 224,
@@ -334,7 +334,7 @@ def test_bad_magic_refused_before_loading(small_fp32, tmp_path):
     with pytest.raises(ArtifactError, match="expected b'ET12'"):
         ExecuTorchTarget().check_file(bad)
     # the runtime itself aborts on such a file; the child process absorbs it
-    from mobile_export.verify.runner import run_isolated
+    from mobile_export.executorch.runtime import run_isolated
 
     with pytest.raises(ArtifactError) as err:
         run_isolated(bad, [np.zeros((1, 3, 64, 64), np.float32)])

@@ -36,7 +36,7 @@ def fp32_pte(tmp_path_factory):
 def verified(fp32_pte, tmp_path_factory):
     """verify --per-layer, keeping the twin's ETRecord and dumps for the mutation test."""
     from mobile_export.verify import verify_artifact
-    from mobile_export.verify.etdump import KEEP_ENV
+    from mobile_export.executorch.etdump import KEEP_ENV
 
     lines: list[str] = []
     kept = tmp_path_factory.mktemp("twin")
@@ -89,7 +89,7 @@ def test_per_op_rows_have_teeth(fp32_pte, verified):
     from executorch.devtools.etrecord import parse_etrecord
 
     from mobile_export import manifest as mf
-    from mobile_export.verify.etdump import numeric_gap_rows
+    from mobile_export.executorch.etdump import numeric_gap_rows
     from mobile_export.verify.reference import load_inputs, preprocess_of
 
     path, _ = fp32_pte

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("executorch")
 
 from mobile_export.models.blocks import RmsNormAct2d  # noqa: E402
-from mobile_export.targets.executorch import (  # noqa: E402
+from mobile_export.executorch.target import (  # noqa: E402
     TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu)
 
 
@@ -110,7 +110,7 @@ def test_exact_gelu_stays_one_op():
 def test_per_op_twin_handles_non_persistent_buffers(one_thread):
     """RmsNormAct2d keeps its 1/C kernel out of the state dict (timm checkpoints load as they
     are); the twin must still give per-op rows, and leave the model as it found it."""
-    from mobile_export.verify.etdump import twin_rows
+    from mobile_export.executorch.etdump import twin_rows
 
     torch.manual_seed(0)
     model = _ConvActConv(torch.nn.GELU(approximate="tanh"), norm=True).eval()

@@ -9,8 +9,8 @@ from ..errors import UsageError
 from .base import ExportOptions, Target
 
 _TARGETS = {
-    "executorch": ("mobile_export.targets.executorch:ExecuTorchTarget", ".pte", "ExecuTorch .pte, XNNPACK (Android)"),
-    "coreml": ("mobile_export.targets.coreml:CoreMLTarget", ".mlpackage", "Core ML ML Program .mlpackage (iOS)"),
+    "executorch": ("mobile_export.executorch.target:ExecuTorchTarget", ".pte", "ExecuTorch .pte, XNNPACK (Android)"),
+    "coreml": ("mobile_export.coreml.target:CoreMLTarget", ".mlpackage", "Core ML ML Program .mlpackage (iOS)"),
 }
 _SUFFIXES = {".pte": "executorch", ".bpte": "executorch", ".mlpackage": "coreml"}
 

@@ -6,7 +6,7 @@ i.e. how many dB of fidelity this layer itself costs. A layer with a low SQNR bu
 only inherits the damage from above; the top rows of the table are where to act (e.g. keep
 them in fp32 via QuantRecipe.fp32_modules).
 
-Core ML produces its rows elsewhere (verify/mil) and calls `write_per_layer_report`."""
+Core ML produces its rows elsewhere (coreml/mil) and calls `write_per_layer_report`."""
 
 from __future__ import annotations
 
@@ -267,7 +267,7 @@ def per_layer_report(path: Path, entry: dict, built, inputs, quantized, report: 
 
     int8: the quantized PyTorch model vs its float twin, layer by layer (where quantization
     error enters). fp32: the shipped .pte is one XNNPACK delegate and cannot give per-op
-    values, so its per-op twin (verify/etdump: the same model lowered one delegate per op)
+    values, so its per-op twin (executorch/etdump: the same model lowered one delegate per op)
     runs with ETDump and the Inspector compares every op with PyTorch; if that fails, the
     reason is logged and only the whole-program row is written. Both end with one row for
     the shipped runtime itself (the .pte vs the quantized / float model)."""
@@ -290,7 +290,7 @@ def per_layer_report(path: Path, entry: dict, built, inputs, quantized, report: 
 
 def _fp32_twin_rows(path: Path, entry: dict, built, feed, log) -> tuple[list[LayerRow], str, str]:
     """Per-op rows from the per-op twin, or none (and why) when ETRecord/ETDump/Inspector fail."""
-    from .etdump import TWIN_IMAGES, twin_rows
+    from ..executorch.etdump import TWIN_IMAGES, twin_rows
 
     images = list(feed[:TWIN_IMAGES])
     try:

@@ -101,8 +101,8 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     report["failures"] = failures
 
     quantized = report.pop("_quantized", None)
-    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (verify/mil)
-        from .mil.per_layer import per_layer_report as mil_per_layer_report
+    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
+        from ..coreml.mil.per_layer import per_layer_report as mil_per_layer_report
 
         report["per_layer"] = mil_per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
     elif per_layer:
@@ -117,7 +117,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
 def _int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref) -> dict:
     """Error in output-quantization steps against the float model and against the quantized
     PyTorch model (the convert_pt2e result), which the runtime should match to ~1 step."""
-    from . import quantized_reference
+    from ..executorch import quantized_reference
 
     scale = quant.get("output_scale")
     part: dict = {"output_scale": scale}

@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..fsutil import atomic_path, ensure_writable_dir
-from .per_layer import LayerRow, LayerStats, module_path, upstream_sqnr
-from .runner import run_isolated
+from ..verify.per_layer import LayerRow, LayerStats, module_path, upstream_sqnr
+from .runtime import run_isolated
 
 TWIN_IMAGES = 3  # per-op dumps are large and each image is one child-side program load
 FP32_EXACT_DB = 150.0  # above float32 rounding (~138 dB): an input this clean counts as exact
@@ -54,7 +54,7 @@ def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
     twin .pte and its ETRecord."""
     import torch
 
-    from ..targets.executorch import TANH_GELU_FAST, lower, with_normalization
+    from .target import TANH_GELU_FAST, lower, with_normalization
 
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..per_layer import LayerRow, LayerStats, publish, whole_program_row
+from ...verify.per_layer import LayerRow, LayerStats, publish, whole_program_row
 from .program import Program, load_program
 
 ANCHOR_OPS = ("conv", "linear", "matmul")

@@ -136,7 +136,7 @@ class Program:
             else:
                 raise UnsupportedOpError(
                     f"MIL op {op_spec.type!r} ({name!r}, op #{index} of main in {self.source}) is not supported by the "
-                    f"Linux executor; export without the layer that produces it or add it to mobile_export/verify/mil/ops.py")
+                    f"Linux executor; export without the layer that produces it or add it to mobile_export/coreml/mil/ops.py")
         known = set(self._static) | {s for step in self._steps for s in step.info.outputs} | {i.name for i in self.inputs}
         missing = [o for o in self.outputs if o not in known]
         if missing:

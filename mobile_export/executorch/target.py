@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import ArtifactError, DelegationError, ExportError, UsageError, first_line
-from .base import ExportOptions, Target
+from ..targets.base import ExportOptions, Target
 
 MAGIC = b"ET12"  # flatbuffer file identifier of an ExecuTorch program, bytes 4..8
 BUNDLED_MAGIC = b"BP08"  # the same for a BundledProgram
@@ -149,7 +149,7 @@ class ExecuTorchTarget(Target):
                         etdump_dir: Path | None = None) -> tuple[list[np.ndarray], dict]:
         """Outputs plus what the child reported besides them (for a .bpte, the result of
         each embedded self-check case)."""
-        from ..verify.runner import run_isolated
+        from .runtime import run_isolated
 
         self.check_file(Path(artifact))
         bundled = ((entry.get("export") or {}).get("bundled") or {}) if Path(artifact).suffix == ".bpte" else {}
@@ -325,7 +325,7 @@ def write_bundled(manager, program_path: Path, built, options: ExportOptions, de
 
     from ..preprocess import default_images
     from ..quantize.calibration import to_tensor
-    from ..verify.runner import run_isolated
+    from .runtime import run_isolated
 
     batch = default_images(built.preprocess, normalized=not options.normalize_in_model)
     inputs = batch.inputs[:BUNDLED_CASES]

@@ -2,7 +2,7 @@
 
 A damaged .pte can abort or segfault the process that loads it (the C++ runtime's error
 path is not always survivable from Python), so the CLI never loads one itself: the parent
-writes the inputs to an .npz, starts `python -m mobile_export.verify.runner`, and turns any
+writes the inputs to an .npz, starts `python -m mobile_export.executorch.runtime`, and turns any
 failure of the child into a one-line ArtifactError.
 
 Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR [--debug-buffer BYTES]];
@@ -53,7 +53,7 @@ def run_isolated(
     with tempfile.TemporaryDirectory(prefix="mobile-export-run-") as tmp:
         in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(in_path, **{f"in{i}": np.array(x, dtype=np.float32, order="C", copy=True) for i, x in enumerate(inputs)})
-        cmd = [sys.executable, "-m", "mobile_export.verify.runner", str(program), str(in_path), str(out_path),
+        cmd = [sys.executable, "-m", "mobile_export.executorch.runtime", str(program), str(in_path), str(out_path),
                "--threads", str(threads)]
         if etdump_dir is not None:
             cmd += ["--etdump", str(etdump_dir), "--debug-buffer", str(int(debug_buffer_bytes or DEBUG_BUFFER_BYTES))]
@@ -95,7 +95,7 @@ def _why(code: int, stderr: bytes) -> str:
 def _child(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="mobile_export.verify.runner")
+    parser = argparse.ArgumentParser(prog="mobile_export.executorch.runtime")
     parser.add_argument("program")
     parser.add_argument("inputs")
     parser.add_argument("outputs")

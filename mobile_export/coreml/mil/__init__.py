@@ -1,6 +1,6 @@
 """Run a saved Core ML ML Program (.mlpackage) on Linux, where Core ML itself cannot run.
 
-    from mobile_export.verify.mil import load_program
+    from mobile_export.coreml.mil import load_program
     program = load_program("model.mlpackage")          # reads model.mlmodel + weights/weight.bin
     outputs = program.run({"image": rgb_pixels})       # numpy in, numpy (or label + dict) out
     program.run(feeds, capture={"relu6_cast_fp16"})    # also returns intermediate values

@@ -28,7 +28,7 @@ file; `_make_reproducible` removes the date and the debug file, serializes deter
 and derives the UUIDs from the item paths.
 
 run(): on macOS with Core ML's predict, Core ML; elsewhere the Linux ML Program executor
-(mobile_export.verify.mil) reading the saved package. It returns the LOGITS (the softmax's input,
+(mobile_export.coreml.mil) reading the saved package. It returns the LOGITS (the softmax's input,
 read from the executor) for classifiers, the features otherwise; see `output_quantity`."""
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, ExportError, UsageError
-from ..quantize import coreml as cq
-from .base import ExportOptions, Target
+from . import compress as cq
+from ..targets.base import ExportOptions, Target
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"  # what the Neural Engine runs
@@ -100,7 +100,7 @@ class CoreMLTarget(Target):
                              "drop --normalize-outside or add --input tensor")
         if options.compress == "w8a8" and not _executor_available():
             raise UsageError("--compress w8a8 calibrates activations by running the model, which on Linux needs the ML Program "
-                             "executor (mobile_export.verify.mil) that is not available here; use --compress int8")
+                             "executor (mobile_export.coreml.mil) that is not available here; use --compress int8")
 
     # --- export ----------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class CoreMLTarget(Target):
         is_image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         if _use_coreml_predict():
             return _run_coreml(artifact, spec, input_name, is_image, inputs)
-        from ..verify import mil
+        from . import mil
 
         program = mil.load_program(artifact)
         wanted = softmax_input(spec) or spec.description.output[0].name
@@ -407,7 +407,7 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
     import tempfile
 
     from ..quantize.calibration import load_calibration
-    from ..verify import mil
+    from . import mil
 
     calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
                              normalized=not plan.normalize, log=log)
@@ -605,9 +605,9 @@ def _executor_available() -> bool:
     import importlib.util
 
     try:
-        if importlib.util.find_spec("mobile_export.verify.mil") is None:
+        if importlib.util.find_spec("mobile_export.coreml.mil") is None:
             return False
-        from ..verify import mil
+        from . import mil
     except ImportError:
         return False
     return hasattr(mil, "load_program") and hasattr(mil, "activation_stats")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def obtain(path: Path, entry: dict, built, manifest: dict):
     """(QuantizedModel or None, one sentence saying where it came from or why it is missing)."""
-    from ..targets.executorch import quantized_for
+    from .target import quantized_for
 
     cached = quantized_for(entry["sha256"])
     if cached is not None:
@@ -32,7 +32,7 @@ def _rebuild(entry, built, quant, cal, folder):
     import torch
 
     from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
-    from ..targets.executorch import with_normalization
+    from .target import with_normalization
 
     in_model = bool(entry["input"].get("normalized_in_model"))
     pre = built.preprocess
