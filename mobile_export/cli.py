@@ -238,12 +238,15 @@ def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--app", type=click.Choice(["android", "ios"]), required=True)
 @click.option("--app-dir", type=click.Path(path_type=Path), default=None, help="App project folder (default: the demo app).")
+@click.option("--allow-older-runtime", is_flag=True,
+              help="Bundle a .pte even when the app pins an older ExecuTorch runtime than the one that wrote it.")
 @click.option("--json", "as_json", is_flag=True)
-def bundle(artifacts, app, app_dir, as_json):
+def bundle(artifacts, app, app_dir, allow_older_runtime, as_json):
     """Copy artifacts, labels and manifest into the Android or iOS demo app."""
     from .bundle import bundle_artifacts, format_changes
 
-    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir, log=_log)
+    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir,
+                   allow_older_runtime=allow_older_runtime, log=_log)
     _emit(as_json, changes, lambda c: click.echo(format_changes(c)))
 
 
