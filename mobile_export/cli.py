@@ -150,8 +150,11 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
               help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).")
 @click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images.")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
-@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "w8a8"]), default="none",
-              show_default=True, help="Core ML weight compression.")
+@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "palettize-auto", "w8a8"]),
+              default="none", show_default=True,
+              help="Core ML weight compression (palettize-auto: 2-8-bit palettes per layer by measured sensitivity).")
+@click.option("--size-budget", type=click.FloatRange(0.05, 0.5), default=0.15, show_default=True,
+              help="Core ML palettize-auto: weights' size as a fraction of their fp32 size.")
 @click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None, help="Core ML minimum iOS (default: fits --compress).")
 @click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
               help="Core ML input: an image (pixel buffer) or a float tensor like the .pte.")
@@ -166,7 +169,7 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
-           calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
+           calibration_limit, keep_fp32, bias_correction, precision, compress, size_budget, ios, input_kind, logits, normalize_outside, allow_partial,
            fast_gelu, bundled, no_verify, images, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
@@ -182,7 +185,7 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
     if fast_gelu:
         extra["fast_gelu"] = True
     options = ExportOptions(
-        precision=precision, quantize=quantize, compress=compress, calibration=calibration,
+        precision=precision, quantize=quantize, compress=compress, size_budget=size_budget, calibration=calibration,
         calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
         classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
         extra=extra,

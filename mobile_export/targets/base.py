@@ -18,7 +18,8 @@ class ExportOptions:
 
     precision: str | None = None  # fp32 | fp16; None = the target's default
     quantize: str = "none"  # executorch: none | int8
-    compress: str = "none"  # coreml: none | int8 | palettize4 | palettize6 | w8a8
+    compress: str = "none"  # coreml: none | int8 | palettize4 | palettize6 | palettize-auto | w8a8
+    size_budget: float = 0.15  # coreml palettize-auto: weights' bytes as a fraction of their fp32 bytes
     calibration: Path | None = None  # folder of images for int8 / w8a8
     calibration_limit: int = 64
     normalize_in_model: bool = True  # app feeds plain RGB in [0, 1] (tensor) or pixels (image)
