@@ -101,7 +101,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     report["failures"] = failures
 
     quantized = report.pop("_quantized", None)
-    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
+    if per_layer and hasattr(target, "per_layer_report"):  # a target with its own rows (Core ML delegate .pte)
+        report["per_layer"] = target.per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
+    elif per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
         from ..coreml.mil.per_layer import per_layer_report as mil_per_layer_report
 
         report["per_layer"] = mil_per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
