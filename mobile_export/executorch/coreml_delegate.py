@@ -222,8 +222,11 @@ def ios_of(options: ExportOptions) -> int:
 
 
 def compile_specs(precision: str, ios: int, compute_units: str, compress: str = "none"):
-    import coremltools as ct
-    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from ..coreml.target import _quiet
+
+    with _quiet():  # coremltools prints version warnings on import
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
 
     return CoreMLBackend.generate_compile_specs(
         compute_unit=getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units]),
@@ -272,7 +275,7 @@ def lower(module, example, specs, log=lambda _m: None):
 def normalize_payload(payload: bytes) -> bytes:
     """The same payload with everything that differs between two identical exports removed
     (see the module docstring); the program and weights are untouched."""
-    from coremltools.proto import Model_pb2
+    from coremltools.proto import Model_pb2  # imported (quietly) by the lowering already
 
     root = flatfs.root_name(payload)
     files = flatfs.read_files(payload)
@@ -341,8 +344,10 @@ class unpacked:
 
 def payload_ops(pte: bytes) -> dict:
     """Op counts (by MIL type) of the Core ML program inside a .pte, its opset and size."""
-    from ..coreml.target import operations, _opset
-    from coremltools.proto import Model_pb2
+    from ..coreml.target import _opset, _quiet, operations
+
+    with _quiet():
+        from coremltools.proto import Model_pb2
 
     delegate, payload = core_ml_payload(pte)
     files = flatfs.read_files(payload)
