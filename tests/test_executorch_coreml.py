@@ -320,7 +320,6 @@ def test_bench_reads_the_payload_and_reports_no_latency(fp16):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--compress", "w8a8"], "dequantize_quantize_pair_elimination"),
     (["--compress", "palettize4"], "not available through ExecuTorch's Core ML delegate"),
     (["--quantize", "int8"], "--compress int8"),
 ])
@@ -378,3 +377,17 @@ def test_int8_weights_through_the_compile_spec(work, one_thread_module):
     assert "constexpr_affine_dequantize" in entry["coreml"]["ops"]
     parity = entry["parity"]
     assert parity["thresholds"]["key"] == "fp16/int8" and parity["passed"], parity
+
+
+@pytest.mark.slow
+def test_w8a8_through_core_ml_quantizer(work, one_thread_module):
+    """CoreMLQuantizer (uint8 activations, int8 weights), calibrated on the bundled photos,
+    lowered with the two coremltools passes removed (the pair elimination fails otherwise)."""
+    path, entry = export_trained(work / "w8a8", precision="fp16", compress="w8a8")
+    assert path.name == "mobilenet_v2_100_coreml_fp16_w8a8.pte"
+    quant = entry["quantization"]
+    assert quant["mode"] == "w8a8" and "common::dequantize_quantize_pair_elimination" in quant["passes_removed"]
+    assert entry["delegation"]["complete"], entry["delegation"]["outside"]
+    assert {"quantize", "dequantize"} <= set(entry["coreml"]["ops"])
+    parity = entry["parity"]
+    assert parity["thresholds"]["key"] == "mixed" and parity["passed"], parity

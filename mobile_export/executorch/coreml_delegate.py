@@ -10,7 +10,9 @@ first load; COMPILED_MODEL needs macOS's compiler and is refused here).
 int8 (--compress):
 - int8: weight-only, per-channel symmetric, through the compile spec op_linear_quantizer_config
   (coremltools' linear_quantize_weights inside the delegate's conversion).
-- w8a8: refused, see W8A8_REFUSAL (measured here; the reason is in coremltools' MIL passes).
+- w8a8: CoreMLQuantizer (uint8 activations, int8 per-channel weights) calibrated on real images,
+  lowered with two coremltools passes removed (W8A8_PASSES_REMOVED: with the default pipeline the
+  conversion fails, see there).
 
 Verify on Linux: ExecuTorch's Linux runtime has no CoreMLBackend, so the Core ML payload is
 read out of the .pte (pte_reader), unpacked with our reader of the flattened-directory format
@@ -51,11 +53,13 @@ COMPRESS = ("none", "int8", "w8a8")
 PACKAGE_DIR = "model.mlpackage"  # inside the payload's root directory (lowered_module)
 COMPILED_DIR = "model.mlmodelc"
 WEIGHT_OP_CONFIG = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel", "weight_threshold": 2048}
-W8A8_REFUSAL = (
-    "--compress w8a8 is refused for executorch-coreml: CoreMLQuantizer's graph (uint8 activations, int8 weights) "
-    "fails in coremltools' dequantize_quantize_pair_elimination pass (it pairs a dequantize of one integer type with "
-    "a quantize of the other), and with int8 activations the delegate's own conversion folds every q/dq pair into "
-    "float ops; use --compress int8 (weight-only) here, or --target coreml --compress w8a8 for a W8A8 .mlpackage")
+# coremltools' dequantize_quantize_pair_elimination treats dequantize(uint8) -> quantize(int8)
+# with the same scale as a no-op (it compares scale, zero point and axis, not the integer type;
+# the torch frontend drops all-zero zero points, so the two look alike) and replaces an int8
+# value with a uint8 one, which fails ("doesn't have compatible subtype"). CoreMLQuantizer
+# quantizes activations to uint8 and weights to int8, so MobileNets meet this pattern.
+# int_op_canonicalization: the scale-blind reshape rewrite (coreml/compress.py UNSAFE_PASSES).
+W8A8_PASSES_REMOVED = ("common::dequantize_quantize_pair_elimination", "common::int_op_canonicalization")
 _DATE_KEY = "com.github.apple.coremltools.conversion_date"
 _UUID_NAMESPACE = uuid.UUID("0d6bd5b0-4f6a-4f21-9b3c-6c3a4b1e2f70")
 
@@ -64,6 +68,7 @@ class ExecuTorchCoreMLTarget(Target):
     name: ClassVar[str] = "executorch-coreml"
     suffix: ClassVar[str] = ".pte"
     description: ClassVar[str] = "ExecuTorch .pte, Core ML delegate (iOS)"
+    has_quantized_reference: ClassVar[bool] = False  # verify compares with the float model only
 
     # --- options ---------------------------------------------------------------------
 
@@ -88,8 +93,6 @@ class ExecuTorchCoreMLTarget(Target):
         if options.compress not in COMPRESS:
             raise UsageError(f"--compress {options.compress} is not available through ExecuTorch's Core ML delegate; "
                              "use --compress int8 (weight-only), or --target coreml for palettized .mlpackage files")
-        if options.compress == "w8a8":
-            raise UsageError(W8A8_REFUSAL)
         if options.extra.get("model_type", "model") == "compiled_model":
             raise UsageError("MODEL_TYPE.COMPILED_MODEL needs Core ML's compiler, which runs only on macOS; "
                              "export MODEL_TYPE.MODEL here (the device compiles it on first load) or export on a Mac")
@@ -110,6 +113,9 @@ class ExecuTorchCoreMLTarget(Target):
         with torch.no_grad():
             out_shape = list(model(example).shape)
         specs = compile_specs(precision, ios, options.compute_units, options.compress)
+        calibration = None
+        if options.compress == "w8a8":
+            model, calibration = quantize_w8a8(model, example, built, options, log)
         manager, delegation, normalized = lower(model, example, specs, log)
         outside = delegation["outside"]
         if outside and not options.allow_partial:
@@ -119,15 +125,26 @@ class ExecuTorchCoreMLTarget(Target):
         buffer = manager.buffer
         dest.write_bytes(buffer)
         ops = payload_ops(buffer)
-        quantization = {"mode": "none"} if options.compress == "none" else {
-            "mode": "int8", "weights": "int8 linear symmetric, one scale per output channel (weights >= 2048 elements)",
-            "how": "compile spec op_linear_quantizer_config (coremltools linear_quantize_weights)",
-            "op_linear_quantizer_config": WEIGHT_OP_CONFIG,
-        }
+        if options.compress == "int8":
+            quantization = {
+                "mode": "int8", "weights": "int8 linear symmetric, one scale per output channel (weights >= 2048 elements)",
+                "how": "compile spec op_linear_quantizer_config (coremltools linear_quantize_weights)",
+                "op_linear_quantizer_config": WEIGHT_OP_CONFIG,
+            }
+        elif options.compress == "w8a8":
+            quantization = {
+                "mode": "w8a8", "weights": "int8 symmetric, one scale per output channel",
+                "activations": "uint8 symmetric (CoreMLQuantizer's only integer activation type), min/max observers",
+                "how": "CoreMLQuantizer + prepare_pt2e/convert_pt2e; Core ML pass pipeline without " + ", ".join(W8A8_PASSES_REMOVED),
+                "passes_removed": list(W8A8_PASSES_REMOVED),
+                "calibration": {**calibration.record(), "limit": options.calibration_limit},
+            }
+        else:
+            quantization = {"mode": "none"}
         return {
             "target": self.name,
             "format": "pte",
-            "precision": precision,
+            "precision": "mixed" if options.compress == "w8a8" else precision,
             "quantization": quantization,
             "input": input_contract(built, options.normalize_in_model),
             "output": {"name": built.spec.output, "kind": built.spec.output, "shape": out_shape, "dtype": "float32"},
@@ -234,7 +251,47 @@ def compile_specs(precision: str, ios: int, compute_units: str, compress: str = 
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
         model_type=CoreMLBackend.MODEL_TYPE.MODEL,
         op_linear_quantizer_config=dict(WEIGHT_OP_CONFIG) if compress == "int8" else None,
-    )
+    ) + ([CoreMLBackend.generate_pass_pipeline_compile_spec(w8a8_pass_names())] if compress == "w8a8" else [])
+
+
+def w8a8_pass_names() -> list[str]:
+    """coremltools' default pass pipeline without W8A8_PASSES_REMOVED."""
+    import coremltools as ct
+
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.remove_passes(set(W8A8_PASSES_REMOVED))
+    return list(pipeline.passes)
+
+
+def quantize_w8a8(model, example, built, options: ExportOptions, log):
+    """CoreMLQuantizer (uint8 activations, int8 per-channel weights) calibrated on real
+    images; returns (convert_pt2e model, CalibrationSet)."""
+    import torch
+
+    from ..coreml.target import _quiet
+    from ..quantize.calibration import load_calibration, to_tensor
+
+    calibration = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
+                                   normalized=not options.normalize_in_model, log=log)
+    with _quiet():
+        from coremltools.optimize.torch.quantization.quantization_config import LinearQuantizerConfig, QuantizationScheme
+        from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        config = LinearQuantizerConfig.from_dict({"global_config": {
+            "quantization_scheme": QuantizationScheme.symmetric, "activation_dtype": torch.quint8,
+            "weight_dtype": torch.qint8, "weight_per_channel": True}})
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(model, (example,), strict=False)
+                prepared = prepare_pt2e(exported.module(), CoreMLQuantizer(config))
+                for x in calibration.inputs:
+                    prepared(to_tensor(x))
+                converted = convert_pt2e(prepared)
+        except Exception as exc:
+            raise ExportError(f"CoreMLQuantizer failed ({first_line(exc)}); use --compress int8 (weight-only)") from None
+    log(f"w8a8: CoreMLQuantizer calibrated on {len(calibration.inputs)} image(s)")
+    return converted, calibration
 
 
 def lower(module, example, specs, log=lambda _m: None):
@@ -334,7 +391,11 @@ class unpacked:
     def __enter__(self) -> Path:
         _, payload = core_ml_payload(self.artifact.read_bytes(), self.artifact.name)
         self._tmp = tempfile.TemporaryDirectory(prefix="pte_coreml_")
-        root = flatfs.unflatten(payload, self._tmp.name)
+        try:
+            root = flatfs.unflatten(payload, self._tmp.name)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         return root / PACKAGE_DIR
 
     def __exit__(self, *exc):
