@@ -320,6 +320,7 @@ def test_bench_reads_the_payload_and_reports_no_latency(fp16):
 
 
 @pytest.mark.parametrize("args,needle", [
+    (["--compress", "w8a8"], "dequantize_quantize_pair_elimination"),
     (["--compress", "palettize4"], "not available through ExecuTorch's Core ML delegate"),
     (["--quantize", "int8"], "--compress int8"),
 ])
@@ -380,14 +381,17 @@ def test_int8_weights_through_the_compile_spec(work, one_thread_module):
 
 
 @pytest.mark.slow
-def test_w8a8_through_core_ml_quantizer(work, one_thread_module):
-    """CoreMLQuantizer (uint8 activations, int8 weights), calibrated on the bundled photos,
-    lowered with the two coremltools passes removed (the pair elimination fails otherwise)."""
-    path, entry = export_trained(work / "w8a8", precision="fp16", compress="w8a8")
-    assert path.name == "mobilenet_v2_100_coreml_fp16_w8a8.pte"
-    quant = entry["quantization"]
-    assert quant["mode"] == "w8a8" and "common::dequantize_quantize_pair_elimination" in quant["passes_removed"]
-    assert entry["delegation"]["complete"], entry["delegation"]["outside"]
+def test_w8a8_lowers_without_the_pair_elimination_pass_but_is_not_good_enough(work, one_thread_module):
+    """Why --compress w8a8 is refused: with coremltools' dequantize_quantize_pair_elimination
+    removed, CoreMLQuantizer's graph lowers fully (with the pass it fails), but on the trained
+    V2 it measured 9.8 dB against float, under the 20 dB W8A8 row. If this starts passing,
+    lift the refusal."""
+    from mobile_export.errors import ParityError
+
+    with pytest.raises(ParityError, match="SQNR vs float"):
+        export_trained(work / "w8a8", precision="fp16", compress="w8a8", extra={"w8a8_experimental": True})
+    manifest = mf.read_manifest(work / "w8a8")
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "mobilenet_v2_100_coreml_fp16_w8a8.pte")
+    assert entry["quantization"]["mode"] == "w8a8" and entry["delegation"]["complete"], entry["delegation"]["outside"]
     assert {"quantize", "dequantize"} <= set(entry["coreml"]["ops"])
-    parity = entry["parity"]
-    assert parity["thresholds"]["key"] == "mixed" and parity["passed"], parity
+    assert entry["parity"]["vs_float"]["sqnr_db"] < 20.0
