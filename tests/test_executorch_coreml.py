@@ -297,6 +297,17 @@ def test_reader_refuses_damaged_payloads(fp16):
         flatfs.read_index(b"no index here")
 
 
+def test_android_bundle_skips_the_core_ml_delegate_pte(fp16, tmp_path):
+    from mobile_export.bundle import bundle_artifacts
+
+    path, _ = fp16
+    app = tmp_path / "android_app"
+    app.mkdir()
+    with pytest.raises(UsageError, match="none of the artifacts can run in the android app"):
+        bundle_artifacts([path], app="android", app_dir=app)
+    assert not (app / "app").exists()
+
+
 # --- bench --------------------------------------------------------------------------------
 
 
