@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from et_helpers import write_weights
+
 from mobile_export import manifest as mf
 from mobile_export.errors import ArtifactError, UsageError
 from mobile_export.pipeline import ExportRequest, run_export
@@ -71,8 +71,9 @@ def one_thread_module():
 
 
 def test_fp16_trained_parity_and_full_delegation(fp16):
-    import executorch  # noqa: F401
     from importlib import metadata
+
+    import executorch  # noqa: F401
 
     path, entry = fp16
     assert path.name == "mobilenet_v2_100_coreml_fp16.pte"

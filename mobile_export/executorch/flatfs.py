@@ -32,7 +32,7 @@ class Node:
     kind: int
     offset: int = 0
     size: int = 0
-    children: dict[str, "Node"] = field(default_factory=dict)
+    children: dict[str, Node] = field(default_factory=dict)
 
     @property
     def is_dir(self) -> bool:
