@@ -134,7 +134,9 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 
 @main.command()
 @click.argument("model")
-@click.option("--target", type=click.Choice(["executorch", "coreml", "all"]), default="all", show_default=True)
+@click.option("--target", type=click.Choice(["executorch", "coreml", "executorch-coreml", "all"]), default="all", show_default=True,
+              help="executorch: .pte on XNNPACK (CPU); coreml: .mlpackage; executorch-coreml: .pte on ExecuTorch's Core ML "
+                   "delegate (iOS); all: executorch and coreml.")
 @click.option("--weights", default=None, help=_WEIGHTS_HELP + " Default: imagenet where published, else random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and sampling.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier size (fine-tuned models).")
@@ -149,10 +151,11 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--keep-fp32", default=None, metavar="MODULES",
               help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).")
 @click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML / Core ML delegate compute precision (default fp16).")
 @click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "palettize-auto", "w8a8"]),
               default="none", show_default=True,
-              help="Core ML weight compression (palettize-auto: 2-8-bit palettes per layer by measured sensitivity).")
+              help="Core ML weight compression (palettize-auto: 2-8-bit palettes per layer by measured sensitivity; "
+                   "executorch-coreml: none or int8).")
 @click.option("--size-budget", type=click.FloatRange(0.05, 0.5), default=0.15, show_default=True,
               help="Core ML palettize-auto: weights' size as a fraction of their fp32 size.")
 @click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None, help="Core ML minimum iOS (default: fits --compress).")
@@ -160,7 +163,9 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
               help="Core ML input: an image (pixel buffer) or a float tensor like the .pte.")
 @click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities.")
 @click.option("--normalize-outside", is_flag=True, help="Do not bake mean/std into the model; the app normalizes.")
-@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK delegate.")
+@click.option("--compute-units", type=click.Choice(["all", "cpu_and_ne", "cpu_only", "cpu_and_gpu"]), default="all",
+              show_default=True, help="executorch-coreml: the Core ML compute units stored in the .pte's compile specs.")
+@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK / Core ML delegate.")
 @click.option("--fast-gelu", is_flag=True,
               help="ExecuTorch: run tanh GELU (V5) as XNNPACK's erf GELU: ~1.17x faster, ~67 instead of ~114 dB vs PyTorch.")
 @click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
@@ -169,7 +174,7 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
-           calibration_limit, keep_fp32, bias_correction, precision, compress, size_budget, ios, input_kind, logits, normalize_outside, allow_partial,
+           calibration_limit, keep_fp32, bias_correction, precision, compress, size_budget, ios, input_kind, logits, normalize_outside, compute_units, allow_partial,
            fast_gelu, bundled, no_verify, images, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
@@ -187,7 +192,7 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
     options = ExportOptions(
         precision=precision, quantize=quantize, compress=compress, size_budget=size_budget, calibration=calibration,
         calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
-        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
+        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, compute_units=compute_units, bundled=bundled, seed=seed,
         extra=extra,
     )
     request = ExportRequest(

@@ -26,7 +26,8 @@ class ExportOptions:
     input_kind: str = "image"  # coreml: image | tensor (executorch is always tensor)
     classifier: bool = True  # coreml: classify op with labels + probabilities vs raw logits
     deployment_target: str | None = None  # coreml: "16" | "17" | "18"; None = fit the compression
-    allow_partial: bool = False  # executorch: accept ops outside the XNNPACK delegate
+    allow_partial: bool = False  # executorch(-coreml): accept ops outside the delegate
+    compute_units: str = "all"  # executorch-coreml: all | cpu_and_ne | cpu_only | cpu_and_gpu
     bundled: bool = False  # executorch: also write a .bpte with reference inputs/outputs
     seed: int = 0
     extra: dict = field(default_factory=dict)
