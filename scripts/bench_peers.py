@@ -149,8 +149,8 @@ def export_onnx(built, calibration_inputs, out: Path, reuse: bool) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from mobile_export.quantize.calibration import to_tensor
     from mobile_export.executorch.target import with_normalization
+    from mobile_export.quantize.calibration import to_tensor
 
     fp32, pre, int8 = out / "model_fp32.onnx", out / "model_fp32_pre.onnx", out / "model_int8.onnx"
     if not (reuse and fp32.exists()):
@@ -202,17 +202,16 @@ def litert_convert_child(alias: str, out: Path, digest: str) -> int:
     """Runs inside the LiteRT venv: same architecture and seeded weights (checked by digest),
     fp32 conversion and litert-torch's PT2E int8 (symmetric, per-channel) calibrated on the
     same photos."""
+    import litert_torch
     import numpy as np
     import torch
-
-    import litert_torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
+    from mobile_export.executorch.target import with_normalization
     from mobile_export.models import create_model
     from mobile_export.models.weights import state_digest
-    from mobile_export.executorch.target import with_normalization
 
     built = create_model(alias, weights="random", seed=SEED, resolution=RESOLUTION)
     if state_digest(built.module) != digest:
@@ -319,8 +318,8 @@ def _make_call(kind, precision, artifact, alias, threads, x_np):
     if kind in ("eager", "compile"):
         import torch
 
-        from mobile_export.models import create_model
         from mobile_export.executorch.target import with_normalization
+        from mobile_export.models import create_model
 
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
@@ -879,7 +878,7 @@ def main() -> int:
     if "litert" in runtimes and litert_python is None:
         log(f"LiteRT skipped: no working venv at {args.litert_venv} (pass --install-litert to create it)")
     infos = {a: prepare_model(a, work, runtimes, litert_python, args.reuse) for a in aliases}
-    for a, i in infos.items():
+    for i in infos.values():
         if "litert" in runtimes and litert_python is None:
             i["errors"]["litert"] = f"no working LiteRT venv at {args.litert_venv} (pip install {' '.join(LITERT_PACKAGES)} failed or was not run)"
     rows = measure(infos, threads_list, runtimes, args.rounds, args.runs, args.warmup, litert_python, work)

@@ -116,9 +116,9 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
     model instead of the .pte (the same calibration path; minutes faster, for recipe sweeps)."""
     import torch
 
+    from mobile_export.executorch.target import ExecuTorchTarget, quantized_for
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
-    from mobile_export.executorch.target import ExecuTorchTarget, quantized_for
 
     t0 = time.perf_counter()
     model, meta, pre = train_small.load_checkpoint(checkpoint)
@@ -186,8 +186,8 @@ def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed
                              x_test, reference, t0, log) -> Measurement:
     import torch
 
-    from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
     from mobile_export.executorch.target import with_normalization
+    from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
 
     model = with_normalization(built.module, built.preprocess.mean, built.preprocess.std)
     calibration = load_calibration(options.calibration, built.preprocess, limit=calibration_images,
@@ -219,7 +219,9 @@ def summarize(rows: list[Measurement]) -> list[dict]:
         groups.setdefault((r.checkpoint, r.recipe, r.calibration_images), []).append(r)
     out = []
     for (ckpt, recipe, n), ms in groups.items():
-        med = lambda f: statistics.median(f(m) for m in ms)  # noqa: E731
+        def med(f, ms=ms):
+            return statistics.median(f(m) for m in ms)
+
         drop, agree = med(lambda m: m.drop), med(lambda m: m.agreement)
         out.append({
             "checkpoint": ckpt, "model": ms[0].model, "dataset": ms[0].dataset, "recipe": recipe,

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from et_helpers import photo_folder, write_weights
+
 from mobile_export import manifest as mf
 from mobile_export.errors import ArtifactError, DelegationError
+from mobile_export.executorch.target import MAGIC, ExecuTorchTarget
 from mobile_export.models import all_specs, get_spec
 from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
-from mobile_export.executorch.target import MAGIC, ExecuTorchTarget
 
 # (name, resolution) exported in the default run; every other member runs under -m slow.
 DEFAULT_FP32 = {"mobilenet_v2_100": 224, "mobilenet_v3_small_100": 224, "mobilenet_v3_large_100": 224,

@@ -50,9 +50,9 @@ def measured(request, tmp_path_factory):
     import int8_quality
     import train_small
 
+    from mobile_export.executorch.target import ExecuTorchTarget
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
-    from mobile_export.executorch.target import ExecuTorchTarget
 
     checkpoint = TRAINED / request.param
     model, meta, pre = train_small.load_checkpoint(checkpoint)

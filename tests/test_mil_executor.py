@@ -33,8 +33,8 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
 from mobile_export import preprocess as pp  # noqa: E402
-from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 from mobile_export.coreml.mil import activation_stats, coremltools_calibration, load_program  # noqa: E402
+from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 
 PHOTOS = pp.bundled_photos()
 pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import timm_side
 import torch
 
-import timm_side
 from mobile_export.errors import UsageError
 from mobile_export.models import create_model, get_spec
 from mobile_export.models.blocks import Conv2dSame, MobileAttention, RmsNormAct2d

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from et_helpers import write_weights
+
 from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
 
@@ -35,8 +35,8 @@ def fp32_pte(tmp_path_factory):
 @pytest.fixture(scope="module")
 def verified(fp32_pte, tmp_path_factory):
     """verify --per-layer, keeping the twin's ETRecord and dumps for the mutation test."""
-    from mobile_export.verify import verify_artifact
     from mobile_export.executorch.etdump import KEEP_ENV
+    from mobile_export.verify import verify_artifact
 
     lines: list[str] = []
     kept = tmp_path_factory.mktemp("twin")
@@ -117,9 +117,9 @@ def test_fallback_to_the_whole_program_row(fp32_pte, verified, tmp_path):
     """A reference the twin cannot be lowered from: one logged line, the single runtime row."""
     import torch
 
+    from mobile_export import manifest as mf
     from mobile_export.verify.per_layer import per_layer_report
     from mobile_export.verify.reference import load_inputs, rebuild_reference
-    from mobile_export import manifest as mf
 
     class DataDependent(torch.nn.Module):
         def forward(self, x):

@@ -7,14 +7,12 @@ import csv
 import json
 import math
 
-
 import numpy as np
 import pytest
 
 from mobile_export.errors import ArtifactError, ManifestError
 from mobile_export.verify import format_report, metrics, thresholds
 from mobile_export.verify.per_layer import LayerRow, sort_by_loss, write_per_layer_report
-
 
 # --- metrics: hand-checkable numbers -------------------------------------------------------
 

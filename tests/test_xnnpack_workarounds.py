@@ -18,9 +18,8 @@ import torch
 
 pytest.importorskip("executorch")
 
+from mobile_export.executorch.target import TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu  # noqa: E402
 from mobile_export.models.blocks import RmsNormAct2d  # noqa: E402
-from mobile_export.executorch.target import (  # noqa: E402
-    TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu)
 
 
 class _ConvActConv(torch.nn.Module):

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, ExportError, UsageError
-from . import compress as cq
 from ..targets.base import ExportOptions, Target
+from . import compress as cq
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"  # what the Neural Engine runs

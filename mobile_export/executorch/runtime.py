@@ -63,8 +63,7 @@ def run_isolated(
             cmd += ["--bundled-rtol", repr(float(bundled_tolerance[0])), "--bundled-atol", repr(float(bundled_tolerance[1]))]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  timeout=timeout, env=env)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise ArtifactError(f"{program.name}: the ExecuTorch runtime did not finish within {timeout:.0f}s; the file may be damaged, export it again") from None
         if proc.returncode != 0 or not out_path.exists():

@@ -447,9 +447,8 @@ def package_paths(path: str | Path) -> tuple[Path, Path | None]:
 
 
 def read_spec(spec_path: Path):
-    from google.protobuf.message import DecodeError
-
     from coremltools.proto import Model_pb2
+    from google.protobuf.message import DecodeError
 
     spec = Model_pb2.Model()
     try:
