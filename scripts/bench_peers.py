@@ -149,7 +149,7 @@ def export_onnx(built, calibration_inputs, out: Path, reuse: bool) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from mobile_export.executorch.target import with_normalization
+    from mobile_export.executorch.lowering import with_normalization
     from mobile_export.quantize.calibration import to_tensor
 
     fp32, pre, int8 = out / "model_fp32.onnx", out / "model_fp32_pre.onnx", out / "model_int8.onnx"
@@ -209,7 +209,7 @@ def litert_convert_child(alias: str, out: Path, digest: str) -> int:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
-    from mobile_export.executorch.target import with_normalization
+    from mobile_export.executorch.lowering import with_normalization
     from mobile_export.models import create_model
     from mobile_export.models.weights import state_digest
 
@@ -318,7 +318,7 @@ def _make_call(kind, precision, artifact, alias, threads, x_np):
     if kind in ("eager", "compile"):
         import torch
 
-        from mobile_export.executorch.target import with_normalization
+        from mobile_export.executorch.lowering import with_normalization
         from mobile_export.models import create_model
 
         torch.set_num_threads(threads)

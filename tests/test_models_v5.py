@@ -165,7 +165,7 @@ def test_exported_graph_has_only_ops_xnnpack_takes():
 
 @pytest.mark.slow
 def test_v5_piece_lowers_whole_to_xnnpack():
-    from mobile_export.executorch.target import lower
+    from mobile_export.executorch.lowering import lower
 
     torch.manual_seed(0)
     _, delegation = lower(_V5Piece().eval(), torch.rand(1, 16, 32, 32))
