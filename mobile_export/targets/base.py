@@ -39,34 +39,14 @@ class Choice(str, Enum):
             raise UsageError(f"{what} {value!r} is not supported; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
-class QuantizeMode(Choice):
-    NONE = "none"
-    INT8 = "int8"
-
-
-class CompressMode(Choice):
-    NONE = "none"
-    INT8 = "int8"
-    PALETTIZE4 = "palettize4"
-    PALETTIZE6 = "palettize6"
-    W8A8 = "w8a8"
-
-
-class Precision(Choice):
-    FP16 = "fp16"
-    FP32 = "fp32"
-
-
-class InputKind(Choice):
-    IMAGE = "image"
-    TENSOR = "tensor"
-
-
-class Gelu(Choice):
-    """How an ExecuTorch .pte runs tanh GELU (V5): written out exactly, or as XNNPACK's erf GELU."""
-
-    EXACT = "exact"
-    FAST = "fast"
+# The modes a user picks from, as data (members are UPPER-case names of their values).
+QuantizeMode = Choice("QuantizeMode", {"NONE": "none", "INT8": "int8"}, module=__name__)
+CompressMode = Choice("CompressMode", {"NONE": "none", "INT8": "int8", "PALETTIZE4": "palettize4",
+                                       "PALETTIZE6": "palettize6", "W8A8": "w8a8"}, module=__name__)
+Precision = Choice("Precision", {"FP16": "fp16", "FP32": "fp32"}, module=__name__)
+InputKind = Choice("InputKind", {"IMAGE": "image", "TENSOR": "tensor"}, module=__name__)
+# How an ExecuTorch .pte runs tanh GELU (V5): written out exactly, or as XNNPACK's erf GELU.
+Gelu = Choice("Gelu", {"EXACT": "exact", "FAST": "fast"}, module=__name__)
 
 
 @dataclass(frozen=True)
