@@ -37,7 +37,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # file stem -> (library, how to build it, our model name, storage, fp16 values)
 CASES = {
-    "torchvision_mobilenet_v2_035": ("torchvision", "mobilenet_v2(width_mult=0.35)", "mobilenet_v2_035", "pth", False),
+    "torchvision_mobilenet_v2_035": ("torchvision", "mobilenet_v2(width_mult=0.35)", "mobilenet_v2_035",
+                                     "pth", False),
     "timm_mobilenetv1_025": ("timm", "efficientnet._gen_mobilenet_v1('mobilenetv1_025', 0.25)", "mobilenet_v1_025",
                              "pth", False),
     "timm_mobilenetv3_small_075": ("timm", "create_model('mobilenetv3_small_075')", "mobilenet_v3_small_075",
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
         state = model.state_dict()
         if half:  # stored in fp16; the logits are those of exactly the stored values
             model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
-            state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+            state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+                     for k, v in model.state_dict().items()}
         with torch.no_grad():
             logits = model(to_input(test_pixels)).float().numpy()
         path = args.out / f"{stem}.{storage}"

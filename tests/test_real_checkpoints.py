@@ -22,7 +22,9 @@ import torch
 REAL = Path(__file__).parent / "fixtures" / "real"
 INDEX = json.loads((REAL / "index.json").read_text())
 CHECKPOINTS = INDEX["checkpoints"]
-REL_TOL = 1e-4  # torch 2.14 (theirs) vs our torch on CPU, float32: measured 1.4e-7 (V1), 4.6e-7 (V2), 2.5e-6 (V3-Small) of the largest logit
+# their torch 2.14 vs our torch, CPU float32: measured 1.4e-7 (V1), 4.6e-7 (V2) and 2.5e-6
+# (V3-Small) of the largest logit
+REL_TOL = 1e-4
 
 
 def inputs() -> torch.Tensor:
