@@ -92,7 +92,7 @@ def test_verify_rebuilds_the_encoder_from_its_manifest(one_thread):
         assert built.module(torch.rand(built.input_shape)).shape == (1, 2048, 16, 16)
 
 
-side = pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)
+side = pytest.mark.sidecar  # skips by itself without a side python (conftest)
 TIMM_NAMES = dict(CASES)
 
 
