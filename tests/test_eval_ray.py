@@ -40,6 +40,9 @@ def cluster(tmp_path_factory):
     """A head and a second node, one CPU each, loopback only; `ray stop` also on failure."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
+    # loopback only; token auth off for head, node and driver alike (ray 2.60 turns it on when
+    # ~/.ray/auth_token exists, and a node without the token cannot join)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     address = f"127.0.0.1:{port}"
     try:

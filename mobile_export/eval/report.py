@@ -40,7 +40,7 @@ def build_report(outcome: Outcome, options=None) -> dict:
         doc = {
             "name": row.name, "kind": row.kind, "file": row.path, "sha256": row.sha256,
             "precision": (row.entry or {}).get("precision", "fp32" if row.kind == REFERENCE else None),
-            "images": int(valid.sum()),
+            "images": int(valid.sum()), "top1_correct": int(correct.sum()),
             "top1": _pct(correct.mean()), "top5": _pct((top5 == yv[:, None]).any(axis=1).mean()),
             "agreement": _pct((top5[:, 0] == ref[:, 0]).mean()),
             "evaluated_now": outcome.computed[row.key],
