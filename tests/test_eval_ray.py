@@ -35,9 +35,38 @@ def _ray_cli(*args, env):
     return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, text=True)
 
 
+def _our_ray_processes(temp: Path) -> list[int]:
+    """PIDs of the processes of OUR cluster: each of them names its session folder (under our
+    own --temp-dir) on its command line. `ray stop` would end every Ray cluster of the machine,
+    other people's included, so the fixture ends only these, by id."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _stop(temp: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _our_ray_processes(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 15
+        while _our_ray_processes(temp) and time.time() < deadline:
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and a second node, one CPU each, loopback only; `ray stop` also on failure."""
+    """A head and a second node, one CPU each, loopback only; stopped also on failure."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
     # loopback only; token auth off for head, node and driver alike (ray 2.60 turns it on when
@@ -50,13 +79,15 @@ def cluster(tmp_path_factory):
                         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", env=env)
         assert head.returncode == 0, head.stdout[-2000:]
         node = _ray_cli("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                        "--disable-usage-stats", env=env)
+                        "--disable-usage-stats", f"--temp-dir={temp}", env=env)
         assert node.returncode == 0, node.stdout[-2000:]
+        assert len(_our_ray_processes(temp)) >= 4  # gcs, 2 raylets, ...: what _stop will end
         yield address
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        _ray_cli("stop", "--force", env=env)
+        _stop(temp)
+        assert not _our_ray_processes(temp)
 
 
 @pytest.fixture(scope="module")
