@@ -86,7 +86,10 @@ def main(argv=None) -> int:
 
     from mobile_export.cluster import RayExecutor
 
-    results = {"artifacts": [a.name for a in artifacts], "in_process": timed(artifacts, dataset, args.every, args.batch)}
+    import os
+
+    results = {"artifacts": [a.name for a in artifacts], "load_average_at_start": os.getloadavg()[0],
+               "in_process": timed(artifacts, dataset, args.every, args.batch)}
     print(json.dumps(results["in_process"]), file=sys.stderr)
     if args.address:
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
@@ -94,11 +97,12 @@ def main(argv=None) -> int:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         results["task_overhead"] = task_overhead()
-        for workers in (1, 2):
-            for batch in (args.batch, max(1, args.batch // 8)):
-                key = f"ray_{workers}_workers_batch_{batch}"
-                results[key] = timed(artifacts, dataset, args.every, batch, RayExecutor(args.address, workers=workers))
-                print(key, json.dumps(results[key]), file=sys.stderr)
+        print(json.dumps(results["task_overhead"]), file=sys.stderr)
+        small = max(1, args.batch // 4)  # 4x the units: the difference is what the per-unit cost adds
+        for workers, batch in ((1, args.batch), (2, args.batch), (2, small)):
+            key = f"ray_{workers}_workers_batch_{batch}"
+            results[key] = timed(artifacts, dataset, args.every, batch, RayExecutor(args.address, workers=workers))
+            print(key, json.dumps(results[key]), file=sys.stderr)
     finally:
         ray.shutdown()
     print(json.dumps(results, indent=2))
