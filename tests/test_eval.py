@@ -299,3 +299,13 @@ def test_nothing_imports_ray_without_the_flag():
     code = ("import sys, mobile_export.cli, mobile_export.eval, mobile_export.eval.runner, mobile_export.eval.report; "
             "assert 'ray' not in sys.modules and 'torch' not in sys.modules, sorted(m for m in sys.modules if m in ('ray', 'torch'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(h.ROOT))
+
+
+def test_ray_flag_without_ray_is_a_usage_error(monkeypatch):
+    import sys
+
+    from mobile_export.cluster import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'mobile-export\[cluster\]'"):
+        RayExecutor()
