@@ -311,6 +311,46 @@ def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
         raise CliError("parity check failed: " + "; ".join(report.get("failures", [])), 1)
 
 
+# --- eval ------------------------------------------------------------------------------
+
+
+@main.command("eval")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Path(path_type=Path), required=True,
+              help="Labelled images: class folders, a flat folder + labels.csv (file,label), or ImageNet val "
+                   "(ILSVRC2012_val_*.JPEG + val.txt | LOC_val_solution.csv | the devkit ground truth + meta.mat).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Every K-th image in a fixed order.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for report.md/.json/.html and predictions.csv (also holds the resume cache).")
+@click.option("--weights", default=None, help="Reference weights if the manifest's are not reachable. " + _WEIGHTS_HELP)
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (pip install 'mobile-export[cluster]'); no ADDRESS: RAY_ADDRESS or a local one.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
+def eval_cmd(artifacts, dataset, limit, every, report_dir, weights, ray_address, as_json):
+    """Top-1/top-5 of ARTIFACT(s) of one model and of its PyTorch reference on labelled images."""
+    from .eval import EvalOptions, build_report, format_text, run_eval, write_report
+
+    options = _run(EvalOptions, dataset=dataset, limit=limit, every=every, report_dir=report_dir, weights=weights)
+    executor = None
+    if ray_address is not None:
+        from .cluster import RayExecutor
+
+        executor = _run(RayExecutor, None if ray_address == "auto" else ray_address)
+
+    def progress(total):
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True)
+
+    outcome = _run(run_eval, list(artifacts), options, executor=executor, progress=progress)
+    report = _run(build_report, outcome, options)
+    if report_dir is not None:
+        written = _run(write_report, report, outcome, report_dir)
+        _log("wrote " + ", ".join(str(p) for p in written))
+    _emit(as_json, report, lambda r: click.echo(format_text(r)))
+
+
 # --- bundle ----------------------------------------------------------------------------
 
 

@@ -260,23 +260,32 @@ class CoreMLTarget(Target):
         }
 
     def run(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.open_runner(artifact, entry)(inputs)
+
+    def open_runner(self, artifact: Path, entry: dict):
+        """`run` with the package loaded once: a callable inputs -> outputs (eval feeds it
+        batch after batch)."""
         artifact = Path(artifact)
         self.check_file(artifact)
         spec = load_spec(artifact)
         input_name = spec.description.input[0].name
         is_image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         if _use_coreml_predict():
-            return _run_coreml(artifact, spec, input_name, is_image, inputs)
+            return lambda inputs: _run_coreml(artifact, spec, input_name, is_image, inputs)
         from . import mil
 
         program = mil.load_program(artifact)
         wanted = softmax_input(spec) or spec.description.output[0].name
-        outputs = []
-        for x in inputs:
-            feed = np.asarray(x, np.float32) * (255.0 if is_image else 1.0)
-            result = program.run({input_name: feed}, capture={wanted})
-            outputs.append(np.asarray(result[wanted], np.float32).reshape(x.shape[0], -1))
-        return outputs
+
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            outputs = []
+            for x in inputs:
+                feed = np.asarray(x, np.float32) * (255.0 if is_image else 1.0)
+                result = program.run({input_name: feed}, capture={wanted})
+                outputs.append(np.asarray(result[wanted], np.float32).reshape(x.shape[0], -1))
+            return outputs
+
+        return run
 
 
 # --- what to build ---------------------------------------------------------------------
