@@ -200,7 +200,7 @@ class ExecuTorchCoreMLTarget(Target):
         core_ml_payload(data, p.name)
 
     def output_quantity(self, entry: dict) -> str:
-        return "features" if entry.get("output", {}).get("kind") == "features" else "logits"
+        return "features" if ArtifactEntry.from_dict(entry).output_kind == "features" else "logits"
 
     def run(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """The Core ML program inside the .pte, run by the Linux ML Program executor (the
@@ -233,7 +233,7 @@ class ExecuTorchCoreMLTarget(Target):
                 root = flatfs.unflatten(payload, tmp)
                 mil.load_program(root / PACKAGE_DIR)
                 times.append((time.perf_counter() - t0) * 1000)
-        delegation = entry.get("delegation") or {}
+        delegation = ArtifactEntry.from_dict(entry).to_dict().get("delegation") or {}
         outside = delegation.get("outside") or {}
         return {
             "bytes": len(data),
