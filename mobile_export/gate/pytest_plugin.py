@@ -26,6 +26,8 @@ def pytest_addoption(parser):
                     help="Project limits file (default: nearest mobile-export.toml / pyproject.toml [tool.mobile-export]).")
     group.addoption("--mobile-export-images", dest="mobile_export_images", default=None, metavar="DIR",
                     help="Folder of real images (default: the config's images, else the bundled photos).")
+    group.addoption("--mobile-export-report-dir", dest="mobile_export_report_dir", default=None, metavar="DIR",
+                    help="For each failed artifact, also write its per-layer report to DIR/<artifact stem>/.")
 
 
 def pytest_configure(config):
@@ -105,7 +107,23 @@ class ParityItem(pytest.Item):
         self.user_properties.append(("thresholds", json.dumps(report.get("thresholds"))))
         self.user_properties.append(("threshold_sources", json.dumps(report.get("threshold_sources"))))
         if not report["passed"]:
-            raise ParityFailed(explain(report), report.get("failures", []))
+            text = explain(report)
+            if opts.mobile_export_report_dir:
+                text += "\n" + self._per_layer(config, Path(opts.mobile_export_report_dir))
+            raise ParityFailed(text, report.get("failures", []))
+
+    def _per_layer(self, config, report_dir: Path) -> str:
+        """Re-run the failed check with the per-layer report (only failures pay for it)."""
+        from ..errors import MobileExportError
+        from .check import check_artifact
+
+        dest = report_dir / Path(self.artifact).stem
+        try:
+            check_artifact(self.artifact, config=config, images=self.config.option.mobile_export_images,
+                           per_layer=True, report_dir=dest)
+        except MobileExportError as exc:
+            return f"  per-layer report could not be made: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return f"  per-layer report written to {dest}"
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ParityFailed):
