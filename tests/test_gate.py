@@ -337,3 +337,83 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     (tests, failures, errors, skipped), cases = _junit(verify_xml)
     assert (tests, failures, errors, skipped) == (2, 1, 0, 1)
     assert "SQNR" in cases[PTE].result[0].message and isinstance(cases[MLPACKAGE].result[0], junitparser.Skipped)
+
+
+# --- the GitHub Action's own steps, in a fresh venv ----------------------------------------
+
+def _action() -> dict:
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load((ROOT / "action.yml").read_text())
+
+
+def test_action_is_a_composite_with_the_documented_inputs():
+    action = _action()
+    assert action["runs"]["using"] == "composite"
+    assert {"path", "images", "python-version", "extra-pip-args"} <= set(action["inputs"])
+    steps = action["runs"]["steps"]
+    assert steps[0]["uses"].startswith("actions/setup-python@")
+    assert steps[0]["with"]["python-version"] == "${{ inputs.python-version }}"
+    upload = steps[-1]
+    assert upload["uses"].startswith("actions/upload-artifact@") and upload["if"] == "failure()"
+    assert "${{ inputs.junit-file }}" in upload["with"]["path"] and "${{ inputs.report-dir }}" in upload["with"]["path"]
+    for step in steps:
+        if "run" in step:  # inputs reach scripts only through env (no expression injection)
+            assert "${{" not in step["run"] and step["shell"] == "bash"
+    install = next(s for s in steps if s.get("name") == "Install mobile-export")
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in install["run"]
+
+
+def _expand(value: str, inputs: dict, github: dict) -> str:
+    import re
+
+    def sub(m):
+        scope, name = m.group(1), m.group(2)
+        return str((inputs if scope == "inputs" else github)[name])
+
+    return re.sub(r"\$\{\{\s*(inputs|github)\.([\w-]+)\s*\}\}", sub, value)
+
+
+def test_action_steps_run_in_a_fresh_venv(tmp_path, exported):
+    """The Action's `run:` steps, as GitHub would run them after setup-python, on a venv that
+    sees this machine's torch/executorch/coremltools (--system-site-packages: nothing is
+    downloaded) and gets mobile-export pip-installed from a copy of this source tree, so the
+    `pytest11` entry point and the console script are the installed ones. The gate is made to
+    fail (a limit past the measured SQNR) to show the files the upload step would publish."""
+    action = _action()
+    source = tmp_path / "action-src"  # what `uses: OWNER/mobile-export@REF` checks out
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "mobile_export", source / "mobile_export", ignore=shutil.ignore_patterns("__pycache__"))
+    app = tmp_path / "app"
+    shutil.copytree(exported, app / "models")
+    _write(app / "pyproject.toml", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n\n'
+                                   '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    env["VIRTUAL_ENV"] = str(venv)
+    inputs = {name: spec.get("default", "") for name, spec in action["inputs"].items()}
+    inputs.update({"path": "models", "extra-pip-args": "--no-build-isolation --no-index"})
+    github = {"action_path": str(source)}
+    outcomes = {}
+    for step in action["runs"]["steps"]:
+        if "run" not in step:
+            continue
+        step_env = {**env, **{k: _expand(v, inputs, github) for k, v in step.get("env", {}).items()}}
+        proc = subprocess.run(["bash", "-c", step["run"]], cwd=app, env=step_env, capture_output=True, text=True,
+                              timeout=900)
+        outcomes[step["name"]] = proc
+        if step["name"] == "Install mobile-export":
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import mobile_export; print(mobile_export.__file__)"],
+                                       env=env, capture_output=True, text=True, check=True).stdout
+            assert installed.startswith(str(venv)), installed  # the venv's copy, not the worktree or /work/main
+    gate = outcomes["Parity gate"]
+    assert gate.returncode == 1, gate.stdout[-3000:] + gate.stderr[-3000:]  # pytest: tests failed
+    assert "needs >= 300 dB" in gate.stdout and "1 failed, 1 skipped" in gate.stdout
+    (tests, failures, errors, skipped), cases = _junit(app / inputs["junit-file"])
+    assert (tests, failures, errors, skipped) == (2, 1, 0, 1)
+    report = app / inputs["report-dir"] / Path(PTE).stem
+    assert report.is_dir() and any(report.iterdir()), "no per-layer report for the upload step"
