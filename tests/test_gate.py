@@ -309,7 +309,7 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
 
     # 4. pytest-xdist, two workers: the same outcome per item (pte: damage, mlpackage: the tightened limit)
     pytest.importorskip("xdist")
-    result = pytester.runpytest_subprocess(*PLUGIN, "-n", "2", "--mobile-export", "app", "--junitxml", "xdist.xml")
+    result = pytester.runpytest(*PLUGIN, "-n", "2", "--mobile-export", "app", "--junitxml", "xdist.xml")
     result.assert_outcomes(failed=2)
     (tests, failures, errors, skipped), cases = _junit(pytester.path / "xdist.xml")
     assert (tests, failures, errors, skipped) == (2, 2, 0, 0)
@@ -373,52 +373,86 @@ def _expand(value: str, inputs: dict, github: dict) -> str:
     return re.sub(r"\$\{\{\s*(inputs|github)\.([\w-]+)\s*\}\}", sub, value)
 
 
-def test_action_steps_run_in_a_fresh_venv(tmp_path, exported):
-    """The Action's `run:` steps, as GitHub would run them after setup-python, on a venv that
-    sees this machine's torch/executorch/coremltools (--system-site-packages: nothing is
-    downloaded) and gets mobile-export pip-installed from a copy of this source tree, so the
-    `pytest11` entry point and the console script are the installed ones. The gate is made to
-    fail (a limit past the measured SQNR) to show the files the upload step would publish."""
-    action = _action()
-    source = tmp_path / "action-src"  # what `uses: OWNER/mobile-export@REF` checks out
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "mobile_export", source / "mobile_export", ignore=shutil.ignore_patterns("__pycache__"))
-    app = tmp_path / "app"
-    shutil.copytree(exported, app / "models")
-    _write(app / "pyproject.toml", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n\n'
-                                   '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
-    venv = tmp_path / "venv"
-    # --without-pip: the venv's bundled setuptools 65 cannot build wheels offline; the machine's pip and
-    # setuptools (visible through --system-site-packages) install into the venv all the same.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
-    env["VIRTUAL_ENV"] = str(venv)
-    inputs = {name: spec.get("default", "") for name, spec in action["inputs"].items()}
-    inputs.update({"path": "models", "extra-pip-args": "--no-build-isolation --no-index"})
-    github = {"action_path": str(source)}
-    outcomes = {}
-    for step in action["runs"]["steps"]:
-        if "run" not in step:
-            continue
-        step_env = {**env, **{k: _expand(v, inputs, github) for k, v in step.get("env", {}).items()}}
-        proc = subprocess.run(["bash", "-c", step["run"]], cwd=app, env=step_env, capture_output=True, text=True,
-                              timeout=900)
-        outcomes[step["name"]] = proc
-        if step["name"] == "Install mobile-export":
+class ActionRun:
+    """The Action's `run:` steps executed like GitHub would after setup-python: on a fresh venv
+    that sees this machine's torch/executorch/coremltools (--system-site-packages: nothing is
+    downloaded), with mobile-export pip-installed from a copy of this source tree (what
+    `uses: OWNER/mobile-export@REF` checks out), so the console script and the `pytest11`
+    entry point are the installed ones, never this worktree's or /work/main's."""
+
+    def __init__(self, root: Path, exported: Path):
+        self.action = _action()
+        self.source = root / "action-src"
+        self.source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, self.source / name)
+        shutil.copytree(ROOT / "mobile_export", self.source / "mobile_export", ignore=shutil.ignore_patterns("__pycache__"))
+        self.exported = exported
+        self.venv = root / "venv"
+        # --without-pip: the venv's bundled setuptools 65 cannot build wheels offline; the machine's pip and
+        # setuptools (visible through --system-site-packages) install into the venv all the same.
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(self.venv)], check=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env['PATH']}"
+        env["VIRTUAL_ENV"] = str(self.venv)
+        self.env = env
+        self.inputs = {name: spec.get("default", "") for name, spec in self.action["inputs"].items()}
+        # offline here: no index, no build isolation (GitHub downloads setuptools and the CPU torch instead)
+        self.inputs.update({"path": "models", "extra-pip-args": "--no-build-isolation --no-index"})
+        self.installed = False
+
+    def step(self, name: str, cwd: Path) -> subprocess.CompletedProcess:
+        step = next(s for s in self.action["runs"]["steps"] if s.get("name") == name)
+        github = {"action_path": str(self.source)}
+        env = {**self.env, **{k: _expand(v, self.inputs, github) for k, v in step.get("env", {}).items()}}
+        return subprocess.run(["bash", "-c", step["run"]], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+
+    def app(self, folder: Path, pyproject: str) -> Path:
+        shutil.copytree(self.exported, folder / "models")
+        _write(folder / "pyproject.toml", pyproject)
+        if not self.installed:
+            proc = self.step("Install mobile-export", folder)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import mobile_export; print(mobile_export.__file__)"],
-                                       env=env, capture_output=True, text=True, check=True).stdout
-            assert installed.startswith(str(venv)), installed  # the venv's copy, not the worktree or /work/main
-    gate = outcomes["Parity gate"]
+            where = subprocess.run([str(self.venv / "bin" / "python"), "-c", "import mobile_export; print(mobile_export.__file__)"],
+                                   cwd=folder, env=self.env, capture_output=True, text=True, check=True).stdout
+            assert where.startswith(str(self.venv)), where
+            assert "mobile-export, version" in proc.stdout  # the installed console script ran
+            self.installed = True
+        return folder
+
+
+@pytest.fixture(scope="module")
+def action_run(tmp_path_factory, exported) -> ActionRun:
+    return ActionRun(tmp_path_factory.mktemp("action"), exported)
+
+
+def test_action_steps_run_in_a_fresh_venv(action_run, tmp_path):
+    """Install, then the gate over an app whose .mlpackage is skipped by its pyproject.toml:
+    one artifact checked (through the installed entry point), JUnit written, exit 0."""
+    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n')
+    gate = action_run.step("Parity gate", app)
+    assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
+    assert "1 passed, 1 skipped" in gate.stdout
+    (tests, failures, errors, skipped), cases = _junit(app / action_run.inputs["junit-file"])
+    assert (tests, failures, errors, skipped) == (2, 0, 0, 1)
+    assert not (app / action_run.inputs["report-dir"]).exists()  # reports only for failures
+
+
+@pytest.mark.slow
+def test_action_gate_failure_writes_the_reports(action_run, tmp_path):
+    """A limit past the measured SQNR: the gate step fails (the upload step's `if: failure()`)
+    and leaves the JUnit file and the failed artifact's per-layer report for it to upload."""
+    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n\n'
+                                           '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
+    gate = action_run.step("Parity gate", app)
     assert gate.returncode == 1, gate.stdout[-3000:] + gate.stderr[-3000:]  # pytest: tests failed
     assert "needs >= 300 dB" in gate.stdout and "1 failed, 1 skipped" in gate.stdout
-    (tests, failures, errors, skipped), cases = _junit(app / inputs["junit-file"])
+    (tests, failures, errors, skipped), cases = _junit(app / action_run.inputs["junit-file"])
     assert (tests, failures, errors, skipped) == (2, 1, 0, 1)
-    report = app / inputs["report-dir"] / Path(PTE).stem
-    assert report.is_dir() and any(report.iterdir()), "no per-layer report for the upload step"
+    report = app / action_run.inputs["report-dir"] / Path(PTE).stem
+    assert {p.name for p in report.iterdir()} >= {"per_layer.csv", "per_layer.md"}
+    upload = action_run.action["runs"]["steps"][-1]["with"]["path"]
+    assert _expand(upload, action_run.inputs, {}).split() == [action_run.inputs["junit-file"], action_run.inputs["report-dir"]]
 
 
 def test_action_scripts_pass_shellcheck(tmp_path):

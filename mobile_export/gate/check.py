@@ -96,7 +96,7 @@ def explain(report: dict) -> str:
     for s in missed:
         unit = f" {s['unit']}" if s["unit"] else ""
         lines.append(f"  {s['limit']:<24} {_fmt(s['value'])}{unit}, needs {s['op']} {_fmt(s['required'])}{unit}: "
-                     f"off by {_fmt(s['short_by'])}{unit}  [limit from {s['source']}]")
+                     f"off by {_fmt(s['short_by'], 3)}{unit}  [limit from {s['source']}]")
     # failures thresholds.check did not derive from a limit row (e.g. the bundled self-check)
     listed = len(missed)
     for failure in report.get("failures", [])[listed:]:
@@ -104,12 +104,15 @@ def explain(report: dict) -> str:
     vf = report.get("vs_float") or {}
     if vf:
         lines.append(f"  measured on {report.get('images', {}).get('count', '?')} image(s): SQNR {_fmt(vf.get('sqnr_db'))} dB, "
-                     f"cosine {_fmt(vf.get('cosine'), 7)}, top-1 agreement {_fmt(vf.get('top1_agreement'))}")
+                     f"cosine {_fmt(vf.get('cosine'))}, top-1 agreement {_fmt(vf.get('top1_agreement'))}")
     lines.append(f"  per-layer report: {per_layer_command(report)}")
     return "\n".join(lines)
 
 
-def _fmt(v, digits: int = 4) -> str:
+def _fmt(v, digits: int | None = None) -> str:
+    """Enough digits to tell a value from its limit: cosine 0.99999 must not print as 1."""
     if v is None:
         return "-"
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.{digits or (7 if abs(v) <= 1.0 else 4)}g}"
