@@ -202,6 +202,12 @@ def test_plugin_collects_one_item_per_artifact(pytester):
     result.stdout.fnmatch_lines(["3 tests collected*"])  # given test paths run too
     result = pytester.runpytest(*PLUGIN, "--collect-only", "-q", "tests")  # without the option: nothing of ours
     result.stdout.fnmatch_lines(["1 test collected*"])
+    # the listed files are not there: each item says so in one line (no traceback); -x stops at the first
+    result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-k", "not tests")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["parity check could not run: a_fp32.pte: *a_fp32.pte does not exist*"])
+    assert "Traceback" not in result.stdout.str() and "raise " not in result.stdout.str()
+    pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-x").assert_outcomes(failed=1)
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "nowhere")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--mobile-export*nowhere: no such file or folder*"])
@@ -230,6 +236,18 @@ def exported(tmp_path_factory) -> Path:
         torch.set_num_threads(threads)
     assert {p.name for p in out.iterdir()} >= {PTE, MLPACKAGE, "manifest.json"}
     return out
+
+
+def _parity_images(folder: Path, count: int = 4) -> Path:
+    """An app's own image folder (the config's `images`): 4 of the bundled photos, evenly
+    spread; fewer images than the default 11 keep the suite short, and 4 different photos
+    still give input-dependent outputs."""
+    from mobile_export.preprocess import bundled_photos, sample_evenly
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sample_evenly(bundled_photos(), count):
+        shutil.copy(photo, folder / photo.name)
+    return folder
 
 
 def _damage_pte(models: Path) -> None:
@@ -276,7 +294,9 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     models = pytester.path / "app" / "models"
     shutil.copytree(exported, models)
-    pyproject = _write(pytester.path / "pyproject.toml", '[project]\nname = "app"\n\n[tool.mobile-export]\nmin-cosine = 0.999\n')
+    _parity_images(pytester.path / "parity-images")
+    pyproject = _write(pytester.path / "pyproject.toml",
+                       '[project]\nname = "app"\n\n[tool.mobile-export]\nimages = "parity-images"\nmin-cosine = 0.999\n')
 
     # 1. untouched exports: both pass
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "--junitxml", "all.xml")
@@ -321,7 +341,7 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
 
     from mobile_export.cli import main
 
-    cfg = _write(pytester.path / "ci" / "gate.toml", 'skip = ["*.mlpackage"]\nmin-cosine = 0.999\n')
+    cfg = _write(pytester.path / "ci" / "gate.toml", 'images = "../parity-images"\nskip = ["*.mlpackage"]\nmin-cosine = 0.999\n')
     run = CliRunner().invoke(main, ["verify", str(models / PTE), str(models / MLPACKAGE), "--config", str(cfg),
                                     "--junit", str(pytester.path / "verify.xml"), "--json"],
                              env={"GITHUB_ACTIONS": "true"}, catch_exceptions=False)
@@ -330,6 +350,7 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     assert [r["artifact"] for r in reports] == [PTE, MLPACKAGE] and reports[1]["skipped"]
     assert reports[0]["threshold_sources"]["cosine"] == str(cfg.resolve())
     assert reports[0]["threshold_sources"]["sqnr_db"] == "builtin fp32"
+    assert reports[0]["images"] == {"count": 4, "source": "folder", "skipped": 0}  # the config's images
     assert f"::error file={models / PTE},title=parity gate failed%3A {PTE}::" in run.stderr
     assert "parity check failed for 1 of 2 artifacts" in run.stderr
     verify_xml = pytester.path / "verify.xml"
@@ -409,6 +430,7 @@ class ActionRun:
 
     def app(self, folder: Path, pyproject: str) -> Path:
         shutil.copytree(self.exported, folder / "models")
+        _parity_images(folder / "parity-images")
         _write(folder / "pyproject.toml", pyproject)
         if not self.installed:
             proc = self.step("Install mobile-export", folder)
@@ -429,7 +451,7 @@ def action_run(tmp_path_factory, exported) -> ActionRun:
 def test_action_steps_run_in_a_fresh_venv(action_run, tmp_path):
     """Install, then the gate over an app whose .mlpackage is skipped by its pyproject.toml:
     one artifact checked (through the installed entry point), JUnit written, exit 0."""
-    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n')
+    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n')
     gate = action_run.step("Parity gate", app)
     assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
     assert "1 passed, 1 skipped" in gate.stdout
@@ -442,7 +464,7 @@ def test_action_steps_run_in_a_fresh_venv(action_run, tmp_path):
 def test_action_gate_failure_writes_the_reports(action_run, tmp_path):
     """A limit past the measured SQNR: the gate step fails (the upload step's `if: failure()`)
     and leaves the JUnit file and the failed artifact's per-layer report for it to upload."""
-    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nskip = ["*.mlpackage"]\n\n'
+    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n\n'
                                            '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
     gate = action_run.step("Parity gate", app)
     assert gate.returncode == 1, gate.stdout[-3000:] + gate.stderr[-3000:]  # pytest: tests failed
