@@ -27,8 +27,8 @@ import pytest
 from mobile_export.errors import ConfigError
 from mobile_export.gate import annotations
 from mobile_export.gate.check import explain, shortfalls
-from mobile_export.gate.config import discover, load_config, parse_table, verify_overrides
-from mobile_export.gate.junit import JUnitCase, case_from_report, to_xml, write_junit
+from mobile_export.gate.config import discover, load_config, verify_overrides
+from mobile_export.gate.junit import JUnitCase, case_from_report, write_junit
 
 pytest_plugins = ["pytester"]
 junitparser = pytest.importorskip("junitparser")
@@ -42,11 +42,32 @@ MLPACKAGE = "mobilenet_v2_100_fp16.mlpackage"
 # The Jenkins/Ant JUnit schema's elements and attributes (what CI readers accept).
 JUNIT_ATTRS = {
     "testsuites": {"name", "time", "tests", "failures", "errors", "skipped", "disabled"},
-    "testsuite": {"name", "tests", "failures", "errors", "skipped", "time", "timestamp", "hostname", "id", "package",
-                  "disabled", "log", "url", "version", "group", "file"},
+    "testsuite": {
+        "name",
+        "tests",
+        "failures",
+        "errors",
+        "skipped",
+        "time",
+        "timestamp",
+        "hostname",
+        "id",
+        "package",
+        "disabled",
+        "log",
+        "url",
+        "version",
+        "group",
+        "file",
+    },
     "testcase": {"name", "classname", "time", "assertions", "status", "file", "line"},
-    "failure": {"message", "type"}, "error": {"message", "type"}, "skipped": {"message"},
-    "system-out": set(), "system-err": set(), "properties": set(), "property": {"name", "value"},
+    "failure": {"message", "type"},
+    "error": {"message", "type"},
+    "skipped": {"message"},
+    "system-out": set(),
+    "system-err": set(),
+    "properties": set(),
+    "property": {"name", "value"},
 }
 
 
@@ -54,7 +75,9 @@ def _schema_check(xml_bytes: bytes) -> ET.Element:
     root = ET.fromstring(xml_bytes)
     for el in root.iter():
         assert el.tag in JUNIT_ATTRS, f"<{el.tag}> is not a JUnit element"
-        assert set(el.attrib) <= JUNIT_ATTRS[el.tag], f"<{el.tag}> has non-JUnit attributes {set(el.attrib) - JUNIT_ATTRS[el.tag]}"
+        assert set(el.attrib) <= JUNIT_ATTRS[el.tag], (
+            f"<{el.tag}> has non-JUnit attributes {set(el.attrib) - JUNIT_ATTRS[el.tag]}"
+        )
     return root
 
 
@@ -68,7 +91,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_config_patterns_defaults_and_cli_precedence(tmp_path):
-    f = _write(tmp_path / "pyproject.toml", """
+    f = _write(
+        tmp_path / "pyproject.toml",
+        """
 [project]
 name = "app"
 [tool.mobile-export]
@@ -82,7 +107,8 @@ min-sqnr = 55
 min-sqnr = 70
 min-agreement = 0.95
 max-top1-drop = 0.5
-""")
+""",
+    )
     cfg = load_config(f)
     assert cfg.images == f.resolve().parent / "parity-images"
     assert cfg.skipped("a_experimental.pte") == "*_experimental*" and cfg.skipped("a_fp32.pte") is None
@@ -101,14 +127,17 @@ max-top1-drop = 0.5
     assert "max-top1-drop" in lim and all(k != "max-top1-drop" for k in over)  # carried for eval, not verify
 
 
-@pytest.mark.parametrize("text, names", [
-    ('[tool.mobile-export]\nmin-snr = 40\n', "'min-snr'"),
-    ('[tool.mobile-export.limits."*.pte"]\nmin_cosine = 0.9\n', "'min_cosine'"),
-    ('[tool.mobile-export]\nmin-cosine = "high"\n', "min-cosine must be a number"),
-    ('[tool.mobile-export]\nmin-agreement = 1.5\n', "outside"),
-    ('[tool.mobile-export]\nskip = [1]\n', "skip must be a list"),
-    ('[tool.mobile-export\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("[tool.mobile-export]\nmin-snr = 40\n", "'min-snr'"),
+        ('[tool.mobile-export.limits."*.pte"]\nmin_cosine = 0.9\n', "'min_cosine'"),
+        ('[tool.mobile-export]\nmin-cosine = "high"\n', "min-cosine must be a number"),
+        ("[tool.mobile-export]\nmin-agreement = 1.5\n", "outside"),
+        ("[tool.mobile-export]\nskip = [1]\n", "skip must be a list"),
+        ("[tool.mobile-export\n", "not valid TOML"),
+    ],
+)
 def test_config_errors_name_the_key_and_file(tmp_path, text, names):
     f = _write(tmp_path / "pyproject.toml", text)
     with pytest.raises(ConfigError) as err:
@@ -131,7 +160,9 @@ def test_config_found_walking_up_standalone_wins(tmp_path):
     assert cfg.path.name == "mobile-export.toml" and cfg.limits_for("m.pte")["min-sqnr"].value == 42
     elsewhere = tmp_path / "other" / "m.pte"
     elsewhere.parent.mkdir()
-    assert discover(elsewhere, cwd=app).path.name == "mobile-export.toml"  # falls back to the working directory
+    assert (
+        discover(elsewhere, cwd=app).path.name == "mobile-export.toml"
+    )  # falls back to the working directory
     with pytest.raises(ConfigError, match="no \\[tool.mobile-export\\] table"):
         load_config(tmp_path / "pyproject.toml")
 
@@ -141,10 +172,19 @@ def test_config_found_walking_up_standalone_wins(tmp_path):
 
 def _report(passed: bool) -> dict:
     vs = {"sqnr_db": 42.5 if not passed else 80.0, "cosine": 0.99999, "top1_agreement": 1.0}
-    return {"artifact": "m_fp32.pte", "path": "app/m_fp32.pte", "precision": "fp32", "quantization": "none",
-            "images": {"count": 11}, "vs_float": vs, "thresholds": {"key": "fp32", "sqnr_db": 60.0, "cosine": 0.9999},
-            "threshold_sources": {"sqnr_db": "pyproject.toml:'*.pte'", "cosine": "builtin fp32"},
-            "passed": passed, "failures": [] if passed else ["SQNR vs float 42.5 dB < 60 dB (fp32)"], "seconds": 1.5}
+    return {
+        "artifact": "m_fp32.pte",
+        "path": "app/m_fp32.pte",
+        "precision": "fp32",
+        "quantization": "none",
+        "images": {"count": 11},
+        "vs_float": vs,
+        "thresholds": {"key": "fp32", "sqnr_db": 60.0, "cosine": 0.9999},
+        "threshold_sources": {"sqnr_db": "pyproject.toml:'*.pte'", "cosine": "builtin fp32"},
+        "passed": passed,
+        "failures": [] if passed else ["SQNR vs float 42.5 dB < 60 dB (fp32)"],
+        "seconds": 1.5,
+    }
 
 
 def test_explain_says_which_limit_by_how_much_and_the_command():
@@ -158,10 +198,13 @@ def test_explain_says_which_limit_by_how_much_and_the_command():
 
 
 def test_junit_writer_counts_and_schema(tmp_path):
-    cases = [case_from_report(_report(True)), case_from_report(_report(False)),
-             case_from_report({"artifact": "x.pte", "skipped": "matches skip '*x*'", "passed": True}),
-             case_from_report({"artifact": "y.pte", "error": "y.pte: sha256 differs\x01", "passed": False}),
-             JUnitCase("eval row", "mobile-export.eval", failure="top-1 drop 0.9 > 0.5 points")]
+    cases = [
+        case_from_report(_report(True)),
+        case_from_report(_report(False)),
+        case_from_report({"artifact": "x.pte", "skipped": "matches skip '*x*'", "passed": True}),
+        case_from_report({"artifact": "y.pte", "error": "y.pte: sha256 differs\x01", "passed": False}),
+        JUnitCase("eval row", "mobile-export.eval", failure="top-1 drop 0.9 > 0.5 points"),
+    ]
     out = write_junit(tmp_path / "j.xml", "suite", cases)
     root = _schema_check(out.read_bytes())
     assert root.attrib["tests"] == "5" and root.attrib["failures"] == "2" and root.attrib["errors"] == "1"
@@ -189,18 +232,29 @@ def test_github_annotations():
 
 
 def test_plugin_collects_one_item_per_artifact(pytester):
-    _write(pytester.path / "app" / "models" / "manifest.json",
-           json.dumps({"artifacts": [{"file": "a_fp32.pte"}, {"file": "a_fp16.mlpackage"}]}))
-    _write(pytester.path / "app" / "models" / "a_fp16.mlpackage" / "Manifest.json", "{}")  # a package's own: not ours
+    _write(
+        pytester.path / "app" / "models" / "manifest.json",
+        json.dumps({"artifacts": [{"file": "a_fp32.pte"}, {"file": "a_fp16.mlpackage"}]}),
+    )
+    _write(
+        pytester.path / "app" / "models" / "a_fp16.mlpackage" / "Manifest.json", "{}"
+    )  # a package's own: not ours
     _write(pytester.path / "tests" / "test_unrelated.py", "def test_x():\n    pass\n")
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["app/models/manifest.json::test_parity[[]a_fp32.pte[]]",
-                                 "app/models/manifest.json::test_parity[[]a_fp16.mlpackage[]]", "2 tests collected*"])
+    result.stdout.fnmatch_lines(
+        [
+            "app/models/manifest.json::test_parity[[]a_fp32.pte[]]",
+            "app/models/manifest.json::test_parity[[]a_fp16.mlpackage[]]",
+            "2 tests collected*",
+        ]
+    )
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-k", "mlpackage", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*test_parity[[]a_fp16.mlpackage[]]", "1/2 tests collected (1 deselected)*"])
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "tests", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["3 tests collected*"])  # given test paths run too
-    result = pytester.runpytest(*PLUGIN, "--collect-only", "-q", "tests")  # without the option: nothing of ours
+    result = pytester.runpytest(
+        *PLUGIN, "--collect-only", "-q", "tests"
+    )  # without the option: nothing of ours
     result.stdout.fnmatch_lines(["1 test collected*"])
     # the listed files are not there: each item says so in one line (no traceback); -x stops at the first
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-k", "not tests")
@@ -230,8 +284,17 @@ def exported(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_export(ExportRequest(model="mobilenet_v2_100", target="all", out=out, weights=str(CHECKPOINT), resolution=64,
-                                 verify=False, options=ExportOptions()))
+        run_export(
+            ExportRequest(
+                model="mobilenet_v2_100",
+                target="all",
+                out=out,
+                weights=str(CHECKPOINT),
+                resolution=64,
+                verify=False,
+                options=ExportOptions(),
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     assert {p.name for p in out.iterdir()} >= {PTE, MLPACKAGE, "manifest.json"}
@@ -268,7 +331,7 @@ def _damage_pte(models: Path) -> None:
     data = bytearray(pte.read_bytes())
     at = data.find(row.tobytes())
     assert at > 0 and data.find(row.tobytes(), at + 1) == -1, "classifier row not found once in the .pte"
-    data[at:at + row.nbytes] = (row * np.float32(1.5)).astype("<f4").tobytes()
+    data[at : at + row.nbytes] = (row * np.float32(1.5)).astype("<f4").tobytes()
     pte.write_bytes(bytes(data))
     manifest = json.loads((models / "manifest.json").read_text())
     for a in manifest["artifacts"]:
@@ -295,8 +358,10 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     models = pytester.path / "app" / "models"
     shutil.copytree(exported, models)
     _parity_images(pytester.path / "parity-images")
-    pyproject = _write(pytester.path / "pyproject.toml",
-                       '[project]\nname = "app"\n\n[tool.mobile-export]\nimages = "parity-images"\nmin-cosine = 0.999\n')
+    pyproject = _write(
+        pytester.path / "pyproject.toml",
+        '[project]\nname = "app"\n\n[tool.mobile-export]\nimages = "parity-images"\nmin-cosine = 0.999\n',
+    )
 
     # 1. untouched exports: both pass
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "--junitxml", "all.xml")
@@ -313,7 +378,9 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     out = result.stdout.str()
     assert "parity gate FAILED" in out and "sqnr_db" in out and "needs >= 60 dB: off by" in out
     assert f"mobile-export verify {models / PTE} --per-layer --report-dir" in out
-    assert "Traceback" not in out and "mobile_export/" not in out.split("short test summary")[0].replace(str(models), "")
+    assert "Traceback" not in out and "mobile_export/" not in out.split("short test summary")[0].replace(
+        str(models), ""
+    )
     (tests, failures, errors, skipped), cases = _junit(pytester.path / "damaged.xml")
     assert (tests, failures, errors, skipped) == (2, 1, 0, 0)
     [fail] = cases[f"test_parity[{PTE}]"].result
@@ -321,7 +388,9 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     assert cases[f"test_parity[{MLPACKAGE}]"].is_passed
 
     # 3. a limit tightened in pyproject.toml past the measured value fails the undamaged one (-k picks it)
-    pyproject.write_text(pyproject.read_text() + '\n[tool.mobile-export.limits."*.mlpackage"]\nmin-sqnr = 200\n')
+    pyproject.write_text(
+        pyproject.read_text() + '\n[tool.mobile-export.limits."*.mlpackage"]\nmin-sqnr = 200\n'
+    )
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-k", "mlpackage")
     result.assert_outcomes(failed=1, deselected=1)
     out = result.stdout.str()
@@ -341,10 +410,25 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
 
     from mobile_export.cli import main
 
-    cfg = _write(pytester.path / "ci" / "gate.toml", 'images = "../parity-images"\nskip = ["*.mlpackage"]\nmin-cosine = 0.999\n')
-    run = CliRunner().invoke(main, ["verify", str(models / PTE), str(models / MLPACKAGE), "--config", str(cfg),
-                                    "--junit", str(pytester.path / "verify.xml"), "--json"],
-                             env={"GITHUB_ACTIONS": "true"}, catch_exceptions=False)
+    cfg = _write(
+        pytester.path / "ci" / "gate.toml",
+        'images = "../parity-images"\nskip = ["*.mlpackage"]\nmin-cosine = 0.999\n',
+    )
+    run = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(models / PTE),
+            str(models / MLPACKAGE),
+            "--config",
+            str(cfg),
+            "--junit",
+            str(pytester.path / "verify.xml"),
+            "--json",
+        ],
+        env={"GITHUB_ACTIONS": "true"},
+        catch_exceptions=False,
+    )
     assert run.exit_code == 1
     reports = json.loads(run.stdout)
     assert [r["artifact"] for r in reports] == [PTE, MLPACKAGE] and reports[1]["skipped"]
@@ -357,10 +441,13 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     _schema_check(verify_xml.read_bytes())
     (tests, failures, errors, skipped), cases = _junit(verify_xml)
     assert (tests, failures, errors, skipped) == (2, 1, 0, 1)
-    assert "SQNR" in cases[PTE].result[0].message and isinstance(cases[MLPACKAGE].result[0], junitparser.Skipped)
+    assert "SQNR" in cases[PTE].result[0].message and isinstance(
+        cases[MLPACKAGE].result[0], junitparser.Skipped
+    )
 
 
 # --- the GitHub Action's own steps, in a fresh venv ----------------------------------------
+
 
 def _action() -> dict:
     yaml = pytest.importorskip("yaml")
@@ -376,7 +463,10 @@ def test_action_is_a_composite_with_the_documented_inputs():
     assert steps[0]["with"]["python-version"] == "${{ inputs.python-version }}"
     upload = steps[-1]
     assert upload["uses"].startswith("actions/upload-artifact@") and upload["if"] == "failure()"
-    assert "${{ inputs.junit-file }}" in upload["with"]["path"] and "${{ inputs.report-dir }}" in upload["with"]["path"]
+    assert (
+        "${{ inputs.junit-file }}" in upload["with"]["path"]
+        and "${{ inputs.report-dir }}" in upload["with"]["path"]
+    )
     for step in steps:
         if "run" in step:  # inputs reach scripts only through env (no expression injection)
             assert "${{" not in step["run"] and step["shell"] == "bash"
@@ -407,13 +497,24 @@ class ActionRun:
         self.source.mkdir()
         for name in ("pyproject.toml", "README.md"):
             shutil.copy(ROOT / name, self.source / name)
-        shutil.copytree(ROOT / "mobile_export", self.source / "mobile_export", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / "mobile_export",
+            self.source / "mobile_export",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         self.exported = exported
         self.venv = root / "venv"
         # --without-pip: the venv's bundled setuptools 65 cannot build wheels offline; the machine's pip and
         # setuptools (visible through --system-site-packages) install into the venv all the same.
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(self.venv)], check=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(self.venv)],
+            check=True,
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")
+        }
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env['PATH']}"
         env["VIRTUAL_ENV"] = str(self.venv)
         self.env = env
@@ -426,7 +527,9 @@ class ActionRun:
         step = next(s for s in self.action["runs"]["steps"] if s.get("name") == name)
         github = {"action_path": str(self.source)}
         env = {**self.env, **{k: _expand(v, self.inputs, github) for k, v in step.get("env", {}).items()}}
-        return subprocess.run(["bash", "-c", step["run"]], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+        return subprocess.run(
+            ["bash", "-c", step["run"]], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+        )
 
     def app(self, folder: Path, pyproject: str) -> Path:
         shutil.copytree(self.exported, folder / "models")
@@ -435,8 +538,18 @@ class ActionRun:
         if not self.installed:
             proc = self.step("Install mobile-export", folder)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            where = subprocess.run([str(self.venv / "bin" / "python"), "-c", "import mobile_export; print(mobile_export.__file__)"],
-                                   cwd=folder, env=self.env, capture_output=True, text=True, check=True).stdout
+            where = subprocess.run(
+                [
+                    str(self.venv / "bin" / "python"),
+                    "-c",
+                    "import mobile_export; print(mobile_export.__file__)",
+                ],
+                cwd=folder,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             assert where.startswith(str(self.venv)), where
             assert "mobile-export, version" in proc.stdout  # the installed console script ran
             self.installed = True
@@ -451,7 +564,9 @@ def action_run(tmp_path_factory, exported) -> ActionRun:
 def test_action_steps_run_in_a_fresh_venv(action_run, tmp_path):
     """Install, then the gate over an app whose .mlpackage is skipped by its pyproject.toml:
     one artifact checked (through the installed entry point), JUnit written, exit 0."""
-    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n')
+    app = action_run.app(
+        tmp_path / "app", '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n'
+    )
     gate = action_run.step("Parity gate", app)
     assert gate.returncode == 0, gate.stdout[-3000:] + gate.stderr[-3000:]
     assert "1 passed, 1 skipped" in gate.stdout
@@ -464,8 +579,11 @@ def test_action_steps_run_in_a_fresh_venv(action_run, tmp_path):
 def test_action_gate_failure_writes_the_reports(action_run, tmp_path):
     """A limit past the measured SQNR: the gate step fails (the upload step's `if: failure()`)
     and leaves the JUnit file and the failed artifact's per-layer report for it to upload."""
-    app = action_run.app(tmp_path / "app", '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n\n'
-                                           '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n')
+    app = action_run.app(
+        tmp_path / "app",
+        '[tool.mobile-export]\nimages = "parity-images"\nskip = ["*.mlpackage"]\n\n'
+        '[tool.mobile-export.limits."*.pte"]\nmin-sqnr = 300\n',
+    )
     gate = action_run.step("Parity gate", app)
     assert gate.returncode == 1, gate.stdout[-3000:] + gate.stderr[-3000:]  # pytest: tests failed
     assert "needs >= 300 dB" in gate.stdout and "1 failed, 1 skipped" in gate.stdout
@@ -474,7 +592,10 @@ def test_action_gate_failure_writes_the_reports(action_run, tmp_path):
     report = app / action_run.inputs["report-dir"] / Path(PTE).stem
     assert {p.name for p in report.iterdir()} >= {"per_layer.csv", "per_layer.md"}
     upload = action_run.action["runs"]["steps"][-1]["with"]["path"]
-    assert _expand(upload, action_run.inputs, {}).split() == [action_run.inputs["junit-file"], action_run.inputs["report-dir"]]
+    assert _expand(upload, action_run.inputs, {}).split() == [
+        action_run.inputs["junit-file"],
+        action_run.inputs["report-dir"],
+    ]
 
 
 def test_action_scripts_pass_shellcheck(tmp_path):

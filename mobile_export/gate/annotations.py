@@ -38,7 +38,9 @@ def for_report(report: dict, explanation: str) -> str | None:
     run, nothing for a pass or a skip."""
     path = report.get("path") or report.get("artifact")
     if report.get("error"):
-        return annotation(report["error"], file=path, title=f"parity check could not run: {report.get('artifact')}")
+        return annotation(
+            report["error"], file=path, title=f"parity check could not run: {report.get('artifact')}"
+        )
     if report.get("skipped") or report.get("passed"):
         return None
     return annotation(explanation, file=path, title=f"parity gate failed: {report.get('artifact')}")

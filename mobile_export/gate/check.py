@@ -17,13 +17,23 @@ _AT_MOST = {"steps_vs_quantized"}
 _UNITS = {"sqnr_db": "dB", "sqnr_db_vs_quantized": "dB", "steps_vs_quantized": "steps"}
 
 
-def config_for(artifact: str | Path, config_file: str | Path | None = None, cwd: str | Path | None = None) -> GateConfig:
+def config_for(
+    artifact: str | Path, config_file: str | Path | None = None, cwd: str | Path | None = None
+) -> GateConfig:
     return load_config(config_file) if config_file else discover(artifact, cwd)
 
 
-def check_artifact(artifact: str | Path, config: GateConfig | None = None, cli_limits: dict | None = None,
-                   images: str | Path | None = None, limit: int | None = None, weights: str | None = None,
-                   per_layer: bool = False, report_dir: str | Path | None = None, log: Log = lambda _m: None) -> dict:
+def check_artifact(
+    artifact: str | Path,
+    config: GateConfig | None = None,
+    cli_limits: dict | None = None,
+    images: str | Path | None = None,
+    limit: int | None = None,
+    weights: str | None = None,
+    per_layer: bool = False,
+    report_dir: str | Path | None = None,
+    log: Log = lambda _m: None,
+) -> dict:
     """verify_artifact under the project's limits. A skipped artifact returns a report with
     "skipped" (the glob and file) and no metrics; otherwise verify's report plus "gate": the
     config file, the project limits and their sources, and "max_top1_drop" for `eval`."""
@@ -34,12 +44,26 @@ def check_artifact(artifact: str | Path, config: GateConfig | None = None, cli_l
     where = str(config.path) if config.path else None
     skip = config.skipped(path.name)
     if skip is not None:
-        return {"artifact": path.name, "path": str(path), "skipped": f"matches skip {skip!r} in {where}",
-                "passed": True, "failures": [], "gate": {"config": where}}
+        return {
+            "artifact": path.name,
+            "path": str(path),
+            "skipped": f"matches skip {skip!r} in {where}",
+            "passed": True,
+            "failures": [],
+            "gate": {"config": where},
+        }
     project = config.limits_for(path.name, cli_limits)
     use_images = images if images is not None else config.images
-    report = verify_artifact(path, images=use_images, limit=limit, per_layer=per_layer, report_dir=report_dir,
-                             weights=weights, log=log, overrides=verify_overrides(project))
+    report = verify_artifact(
+        path,
+        images=use_images,
+        limit=limit,
+        per_layer=per_layer,
+        report_dir=report_dir,
+        weights=weights,
+        log=log,
+        overrides=verify_overrides(project),
+    )
     report["path"] = str(path)
     drop = project.get("max-top1-drop")
     report["gate"] = {
@@ -71,15 +95,31 @@ def shortfalls(report: dict) -> list[dict]:
             continue
         at_most = name in _AT_MOST
         if (value > limit) if at_most else (value < limit):
-            out.append({"limit": name, "value": value, "required": limit, "op": "<=" if at_most else ">=",
-                        "short_by": abs(value - limit), "unit": _UNITS.get(name, ""), "source": sources.get(name, "builtin")})
+            out.append(
+                {
+                    "limit": name,
+                    "value": value,
+                    "required": limit,
+                    "op": "<=" if at_most else ">=",
+                    "short_by": abs(value - limit),
+                    "unit": _UNITS.get(name, ""),
+                    "source": sources.get(name, "builtin"),
+                }
+            )
     return out
 
 
 def per_layer_command(report: dict, report_dir: str = "parity-report") -> str:
     """The one command that shows where the error enters, layer by layer."""
     target = report.get("path") or report["artifact"]
-    cmd = ["mobile-export", "verify", str(target), "--per-layer", "--report-dir", f"{report_dir}/{Path(target).stem}"]
+    cmd = [
+        "mobile-export",
+        "verify",
+        str(target),
+        "--per-layer",
+        "--report-dir",
+        f"{report_dir}/{Path(target).stem}",
+    ]
     images = (report.get("gate") or {}).get("images")
     if images:
         cmd += ["--images", images]
@@ -90,21 +130,27 @@ def explain(report: dict) -> str:
     """One screen for a failed check: artifact, each missed limit with its margin and source,
     other failures (self-check), and the per-layer command."""
     name = report.get("path") or report["artifact"]
-    lines = [f"parity gate FAILED: {name} ({report.get('precision')}, {report.get('quantization', 'none')}; "
-             f"built-in row {(report.get('thresholds') or {}).get('key')})"]
+    lines = [
+        f"parity gate FAILED: {name} ({report.get('precision')}, {report.get('quantization', 'none')}; "
+        f"built-in row {(report.get('thresholds') or {}).get('key')})"
+    ]
     missed = shortfalls(report)
     for s in missed:
         unit = f" {s['unit']}" if s["unit"] else ""
-        lines.append(f"  {s['limit']:<24} {_fmt(s['value'])}{unit}, needs {s['op']} {_fmt(s['required'])}{unit}: "
-                     f"off by {_fmt(s['short_by'], 3)}{unit}  [limit from {s['source']}]")
+        lines.append(
+            f"  {s['limit']:<24} {_fmt(s['value'])}{unit}, needs {s['op']} {_fmt(s['required'])}{unit}: "
+            f"off by {_fmt(s['short_by'], 3)}{unit}  [limit from {s['source']}]"
+        )
     # failures thresholds.check did not derive from a limit row (e.g. the bundled self-check)
     listed = len(missed)
     for failure in report.get("failures", [])[listed:]:
         lines.append(f"  {failure}")
     vf = report.get("vs_float") or {}
     if vf:
-        lines.append(f"  measured on {report.get('images', {}).get('count', '?')} image(s): SQNR {_fmt(vf.get('sqnr_db'))} dB, "
-                     f"cosine {_fmt(vf.get('cosine'))}, top-1 agreement {_fmt(vf.get('top1_agreement'))}")
+        lines.append(
+            f"  measured on {report.get('images', {}).get('count', '?')} image(s): SQNR {_fmt(vf.get('sqnr_db'))} dB, "
+            f"cosine {_fmt(vf.get('cosine'))}, top-1 agreement {_fmt(vf.get('top1_agreement'))}"
+        )
     lines.append(f"  per-layer report: {per_layer_command(report)}")
     return "\n".join(lines)
 

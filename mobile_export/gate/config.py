@@ -47,8 +47,14 @@ def agreement_name() -> str:
     """The top-1 agreement limit's name in the built-in table."""
     rows = getattr(thresholds, "THRESHOLDS", {}).values()
     return next((n for n in AGREEMENT_NAMES if any(n in row for row in rows)), AGREEMENT_NAMES[0])
-_RANGES = {"min-sqnr": (-math.inf, math.inf), "min-cosine": (-1.0, 1.0), "min-agreement": (0.0, 1.0),
-           "max-top1-drop": (0.0, 100.0)}
+
+
+_RANGES = {
+    "min-sqnr": (-math.inf, math.inf),
+    "min-cosine": (-1.0, 1.0),
+    "min-agreement": (0.0, 1.0),
+    "max-top1-drop": (0.0, 100.0),
+}
 _TOP_KEYS = {"images", "skip", "limits", *LIMIT_KEYS}
 
 
@@ -100,7 +106,9 @@ class GateConfig:
         out = {key: Limit(value, self._where()) for key, value in self.defaults.items()}
         for rule in self.rules:
             if rule.matches(artifact_name):
-                out.update({key: Limit(value, self._where(repr(rule.pattern))) for key, value in rule.limits.items()})
+                out.update(
+                    {key: Limit(value, self._where(repr(rule.pattern))) for key, value in rule.limits.items()}
+                )
         for key, value in (cli or {}).items():
             if value is not None:
                 _check_limit(key, value, "command line")
@@ -167,8 +175,10 @@ def parse_table(table: dict, path: Path | None) -> GateConfig:
     where = str(path) if path else "config"
     for key in table:
         if key not in _TOP_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r} in [tool.mobile-export]; "
-                              f"allowed: {', '.join(sorted(_TOP_KEYS))}")
+            raise ConfigError(
+                f"{where}: unknown key {key!r} in [tool.mobile-export]; "
+                f"allowed: {', '.join(sorted(_TOP_KEYS))}"
+            )
     images = table.get("images")
     if images is not None:
         if not isinstance(images, str) or not images:
@@ -186,7 +196,9 @@ def parse_table(table: dict, path: Path | None) -> GateConfig:
     defaults = {k: v for k, v in table.items() if k in LIMIT_KEYS}
     rows = table.get("limits", {})
     if not isinstance(rows, dict):
-        raise ConfigError(f"{where}: limits must be a table of artifact-name globs, e.g. [tool.mobile-export.limits.\"*.pte\"]")
+        raise ConfigError(
+            f'{where}: limits must be a table of artifact-name globs, e.g. [tool.mobile-export.limits."*.pte"]'
+        )
     rules = []
     for pattern, row in rows.items():
         if not isinstance(row, dict):
@@ -200,7 +212,9 @@ def load_config(path: str | Path) -> GateConfig:
     mobile-export.toml (any other name is read like one)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; pass a pyproject.toml or mobile-export.toml to --config")
+        raise ConfigError(
+            f"config file {p} does not exist; pass a pyproject.toml or mobile-export.toml to --config"
+        )
     table = table_of(p)
     if table is None:
         raise ConfigError(f"{p} has no [tool.mobile-export] table; add one or pass another file to --config")

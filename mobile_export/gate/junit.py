@@ -39,18 +39,45 @@ class JUnitCase:
 def case_from_report(report: dict, classname: str = "mobile-export.verify") -> JUnitCase:
     """A verify/gate report (or {"artifact", "error"} when the check could not run) as one test case."""
     if report.get("skipped"):
-        return JUnitCase(report["artifact"], classname, skipped=report["skipped"], system_out=_metrics_text(report))
+        return JUnitCase(
+            report["artifact"], classname, skipped=report["skipped"], system_out=_metrics_text(report)
+        )
     if report.get("error"):
-        return JUnitCase(report["artifact"], classname, error=report["error"], system_out=_metrics_text(report))
-    failure = None if report.get("passed") else ("; ".join(report.get("failures", [])) or "parity check failed")
-    return JUnitCase(report["artifact"], classname, seconds=float(report.get("seconds") or 0.0), failure=failure,
-                     details=explain(report) if failure else "", system_out=_metrics_text(report))
+        return JUnitCase(
+            report["artifact"], classname, error=report["error"], system_out=_metrics_text(report)
+        )
+    failure = (
+        None if report.get("passed") else ("; ".join(report.get("failures", [])) or "parity check failed")
+    )
+    return JUnitCase(
+        report["artifact"],
+        classname,
+        seconds=float(report.get("seconds") or 0.0),
+        failure=failure,
+        details=explain(report) if failure else "",
+        system_out=_metrics_text(report),
+    )
 
 
 def _metrics_text(report: dict) -> str:
-    keep = {k: report[k] for k in ("path", "target", "precision", "quantization", "images", "vs_float", "vs_quantized",
-                                   "steps_vs_quantized", "thresholds", "threshold_sources", "gate", "warnings")
-            if k in report}
+    keep = {
+        k: report[k]
+        for k in (
+            "path",
+            "target",
+            "precision",
+            "quantization",
+            "images",
+            "vs_float",
+            "vs_quantized",
+            "steps_vs_quantized",
+            "thresholds",
+            "threshold_sources",
+            "gate",
+            "warnings",
+        )
+        if k in report
+    }
     return json.dumps(keep, indent=2, default=str)
 
 
@@ -64,12 +91,21 @@ def to_xml(suite: str, cases: list[JUnitCase], timestamp: datetime | None = None
     total = sum(c.seconds for c in cases)
     root = ET.Element("testsuites", name=suite, time=f"{total:.3f}", **{k: str(v) for k, v in counts.items()})
     when = (timestamp or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S")
-    ts = ET.SubElement(root, "testsuite", name=suite, time=f"{total:.3f}", timestamp=when,
-                       hostname=socket.gethostname() or "localhost", **{k: str(v) for k, v in counts.items()})
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        time=f"{total:.3f}",
+        timestamp=when,
+        hostname=socket.gethostname() or "localhost",
+        **{k: str(v) for k, v in counts.items()},
+    )
     for c in cases:
         tc = ET.SubElement(ts, "testcase", classname=c.classname, name=c.name, time=f"{c.seconds:.3f}")
         if c.failure is not None:
-            ET.SubElement(tc, "failure", message=_clean(c.failure), type="ParityFailure").text = _clean(c.details or c.failure)
+            ET.SubElement(tc, "failure", message=_clean(c.failure), type="ParityFailure").text = _clean(
+                c.details or c.failure
+            )
         elif c.error is not None:
             ET.SubElement(tc, "error", message=_clean(c.error), type="CheckError").text = _clean(c.error)
         elif c.skipped is not None:

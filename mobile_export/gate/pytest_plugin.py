@@ -20,14 +20,35 @@ _PATHS = pytest.StashKey[list]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("mobile-export", "parity gate for exported models (mobile-export)")
-    group.addoption("--mobile-export", dest="mobile_export_paths", action="append", default=[], metavar="PATH",
-                    help="Check every artifact of every manifest.json under PATH against its PyTorch model.")
-    group.addoption("--mobile-export-config", dest="mobile_export_config", default=None, metavar="FILE",
-                    help="Project limits file (default: nearest mobile-export.toml / pyproject.toml [tool.mobile-export]).")
-    group.addoption("--mobile-export-images", dest="mobile_export_images", default=None, metavar="DIR",
-                    help="Folder of real images (default: the config's images, else the bundled photos).")
-    group.addoption("--mobile-export-report-dir", dest="mobile_export_report_dir", default=None, metavar="DIR",
-                    help="For each failed artifact, also write its per-layer report to DIR/<artifact stem>/.")
+    group.addoption(
+        "--mobile-export",
+        dest="mobile_export_paths",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Check every artifact of every manifest.json under PATH against its PyTorch model.",
+    )
+    group.addoption(
+        "--mobile-export-config",
+        dest="mobile_export_config",
+        default=None,
+        metavar="FILE",
+        help="Project limits file (default: nearest mobile-export.toml / pyproject.toml [tool.mobile-export]).",
+    )
+    group.addoption(
+        "--mobile-export-images",
+        dest="mobile_export_images",
+        default=None,
+        metavar="DIR",
+        help="Folder of real images (default: the config's images, else the bundled photos).",
+    )
+    group.addoption(
+        "--mobile-export-report-dir",
+        dest="mobile_export_report_dir",
+        default=None,
+        metavar="DIR",
+        help="For each failed artifact, also write its per-layer report to DIR/<artifact stem>/.",
+    )
 
 
 def pytest_configure(config):
@@ -65,9 +86,13 @@ class ManifestFile(pytest.File):
             doc = json.loads(self.path.read_text())
             files = [a["file"] for a in doc["artifacts"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise self.CollectError(f"{self.path}: not a mobile-export manifest ({exc.__class__.__name__}: {exc})") from None
+            raise self.CollectError(
+                f"{self.path}: not a mobile-export manifest ({exc.__class__.__name__}: {exc})"
+            ) from None
         for name in files:
-            yield ParityItem.from_parent(self, name=f"test_parity[{name}]", artifact=str(self.path.parent / name))
+            yield ParityItem.from_parent(
+                self, name=f"test_parity[{name}]", artifact=str(self.path.parent / name)
+            )
 
 
 class ParityFailed(Exception):
@@ -97,7 +122,9 @@ class ParityItem(pytest.Item):
             config = config_for(self.artifact, opts.mobile_export_config)
             report = check_artifact(self.artifact, config=config, images=opts.mobile_export_images)
         except MobileExportError as exc:
-            raise CheckError(f"{Path(self.artifact).name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise CheckError(
+                f"{Path(self.artifact).name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         if report.get("skipped"):
             pytest.skip(f"{Path(self.artifact).name} {report['skipped']}")
         vf = report.get("vs_float") or {}
@@ -119,8 +146,13 @@ class ParityItem(pytest.Item):
 
         dest = report_dir / Path(self.artifact).stem
         try:
-            check_artifact(self.artifact, config=config, images=self.config.option.mobile_export_images,
-                           per_layer=True, report_dir=dest)
+            check_artifact(
+                self.artifact,
+                config=config,
+                images=self.config.option.mobile_export_images,
+                per_layer=True,
+                report_dir=dest,
+            )
         except MobileExportError as exc:
             return f"  per-layer report could not be made: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         return f"  per-layer report written to {dest}"
