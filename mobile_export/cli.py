@@ -293,22 +293,77 @@ def export(model, target, build, out, force, executorch, calibration, calibratio
 
 
 @main.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--images", type=click.Path(path_type=Path), default=None, help="Folder of real images (default: bundled photos).")
+@click.argument("artifacts", metavar="ARTIFACT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Folder of real images (default: the project config's, else bundled photos).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
 @click.option("--per-layer", is_flag=True, help="Also report where the error enters, layer by layer.")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Folder for the per-layer table and picture.")
+@click.option("--report", "--report-dir", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the per-layer table and picture.")
 @click.option("--weights", default=None, help="Reference weights if the manifest's are not reachable. " + _WEIGHTS_HELP)
-@json_option("One JSON report on stdout.")
-def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
-    """Prove ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes."""
-    from .verify import format_report, verify_artifact
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Project limits file (default: the nearest mobile-export.toml or pyproject.toml [tool.mobile-export]).")
+@click.option("--min-sqnr", type=float, default=None, help="Minimum SQNR vs float in dB (overrides config and built-in).")
+@click.option("--min-cosine", type=float, default=None, help="Minimum cosine similarity vs float.")
+@click.option("--min-agreement", type=float, default=None, help="Minimum top-1 agreement vs float (0-1).")
+@click.option("--junit", "junit_file", type=click.Path(path_type=Path), default=None,
+              help="Also write a JUnit XML file, one test case per artifact (for CI).")
+@json_option("One JSON report on stdout (a list for several artifacts).")
+def verify(artifacts, images, limit, per_layer, report_dir, weights, config_file, min_sqnr, min_cosine, min_agreement,
+           junit_file, as_json):
+    """Prove each ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes.
 
-    report = _run(verify_artifact, artifact, images=images, limit=limit, per_layer=per_layer,
-                  report_dir=report_dir, weights=weights, log=_log)
-    _emit(as_json, report, lambda r: click.echo(format_report(r)))
-    if not report.get("passed", False):
-        raise CliError("parity check failed: " + "; ".join(report.get("failures", [])), 1)
+    Limits: the built-in table, overridden by the project's [tool.mobile-export] table
+    (pyproject.toml or mobile-export.toml, found upwards from the artifact), overridden by
+    --min-* flags. Exit 1 when any artifact fails; GitHub annotations when GITHUB_ACTIONS=true."""
+    from .errors import ConfigError
+    from .gate import annotations
+    from .gate.check import check_artifact, config_for, explain
+    from .gate.junit import case_from_report, write_junit
+    from .verify import format_report
+
+    cli_limits = {"min-sqnr": min_sqnr, "min-cosine": min_cosine, "min-agreement": min_agreement}
+    reports = []
+    for artifact in artifacts:
+        try:
+            config = config_for(artifact, config_file)
+            report = check_artifact(artifact, config=config, cli_limits=cli_limits, images=images, limit=limit,
+                                    weights=weights, per_layer=per_layer, report_dir=report_dir, log=_log)
+        except ConfigError as exc:
+            raise CliError(str(exc).splitlines()[0], exc.exit_code) from None
+        except MobileExportError as exc:
+            if len(artifacts) == 1 and junit_file is None:
+                raise CliError(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, exc.exit_code) from None
+            report = {"artifact": Path(artifact).name, "path": str(artifact), "passed": False,
+                      "error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, "failures": []}
+        reports.append(report)
+        if not report["passed"] and not report.get("error"):
+            _log(explain(report))
+        if annotations.enabled():
+            line = annotations.for_report(report, explain(report) if not report["passed"] and not report.get("error") else "")
+            if line:
+                click.echo(line, err=as_json)
+    if junit_file is not None:
+        _run(write_junit, junit_file, "mobile-export verify", [case_from_report(r) for r in reports])
+
+    def human(rs):
+        for r in rs:
+            if r.get("skipped"):
+                click.echo(f"{r['artifact']}: SKIPPED ({r['skipped']})")
+            elif r.get("error"):
+                click.echo(f"{r['artifact']}: ERROR ({r['error']})")
+            else:
+                click.echo(format_report(r))
+
+    _emit(as_json, reports[0] if len(reports) == 1 else reports, lambda doc: human(reports))
+    bad = [r for r in reports if not r["passed"]]
+    if len(reports) == 1 and bad and bad[0].get("error"):
+        raise CliError(bad[0]["error"], 1)
+    if len(reports) == 1 and bad:
+        raise CliError("parity check failed: " + "; ".join(bad[0].get("failures", [])), 1)
+    if bad:
+        raise CliError(f"parity check failed for {len(bad)} of {len(reports)} artifacts: "
+                       + ", ".join(r["artifact"] for r in bad), 1)
 
 
 # --- eval ------------------------------------------------------------------------------

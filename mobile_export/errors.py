@@ -18,6 +18,10 @@ class UnknownModelError(UsageError):
     pass
 
 
+class ConfigError(UsageError):
+    """A project's [tool.mobile-export] table (or mobile-export.toml) is invalid."""
+
+
 class WeightsError(MobileExportError):
     """A checkpoint is missing, unreadable, unsafe or for another architecture."""
 

@@ -21,14 +21,16 @@ NO_QUANTIZED_MODEL = "none: this target has no quantized PyTorch model to compar
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, quantized=None, log: Log = lambda _m: None) -> dict:
+                    reference=None, quantized=None, log: Log = lambda _m: None, overrides: dict | None = None) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
     `weights` overrides the recorded weights). `quantized`: the quantized PyTorch model that
     export lowered into the artifact (else the target rebuilds it from the manifest's recipe).
-    Returns metrics, thresholds, "passed" and "failures"; raises typed errors only when the
-    check cannot be made at all."""
+    `overrides`: {limit name: (value, where it came from)} merged onto the threshold row (value
+    None drops that limit), e.g. a project's [tool.mobile-export] table (mobile_export/gate).
+    Returns metrics, thresholds and their sources, "passed" and "failures"; raises typed errors
+    only when the check cannot be made at all."""
     from ..targets import QuantizedReference, target_for_artifact
 
     t0 = time.perf_counter()
@@ -66,6 +68,13 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         warnings.append("the reference outputs are the same for every image (untrained random weights?), so this "
                         "check cannot see input-dependent errors; verify with trained weights")
     key, limits = thresholds.limits_for(entry.to_dict())
+    sources = {name: f"builtin {key}" for name in limits}
+    for name, (value, source) in (overrides or {}).items():
+        if value is None:
+            limits.pop(name, None)
+            sources.pop(name, None)
+        else:
+            limits[name], sources[name] = value, source
     values = dict(vs_float)
     report: dict = {
         "artifact": path.name,
@@ -96,6 +105,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         if bc["cases"] == 0 or bc["passed"] < bc["cases"]:
             failures.append(f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs")
     report["thresholds"] = {"key": key, **limits}
+    report["threshold_sources"] = sources
     report["warnings"] = warnings
     report["passed"] = not failures
     report["failures"] = failures
