@@ -219,13 +219,17 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
 @click.option("--per-layer", is_flag=True, help="Also report where the error enters, layer by layer.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Folder for the per-layer table and picture.")
 @click.option("--weights", default=None, help="Reference weights if the manifest's are not reachable. " + _WEIGHTS_HELP)
+@click.option("--cpu", "cpus", default=None, metavar="CPUS",
+              help="Also run the .pte on these emulated ARM CPUs (comma-separated, e.g. cortex-a55,cortex-a76,"
+                   "cortex-a710; needs `mobile-export setup-arm`).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
-def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
+def verify(artifact, images, limit, per_layer, report_dir, weights, cpus, as_json):
     """Prove ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes."""
     from .verify import format_report, verify_artifact
 
+    arm_cpus = _arm_cpus(cpus) if cpus is not None else None
     report = _run(verify_artifact, artifact, images=images, limit=limit, per_layer=per_layer,
-                  report_dir=report_dir, weights=weights, log=_log)
+                  report_dir=report_dir, weights=weights, cpus=arm_cpus, log=_log)
     _emit(as_json, report, lambda r: click.echo(format_report(r)))
     if not report.get("passed", False):
         raise CliError("parity check failed: " + "; ".join(report.get("failures", [])), 1)
@@ -251,17 +255,59 @@ def bundle(artifacts, app, app_dir, as_json):
 
 
 @main.command()
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET [MORE.pte]...")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--cpu", "cpus", default=None, metavar="CPUS",
+              help="Count executed instructions per inference of .pte files on these emulated ARM CPUs "
+                   "(comma-separated); with an fp32 and an int8 file of one model, also their ratio.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(target, threads, runs, warmup, as_json):
-    """Latency, size and efficiency of an artifact (or of MODEL's eager reference)."""
+def bench(targets, threads, runs, warmup, cpus, as_json):
+    """Latency, size and efficiency of an artifact (or of MODEL's eager reference).
+
+    With --cpu: instructions per inference on emulated ARM CPUs instead (deterministic; not a time)."""
+    if cpus is not None:
+        from .executorch.arm.bench import arm_bench, format_arm_bench
+
+        result = _run(arm_bench, [Path(t) for t in targets], _arm_cpus(cpus), log=_log)
+        _emit(as_json, result, lambda r: click.echo(format_arm_bench(r)))
+        return
+    if len(targets) != 1:
+        raise click.UsageError("bench takes one TARGET; several files only with --cpu")
     from .bench import bench_target, format_bench
 
-    result = _run(bench_target, target, threads=threads, runs=runs, warmup=warmup, log=_log)
+    result = _run(bench_target, targets[0], threads=threads, runs=runs, warmup=warmup, log=_log)
     _emit(as_json, result, lambda r: click.echo(format_bench(r)))
+
+
+# --- ARM emulation ---------------------------------------------------------------------
+
+
+def _arm_cpus(text: str):
+    from .executorch.arm.cpus import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except MobileExportError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command("setup-arm")
+@click.option("--json", "as_json", is_flag=True)
+def setup_arm_cmd(as_json):
+    """Fetch (PyPI, Debian) and build what `verify/bench --cpu` need: QEMU >= 10, an arm64 sysroot,
+    the executorch aarch64 runtime and our runner, into ~/.cache/mobile-export/arm (or $MOBILE_EXPORT_ARM_HOME)."""
+    from .executorch.arm import setup_arm
+
+    result = _run(setup_arm, log=_log)
+
+    def human(r):
+        k = r["kit"]
+        click.echo(f"ready: QEMU {k['qemu_version']}, executorch {k['executorch_version']} aarch64 runner in {k['home']} "
+                   f"({'fetched/built: ' + '; '.join(r['fetched']) if r['fetched'] else 'nothing to fetch'}; {r['seconds']} s)")
+
+    _emit(as_json, result, human)
 
 
 def entrypoint() -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .. import manifest as mf
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UsageError
 from . import metrics, thresholds
 from .reference import load_inputs, preprocess_of, rebuild_reference, run_module, softmax
 
@@ -19,11 +19,12 @@ Log = Callable[[str], None]
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, log: Log = lambda _m: None) -> dict:
+                    reference=None, cpus=None, log: Log = lambda _m: None) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
-    `weights` overrides the recorded weights). Returns metrics, thresholds, "passed" and
+    `weights` overrides the recorded weights). `cpus` (ArmCpu rows, .pte only): also run the
+    file on those emulated ARM CPUs, one report row each (verify/arm.py). Returns metrics, thresholds, "passed" and
     "failures"; raises typed errors only when the check cannot be made at all."""
     from ..targets import target_for_artifact
 
@@ -33,6 +34,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; check the path or export again")
     target.check_file(path)
+    arm_kit = _arm_kit(path) if cpus else None
     manifest, entry = mf.manifest_for(path)
     mf.check_sha256(path, entry)
 
@@ -95,6 +97,13 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         bc = report["bundled_self_check"]
         if bc["cases"] == 0 or bc["passed"] < bc["cases"]:
             failures.append(f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs")
+    qref = report.pop("_qref", None)
+    if cpus:
+        from .arm import arm_rows
+
+        report["arm"] = arm_rows(path, artifact_inputs, ref, test, cpus, key, limits, qref=qref, scale=quant.get("output_scale"),
+                                 topk=topk, kit=arm_kit, log=log)
+        failures += report["arm"]["failures"]
     report["thresholds"] = {"key": key, **limits}
     report["warnings"] = warnings
     report["passed"] = not failures
@@ -130,9 +139,19 @@ def _int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref)
         part["steps_vs_quantized"] = None
         return part
     qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
+    part["_qref"] = qref  # for the ARM rows; removed before returning
     part["vs_quantized"] = metrics.compare(qref, test, topk=False)
     part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
     return part
+
+
+def _arm_kit(path: Path):
+    """The ARM kit, checked before the slow part so a missing kit fails in one line first."""
+    from ..executorch.arm import find_kit
+
+    if path.suffix != ".pte":
+        raise UsageError(f"--cpu runs .pte files on emulated ARM CPUs; {path.name} is not a .pte")
+    return find_kit()
 
 
 def _finite(v):

@@ -88,9 +88,10 @@ def run_on_cpu(kit: ArmKit, pte: Path, inputs, cpu: ArmCpu, timeout: float = RUN
 
 
 def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
-                       timeout: float = COUNT_TIMEOUT_S) -> int:
+                       timeout: float = COUNT_TIMEOUT_S) -> tuple[int, dict[str, int]]:
     """Guest instructions executed by one whole runner process (load, `repeat` inferences on
-    `image`, exit). Differences of two such counts cancel the load and exit."""
+    `image`, exit), and how many of them were each KERNEL_MNEMONICS. Differences of two such
+    counts cancel the load and exit."""
     with tempfile.TemporaryDirectory(prefix="arm-count-") as tmp:
         images, out = Path(tmp) / "in.f32", Path(tmp) / "out.f32"
         size = _images_file([image], images)
@@ -101,7 +102,7 @@ def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
             except OSError as exc:
                 raise EmulationError(f"{cpu.name}: cannot start QEMU {kit.qemu} ({exc.strerror})") from None
             try:
-                total = _sum_executed(proc.stdout, cpu)
+                total, kernel_counts = _sum_executed(proc.stdout, cpu)
             finally:
                 proc.stdout.close()
                 try:
@@ -113,37 +114,52 @@ def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
             err.seek(0)
             if returncode != 0:
                 raise _failure(cpu, returncode, err.read())
-    return total
+    return total, kernel_counts
 
 
-def _sum_executed(stream, cpu: ArmCpu) -> int:
-    """Sum of block lengths over the exec log. Block lengths come from the in_asm listing that
-    precedes a block's first execution; a re-translated block replaces the earlier length."""
-    lengths: dict[bytes, int] = {}
+# Instructions that tell which kernel family ran: int8 dot products (sdot), int8 matrix
+# multiplies (smmla, i8mm), widening multiply-accumulates of the NEON int8 kernels (smlal,
+# smlal2) and fp32 fused multiply-adds (fmla).
+KERNEL_MNEMONICS = (b"sdot", b"smmla", b"smlal", b"smlal2", b"fmla")
+
+
+def _sum_executed(stream, cpu: ArmCpu) -> tuple[int, dict[str, int]]:
+    """Sum of block lengths over the exec log, and executions of KERNEL_MNEMONICS. Block
+    lengths come from the in_asm listing that precedes a block's first execution; a
+    re-translated block replaces the earlier length."""
+    blocks: dict[bytes, tuple[int, dict | None]] = {}
     total = 0
-    in_block, start, n = False, b"", 0
+    kernel_counts = dict.fromkeys(KERNEL_MNEMONICS, 0)
+    in_block, start, n, marks = False, b"", 0, {}
     for line in stream:
         if line.startswith(b"Trace "):
             # "Trace 0: 0xHOST [cs_base/PC/flags/cflags] symbol"
             first = line.index(b"/", 10)
             pc = line[first + 1:line.index(b"/", first + 1)].lstrip(b"0")
             try:
-                total += lengths[pc]
+                length, found = blocks[pc]
             except KeyError:
                 raise EmulationError(f"{cpu.name}: QEMU's log executed block {pc.decode()} before listing it; "
                                      "cannot count instructions") from None
+            total += length
+            if found:
+                for mnemonic, k in found.items():
+                    kernel_counts[mnemonic] += k
         elif in_block:
             if line.startswith(b"0x"):
                 if n == 0:
                     start = line[2:line.index(b":")].lstrip(b"0")
                 n += 1
+                parts = line.split(None, 3)
+                if len(parts) > 2 and parts[2] in kernel_counts:
+                    marks[parts[2]] = marks.get(parts[2], 0) + 1
             else:
                 if n:
-                    lengths[start] = n
+                    blocks[start] = (n, marks or None)
                 in_block = False
         elif line.startswith(b"IN:"):
-            in_block, n = True, 0
-    return total
+            in_block, n, marks = True, 0, {}
+    return total, {m.decode(): k for m, k in kernel_counts.items()}
 
 
 def instructions_per_inference(kit: ArmKit, pte: Path, image, cpu: ArmCpu) -> dict:
@@ -151,11 +167,12 @@ def instructions_per_inference(kit: ArmKit, pte: Path, image, cpu: ArmCpu) -> di
     how far the two measurements differ (ASLR moves buffers between processes, which can
     change alignment paths in memcpy and the kernels)."""
     t0 = time.perf_counter()
-    measured = []
+    measured, kernels = [], {}
     for _ in range(2):
-        one = count_instructions(kit, pte, image, cpu, repeat=1)
-        two = count_instructions(kit, pte, image, cpu, repeat=2)
+        one, kernels_one = count_instructions(kit, pte, image, cpu, repeat=1)
+        two, kernels_two = count_instructions(kit, pte, image, cpu, repeat=2)
         measured.append(two - one)
+        kernels = {m: kernels_two[m] - kernels_one[m] for m in kernels_two}
     mean = sum(measured) / len(measured)
     return {
         "cpu": cpu.name,
@@ -163,5 +180,6 @@ def instructions_per_inference(kit: ArmKit, pte: Path, image, cpu: ArmCpu) -> di
         "instructions": int(round(mean)),
         "measurements": measured,
         "relative_difference": abs(measured[0] - measured[1]) / mean if mean else 0.0,
+        "kernel_instructions": kernels,
         "seconds": round(time.perf_counter() - t0, 2),
     }
