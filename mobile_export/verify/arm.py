@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import EmulationError
 from . import metrics, thresholds
 
+
 def x86_limits(limits: dict[str, float]) -> dict[str, float]:
     """The limits of the ARM-vs-x86 comparison: int8 rows use their vs-quantized limits,
     every other row its own."""
@@ -37,40 +38,45 @@ def arm_rows(path: Path, artifact_inputs, ref, x86, cpus, key: str, limits: dict
     from ..executorch.arm.emulate import run_on_cpu
 
     kit = kit or find_kit()
-    rows, failures = [], []
+    expected = np.asarray(ref).reshape(len(artifact_inputs), -1).shape
+    rows = []
     for cpu in cpus:
         log(f"verify on {cpu.name} ({cpu.family} kernels, QEMU {kit.qemu_version}): {len(artifact_inputs)} image(s)")
         row: dict = {"cpu": cpu.name, "kernels": cpu.family, "kernel_detail": cpu.kernels}
         try:
             arm = run_on_cpu(kit, path, artifact_inputs, cpu)
-            arm = arm.reshape(np.asarray(ref).reshape(len(artifact_inputs), -1).shape)
-        except (EmulationError, ValueError) as exc:
-            row.update({"error": str(exc).splitlines()[0], "passed": False})
-            row["failures"] = [f"{cpu.name}: {row['error']}" if not row["error"].startswith(cpu.name) else row["error"]]
-            rows.append(row)
-            failures += row["failures"]
-            continue
-        row["vs_float"] = metrics.compare(ref, arm, topk=topk)
-        values = dict(row["vs_float"])
-        if qref is not None:
-            row["vs_quantized"] = metrics.compare(qref, arm, topk=False)
-            values["sqnr_db_vs_quantized"] = row["vs_quantized"]["sqnr_db"]
-            if scale:
-                values["steps_vs_quantized"] = round(metrics.error_in_steps(qref, arm, scale), 4)
-        row["vs_x86"] = metrics.compare(x86, arm, topk=topk)
-        x86_values = dict(row["vs_x86"])
-        if scale:
-            x86_values["steps_vs_quantized"] = row["vs_x86"]["steps"] = round(metrics.error_in_steps(x86, arm, scale), 4)
-        row["bit_exact_vs_x86"] = bool(row["vs_x86"]["max_abs"] == 0.0)
-        row_failures = [f"{cpu.name}: {f}" for f in thresholds.check(values, limits, key)]
-        row_failures += [f"{cpu.name}: {f}" for f in thresholds.check(x86_values, x86_limits(limits), key,
-                                                                      against="the x86 runtime")]
-        row["passed"] = not row_failures
-        row["failures"] = row_failures
+            if arm.shape != expected:
+                raise EmulationError(f"{cpu.name}: the runner gave outputs of shape {arm.shape}, expected {expected}")
+        except EmulationError as exc:
+            error = str(exc).splitlines()[0]
+            row.update({"error": error, "passed": False, "failures": [error]})
+        else:
+            row.update(_judge(cpu.name, arm, ref, x86, qref, scale, topk, key, limits))
         rows.append(row)
-        failures += row_failures
     return {"kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version, "threads": 1},
-            "rows": rows, "failures": failures}
+            "rows": rows, "failures": [f for row in rows for f in row["failures"]]}
+
+
+def _judge(cpu: str, arm, ref, x86, qref, scale, topk: bool, key: str, limits: dict[str, float]) -> dict:
+    """Metrics of one CPU's outputs against PyTorch (and the quantized model) and against x86,
+    with the failures of each comparison prefixed by the CPU's name."""
+    row: dict = {"vs_float": metrics.compare(ref, arm, topk=topk)}
+    values = dict(row["vs_float"])
+    if qref is not None:
+        row["vs_quantized"] = metrics.compare(qref, arm, topk=False)
+        values["sqnr_db_vs_quantized"] = row["vs_quantized"]["sqnr_db"]
+        if scale:
+            values["steps_vs_quantized"] = round(metrics.error_in_steps(qref, arm, scale), 4)
+    row["vs_x86"] = metrics.compare(x86, arm, topk=topk)
+    x86_values = dict(row["vs_x86"])
+    if scale:
+        x86_values["steps_vs_quantized"] = row["vs_x86"]["steps"] = round(metrics.error_in_steps(x86, arm, scale), 4)
+    row["bit_exact_vs_x86"] = bool(row["vs_x86"]["max_abs"] == 0.0)
+    failures = thresholds.check(values, limits, key)
+    failures += thresholds.check(x86_values, x86_limits(limits), key, against="the x86 runtime")
+    row["failures"] = [f"{cpu}: {f}" for f in failures]
+    row["passed"] = not failures
+    return row
 
 
 def format_arm_rows(arm: dict) -> list[str]:

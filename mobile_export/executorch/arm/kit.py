@@ -20,10 +20,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from ...errors import ArmSetupError
 
@@ -320,7 +320,7 @@ def _host_suite() -> str:
         text = Path("/etc/os-release").read_text()
     except OSError:
         text = ""
-    match = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    match = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.MULTILINE)
     return match.group(1) if match else "bookworm"
 
 
