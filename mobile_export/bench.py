@@ -226,6 +226,45 @@ def mlpackage_breakdown(path: Path) -> dict:
     }
 
 
+COREML_DELEGATE_LATENCY = ("not measured: ExecuTorch's Linux runtime has no CoreMLBackend and Core ML runs only on Apple "
+                           "devices; measure on an iPhone (demo app) or a Mac")
+
+
+def pte_coreml_breakdown(path: Path, entry: dict, repeats: int = 5) -> dict:
+    """Size, ops per backend and the load time of the Core ML payload of a Core ML delegate
+    .pte (what Linux can tell): load = read the file, find the payload, unflatten it and
+    parse the ML Program (the executor's load), median of `repeats`."""
+    import tempfile
+
+    from .coreml import mil
+    from .executorch import flatfs
+    from .executorch.coreml_delegate import PACKAGE_DIR, core_ml_payload, payload_ops
+
+    data = Path(path).read_bytes()
+    ops = payload_ops(data)
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="bench_pte_coreml_") as tmp:
+            t0 = time.perf_counter()
+            _, payload = core_ml_payload(Path(path).read_bytes(), Path(path).name)
+            root = flatfs.unflatten(payload, tmp)
+            mil.load_program(root / PACKAGE_DIR)
+            times.append((time.perf_counter() - t0) * 1000)
+    delegation = entry.get("delegation") or {}
+    outside = delegation.get("outside") or {}
+    return {
+        "bytes": len(data),
+        "payload_bytes": ops["payload_bytes"],
+        "opset": ops["opset"],
+        "compile_specs": ops["compile_specs"],
+        "ops_by_backend": {delegation.get("backend", "CoreMLBackend"): delegation.get("delegated_ops"),
+                           "portable CPU (outside the delegate)": sum(outside.values())},
+        "core_ml_ops": ops["ops"],
+        "payload_load_ms": _percentiles(times),
+        "latency": COREML_DELEGATE_LATENCY,
+    }
+
+
 def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5, log=lambda _m: None) -> dict:
     """Benchmark an artifact (.pte / .mlpackage, with its eager reference) or a model name
     (eager reference only)."""
@@ -252,6 +291,9 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
                       quantization=entry["quantization"]["mode"])
         if tgt.name == "coreml":
             result["coreml"] = mlpackage_breakdown(path)
+        elif tgt.name == "executorch-coreml":
+            log(f"reading {path.name}'s Core ML payload (no latency: nothing here runs the Core ML delegate)...")
+            result["executorch_coreml"] = pte_coreml_breakdown(path, entry)
         else:
             log(f"timing {path.name} in the ExecuTorch runtime ({threads} thread(s), {runs} runs)...")
             result["executorch"] = bench_pte_isolated(path, entry["input"]["shape"], threads, runs, warmup)
@@ -290,6 +332,14 @@ def format_bench(r: dict) -> str:
             frac = f" ({b['fraction_of_peak'] * 100:.1f}% of peak)" if "fraction_of_peak" in b else ""
             lines.append(f"{label:<14} median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}  "
                          f"first {b['first_run_ms']:.1f} ms{extra}  {b['gmacs_per_s']:.1f} GMAC/s{frac}")
+    if "executorch_coreml" in r:
+        c = r["executorch_coreml"]
+        lines.append(f"Core ML delegate .pte {c['bytes']:,} bytes (payload {c['payload_bytes']:,}), opset {c['opset']}, "
+                     f"compile specs {', '.join(f'{k}={v}' for k, v in c['compile_specs'].items())}")
+        lines.append("ops per backend: " + ", ".join(f"{k} {v}" for k, v in c["ops_by_backend"].items()))
+        lines.append("Core ML ops: " + ", ".join(f"{k} {v}" for k, v in c["core_ml_ops"].items()))
+        lines.append(f"payload load (unflatten + parse) median {c['payload_load_ms']['median']:.1f} ms")
+        lines.append(f"latency: {c['latency']}")
     if "coreml" in r:
         c = r["coreml"]
         lines.append(f"Core ML package {c['bytes']:,} bytes (weights {c['weight_bin_bytes']:,}), opset {c['opset']}")

@@ -134,7 +134,9 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 
 @main.command()
 @click.argument("model")
-@click.option("--target", type=click.Choice(["executorch", "coreml", "all"]), default="all", show_default=True)
+@click.option("--target", type=click.Choice(["executorch", "coreml", "executorch-coreml", "all"]), default="all", show_default=True,
+              help="executorch: .pte on XNNPACK (CPU); coreml: .mlpackage; executorch-coreml: .pte on ExecuTorch's Core ML "
+                   "delegate (iOS); all: executorch and coreml.")
 @click.option("--weights", default=None, help=_WEIGHTS_HELP + " Default: imagenet where published, else random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and sampling.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier size (fine-tuned models).")
@@ -149,15 +151,21 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--keep-fp32", default=None, metavar="MODULES",
               help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).")
 @click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
-@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "w8a8"]), default="none",
-              show_default=True, help="Core ML weight compression.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML / Core ML delegate compute precision (default fp16).")
+@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "palettize-auto", "w8a8"]),
+              default="none", show_default=True,
+              help="Core ML weight compression (palettize-auto: 2-8-bit palettes per layer by measured sensitivity; "
+                   "executorch-coreml: none or int8).")
+@click.option("--size-budget", type=click.FloatRange(0.05, 0.5), default=0.15, show_default=True,
+              help="Core ML palettize-auto: weights' size as a fraction of their fp32 size.")
 @click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None, help="Core ML minimum iOS (default: fits --compress).")
 @click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
               help="Core ML input: an image (pixel buffer) or a float tensor like the .pte.")
 @click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities.")
 @click.option("--normalize-outside", is_flag=True, help="Do not bake mean/std into the model; the app normalizes.")
-@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK delegate.")
+@click.option("--compute-units", type=click.Choice(["all", "cpu_and_ne", "cpu_only", "cpu_and_gpu"]), default="all",
+              show_default=True, help="executorch-coreml: the Core ML compute units stored in the .pte's compile specs.")
+@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK / Core ML delegate.")
 @click.option("--fast-gelu", is_flag=True,
               help="ExecuTorch: run tanh GELU (V5) as XNNPACK's erf GELU: ~1.17x faster, ~67 instead of ~114 dB vs PyTorch.")
 @click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
@@ -166,7 +174,7 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
-           calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
+           calibration_limit, keep_fp32, bias_correction, precision, compress, size_budget, ios, input_kind, logits, normalize_outside, compute_units, allow_partial,
            fast_gelu, bundled, no_verify, images, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
@@ -182,9 +190,9 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
     if fast_gelu:
         extra["fast_gelu"] = True
     options = ExportOptions(
-        precision=precision, quantize=quantize, compress=compress, calibration=calibration,
+        precision=precision, quantize=quantize, compress=compress, size_budget=size_budget, calibration=calibration,
         calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
-        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
+        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, compute_units=compute_units, bundled=bundled, seed=seed,
         extra=extra,
     )
     request = ExportRequest(
@@ -242,13 +250,78 @@ def verify(artifact, images, limit, per_layer, report_dir, weights, cpus, as_jso
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--app", type=click.Choice(["android", "ios"]), required=True)
 @click.option("--app-dir", type=click.Path(path_type=Path), default=None, help="App project folder (default: the demo app).")
+@click.option("--allow-older-runtime", is_flag=True,
+              help="Bundle a .pte even when the app pins an older ExecuTorch runtime than the one that wrote it.")
 @click.option("--json", "as_json", is_flag=True)
-def bundle(artifacts, app, app_dir, as_json):
+def bundle(artifacts, app, app_dir, allow_older_runtime, as_json):
     """Copy artifacts, labels and manifest into the Android or iOS demo app."""
     from .bundle import bundle_artifacts, format_changes
 
-    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir, log=_log)
+    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir,
+                   allow_older_runtime=allow_older_runtime, log=_log)
     _emit(as_json, changes, lambda c: click.echo(format_changes(c)))
+
+
+# --- matrix ----------------------------------------------------------------------------
+
+
+def _split(values) -> list[str] | None:
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@main.command()
+@click.option("--models", multiple=True, default=("*",), show_default=True, help="Names, aliases or globs (comma-separated or repeated).")
+@click.option("--formats", multiple=True, help="Formats or globs, e.g. et-fp32,coreml-* (default: every format this install has).")
+@click.option("--resolution", type=click.IntRange(32, 4096), default=None, help="One input size for every model (default: each model's own).")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity checks (default: bundled photos).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="Calibration images for int8 / W8A8 (default: bundled photos).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("matrix"), show_default=True,
+              help="Folder for the cell cache, matrix.json, matrix.md and matrix.html.")
+@click.option("--publish", type=click.Path(path_type=Path), default=None, help="Also write the table between the markers of this page (e.g. docs/matrix.md).")
+@click.option("--against", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A previous matrix.json: print what changed (lowering, parity drops > 3 dB, latency ratio > 10%).")
+@click.option("--bench-runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per latency measurement.")
+@click.option("--keep-artifacts", is_flag=True, help="Keep every exported file (default: only each model's fp32 .pte).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Shard models across a Ray cluster (pip install 'mobile-export[cluster]'); no value: auto.")
+@click.option("--json", "as_json", is_flag=True, help="The matrix as one JSON document on stdout.")
+def matrix(models, formats, resolution, images, calibration, out, publish, against, bench_runs, keep_artifacts,
+           ray_address, as_json):
+    """Every MobileNet in every format: export, verify, time; cached, resumable, diffable."""
+    import json as json_mod
+
+    from .matrix import MatrixRequest, run_matrix
+    from .matrix.report import diff, write_outputs
+
+    old = None
+    if against is not None:
+        try:
+            old = json_mod.loads(against.read_text())
+        except ValueError:
+            raise CliError(f"{against} is not a matrix JSON file; pass the matrix.json of an earlier run", 2) from None
+    request = MatrixRequest(models=_split(models) or ["*"], formats=_split(formats), resolution=resolution, images=images,
+                            calibration=calibration, out=out, bench_runs=bench_runs, ray=ray_address,
+                            keep_artifacts=keep_artifacts)
+    doc = _run(run_matrix, request, log=_log)
+    written = _run(write_outputs, doc, out, publish)
+    changes = diff(old, doc) if old is not None else None
+    if changes is not None:
+        doc["changes"] = changes
+
+    def human(d):
+        counts: dict[str, int] = {}
+        for row in d["cells"]:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        click.echo(f"{len(d['cells'])} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        for path in written:
+            click.echo(str(path))
+        if changes is not None:
+            click.echo(f"changes against {against}: {len(changes) or 'none'}")
+            for line in changes:
+                click.echo(f"  {line}")
+
+    _emit(as_json, doc, human)
 
 
 # --- bench -----------------------------------------------------------------------------

@@ -114,6 +114,11 @@ def _refuse_unread_options(targets, options: ExportOptions) -> None:
     """An option for a target that was not requested would be silently ignored (an fp16 or
     palettized .pte request would come back fp32, an int8 .mlpackage request fp16): refuse it."""
     names = {t.name for t in targets}
+    if options.compute_units != "all" and "executorch-coreml" not in names:
+        raise UsageError(f"--compute-units {options.compute_units} is stored only in a Core ML delegate .pte; add --target "
+                         "executorch-coreml (a .mlpackage leaves the compute units to the app)")
+    if "executorch-coreml" in names:
+        return  # reads --precision, --compress, --ios and refuses --quantize itself (validate)
     if "executorch" not in names and options.quantize != "none":
         raise UsageError(f"--quantize {options.quantize} applies to ExecuTorch only and --target is coreml; "
                          "for Core ML use --compress int8|w8a8|palettize4|palettize6, or add --target executorch or all")

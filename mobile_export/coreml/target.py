@@ -118,14 +118,15 @@ class CoreMLTarget(Target):
         log(f"coreml: converting ({precision}, iOS{ios}, {plan.input_kind} input, std "
             f"{'folded into the first conv' if folded else 'as an in-model multiply'})")
         mlmodel = _convert(exported, built, plan, precision, ios)
+        stats, calib, choice = None, None, None
         if mode.needs_calibration:
             stats, calib = _activation_stats(mlmodel, built, options, plan, dest, log)
-        else:
-            stats, calib = None, None
+        if mode.data_aware:
+            choice, calib = _palette_bits(mlmodel, built, options, plan, dest, log)
         if mode.name != "none":
             log(f"coreml: compressing weights ({mode.name})")
             with _quiet():
-                mlmodel = cq.compress(mlmodel, mode.name, ios, stats)
+                mlmodel = cq.compress(mlmodel, mode.name, ios, stats, bits=choice.bits if choice else None)
         _describe(mlmodel, built, plan, precision, mode, ios)
         with _quiet():
             mlmodel.save(str(dest))
@@ -139,8 +140,11 @@ class CoreMLTarget(Target):
         quant = {"mode": mode.name, "weights": mode.weights}
         if mode.activations:
             quant["activations"] = mode.activations
-        if mode.nbits:
+        if mode.palettizes:
             quant["palette_groups"] = list(cq.PALETTE_GROUPS)
+        if choice is not None:
+            quant["size_budget"] = options.size_budget
+            quant["palette_bits"] = choice.record()
         if calib is not None:
             quant["calibration"] = calib
         quant["guarded_passes_removed"] = list(cq.UNSAFE_PASSES)
@@ -406,13 +410,9 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
     saved beside `dest` through the Linux executor."""
     import tempfile
 
-    from ..quantize.calibration import load_calibration
     from . import mil
 
-    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
-                             normalized=not plan.normalize, log=log)
-    scale = 255.0 if plan.input_kind == "image" else 1.0
-    samples = ({plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs)  # streamed, one at a time
+    calib, samples = _calibration_samples(built, options, plan, log)
     with tempfile.TemporaryDirectory(prefix=".calib.", dir=dest.parent) as tmp:
         float_pkg = Path(tmp) / "float.mlpackage"
         with _quiet():
@@ -420,6 +420,55 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
         log(f"coreml: calibrating activations on {len(calib.inputs)} image(s) with the ML Program executor")
         stats = mil.activation_stats(float_pkg, samples)
     return stats, calib.record()
+
+
+def _calibration_samples(built, options: ExportOptions, plan: _Plan, log):
+    from ..quantize.calibration import load_calibration
+
+    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
+                             normalized=not plan.normalize, log=log)
+    scale = 255.0 if plan.input_kind == "image" else 1.0
+    return calib, [{plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs]
+
+
+#: Calibration images the sensitivity pass runs per weight and palette size (it runs the
+#: program weights x 5 x this many times; the noise ranking is stable from ~8 images on).
+SENSITIVITY_IMAGES = 16
+
+
+def _palette_bits(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Path, log):
+    """Palette size per weight for palettize-auto: each weight's output noise at 2-8 bits,
+    measured by running the float program on calibration images, then the least noisy
+    choice that fits `options.size_budget` x the fp32 weights' bytes (coreml.sensitivity)."""
+    import tempfile
+
+    from . import mil
+    from .sensitivity import WeightInfo, plan_bits
+
+    calib, samples = _calibration_samples(built, options, plan, log)
+    samples = samples[:SENSITIVITY_IMAGES]
+    with _quiet():
+        shapes = cq.palettized_weights(mlmodel)
+    weights = [WeightInfo(name, shape, cq.palette_group_size(shape[0])) for name, shape in shapes.items()]
+    with tempfile.TemporaryDirectory(prefix=".palette.", dir=dest.parent) as tmp:
+        float_pkg = Path(tmp) / "float.mlpackage"
+        with _quiet():
+            mlmodel.save(str(float_pkg))
+        program = mil.load_program(float_pkg)
+        floats = {n: np.asarray(v) for n, v in program.consts.items()
+                  if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        missing = [w.name for w in weights if w.name not in floats]
+        if missing:
+            raise ExportError(f"{built.spec.name}: weight {missing[0]!r} is not a constant of the program; "
+                              "use --compress palettize4 or palettize6")
+        fp32_bytes = 4.0 * sum(v.size for v in floats.values())
+        fixed = 2.0 * sum(v.size for n, v in floats.items() if n not in shapes)  # stays fp16
+        log(f"coreml: measuring the sensitivity of {len(weights)} weights on {len(samples)} calibration image(s)")
+        choice = plan_bits(program, samples, weights, cq.kmeans_lut, options.size_budget * fp32_bytes, fixed,
+                           fp32_bytes, output=softmax_input(program.spec), log=log)
+    log(f"coreml: palette bits {choice.record()['layers_per_bits']} (layers per bits), "
+        f"{choice.compressed_bytes / fp32_bytes:.3f}x the fp32 weights, predicted {choice.predicted_sqnr_db:.1f} dB")
+    return choice, calib.record()
 
 
 def _describe(mlmodel, built, plan: _Plan, precision: str, mode, ios: int) -> None:

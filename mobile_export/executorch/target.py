@@ -107,6 +107,7 @@ class ExecuTorchTarget(Target):
             "input": input_contract(built, options.normalize_in_model),
             "output": {"name": built.spec.output, "kind": built.spec.output, "shape": out_shape, "dtype": "float32"},
             "delegation": delegation,
+            "runtime": runtime_record("XnnpackBackend"),
             "export": {
                 "lowering": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
                 "backend": "XnnpackBackend",
@@ -271,8 +272,9 @@ def _op_name(node) -> str:
     return getattr(target, "__name__", None) or str(target)
 
 
-def delegation_summary(graph_module) -> dict:
-    """Per-op counts inside and outside the XNNPACK delegate, from the lowered edge graph."""
+def delegation_summary(graph_module, backend: str = "XnnpackBackend") -> dict:
+    """Per-op counts inside and outside the delegate (XNNPACK, or `backend`), from the
+    lowered edge graph."""
     inside: dict[str, int] = {}
     outside: dict[str, int] = {}
     subgraphs = 0
@@ -291,13 +293,21 @@ def delegation_summary(graph_module) -> dict:
                 continue
             outside[op] = outside.get(op, 0) + 1
     return {
-        "backend": "XnnpackBackend",
+        "backend": backend,
         "delegated_subgraphs": subgraphs,
         "delegated_ops": sum(inside.values()),
         "outside": dict(sorted(outside.items())),
         "complete": not outside,
         "by_operator": dict(sorted(inside.items())),
     }
+
+
+def runtime_record(backend: str) -> dict:
+    """Which runtime and backend the file needs on the device, and the ExecuTorch version
+    that wrote it (no forward compatibility: the app's runtime must not be older)."""
+    from importlib import metadata
+
+    return {"name": "executorch", "version": metadata.version("executorch"), "backends": [backend]}
 
 
 def input_contract(built, normalized_in_model: bool) -> dict:

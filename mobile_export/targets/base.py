@@ -18,14 +18,16 @@ class ExportOptions:
 
     precision: str | None = None  # fp32 | fp16; None = the target's default
     quantize: str = "none"  # executorch: none | int8
-    compress: str = "none"  # coreml: none | int8 | palettize4 | palettize6 | w8a8
+    compress: str = "none"  # coreml: none | int8 | palettize4 | palettize6 | palettize-auto | w8a8
+    size_budget: float = 0.15  # coreml palettize-auto: weights' bytes as a fraction of their fp32 bytes
     calibration: Path | None = None  # folder of images for int8 / w8a8
     calibration_limit: int = 64
     normalize_in_model: bool = True  # app feeds plain RGB in [0, 1] (tensor) or pixels (image)
     input_kind: str = "image"  # coreml: image | tensor (executorch is always tensor)
     classifier: bool = True  # coreml: classify op with labels + probabilities vs raw logits
     deployment_target: str | None = None  # coreml: "16" | "17" | "18"; None = fit the compression
-    allow_partial: bool = False  # executorch: accept ops outside the XNNPACK delegate
+    allow_partial: bool = False  # executorch(-coreml): accept ops outside the delegate
+    compute_units: str = "all"  # executorch-coreml: all | cpu_and_ne | cpu_only | cpu_and_gpu
     bundled: bool = False  # executorch: also write a .bpte with reference inputs/outputs
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -83,7 +83,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     }
 
     quant = entry.get("quantization") or {}
-    if quant.get("mode", "none") != "none":
+    # Targets whose quantization has no convert_pt2e model behind it (the Core ML delegate's
+    # weight compression happens inside coremltools) say so with has_quantized_reference.
+    if quant.get("mode", "none") != "none" and getattr(target, "has_quantized_reference", True):
         report.update(_int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref))
         if report.get("vs_quantized"):
             values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
@@ -110,7 +112,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     report["failures"] = failures
 
     quantized = report.pop("_quantized", None)
-    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
+    if per_layer and hasattr(target, "per_layer_report"):  # a target with its own rows (Core ML delegate .pte)
+        report["per_layer"] = target.per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
+    elif per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
         from ..coreml.mil.per_layer import per_layer_report as mil_per_layer_report
 
         report["per_layer"] = mil_per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
