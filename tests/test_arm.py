@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from et_helpers import photo_folder, write_weights
+
 from mobile_export.errors import ArmSetupError, EmulationError, UsageError
 from mobile_export.executorch.arm import CPUS, find_kit, parse_cpus
 from mobile_export.executorch.arm.kit import HOME_ENV, RUNNER_ENV
@@ -134,7 +134,12 @@ def test_missing_kit_is_one_line_naming_the_fix(cli, tmp_path, monkeypatch, smal
 
 def test_kit_state_is_checked_piece_by_piece(tmp_path, monkeypatch):
     """find_kit never fetches: each missing or stale piece is one line that says run setup-arm."""
-    from mobile_export.executorch.arm.kit import STATE_FILE, installed_executorch, qemu_version, runner_stamp
+    from mobile_export.executorch.arm.kit import (
+        STATE_FILE,
+        installed_executorch,
+        qemu_version,
+        runner_stamp,
+    )
 
     home = tmp_path / "kit"
     (home / "sysroot" / "lib").mkdir(parents=True)
