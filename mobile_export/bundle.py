@@ -249,7 +249,7 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
             _inside(root / part, root, "app folder part")
     assets.mkdir(parents=True, exist_ok=True)
     _inside(assets, root, "model folder")
-    for p, entry in chosen:
+    for _path, entry in chosen:
         _inside(assets / entry["file"], root, "destination")
     if labels_src is not None:
         _inside(assets / labels_src.name, root, "destination")

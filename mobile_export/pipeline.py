@@ -20,6 +20,17 @@ Log = Callable[[str], None]
 
 
 @dataclass
+class ModelOptions:
+    """How to build the model (the CLI's model group): weights, seed, classes, labels, size."""
+
+    weights: str | None = None
+    seed: int = 0
+    num_classes: int | None = None
+    labels_file: Path | None = None
+    resolution: int | None = None
+
+
+@dataclass
 class ExportRequest:
     model: str
     target: str = "all"
@@ -69,6 +80,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         manifest["labels"] = {"file": "labels.txt", "count": len(built.labels), "sha256": sha256_file(labels_path)}
 
     written: list[Path] = []
+    quantized: dict[Path, object] = {}  # the quantized PyTorch model lowered into an artifact, for verify
     for target in targets:
         dest = names[target.name]
         t1 = time.perf_counter()
@@ -76,6 +88,9 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         with atomic_path(dest, force=request.force) as tmp:
             fields = target.export(built, options, tmp, log)
             side = fields.pop("side_files", [])
+            if fields.get("quantized_model") is not None:
+                quantized[dest] = fields["quantized_model"]
+            fields.pop("quantized_model", None)
             side_records = []
             for side_tmp in side:  # e.g. the .bpte beside the .pte
                 final = out / Path(side_tmp).name
@@ -97,7 +112,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         from .verify import verify_artifact
 
         for dest in written:
-            report = verify_artifact(dest, images=request.images, reference=built, log=log)
+            report = verify_artifact(dest, images=request.images, reference=built, quantized=quantized.get(dest), log=log)
             _, entry = mf.manifest_for(dest)
             manifest = mf.read_manifest(out)
             entry = next(a for a in manifest["artifacts"] if a["file"] == dest.name)

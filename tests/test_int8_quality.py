@@ -50,9 +50,9 @@ def measured(request, tmp_path_factory):
     import int8_quality
     import train_small
 
+    from mobile_export.executorch.target import ExecuTorchTarget
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
-    from mobile_export.executorch.target import ExecuTorchTarget
 
     checkpoint = TRAINED / request.param
     model, meta, pre = train_small.load_checkpoint(checkpoint)
@@ -68,7 +68,7 @@ def measured(request, tmp_path_factory):
     dest = work / "model_int8.pte"
     recipe = CHECKPOINTS[request.param][3]
     fields = target.export(built, ExportOptions(quantize="int8", calibration=calib, calibration_limit=CALIBRATION_IMAGES,
-                                                extra={"quant_recipe": recipe} if recipe else {}), dest, lambda _m: None)
+                                                quant_recipe=recipe), dest, lambda _m: None)
     x_test = int8_quality.rgb01(data.test_x)
     int8 = np.concatenate(target.run(dest, fields, [x[None] for x in x_test]))
     fp32 = train_small.logits_of(model, train_small.to_inputs(data.test_x, pre))

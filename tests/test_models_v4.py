@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+import timm_side
 import torch
 
-import timm_side
 from mobile_export.errors import UsageError
 from mobile_export.models import get_spec
 from mobile_export.models.blocks import MultiQueryAttention2d, UniversalInvertedResidual

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import timm_side
 import torch
 
-import timm_side
 from mobile_export.errors import UsageError
 from mobile_export.models import create_model, get_spec
 from mobile_export.models.blocks import Conv2dSame, MobileAttention, RmsNormAct2d
@@ -165,7 +165,7 @@ def test_exported_graph_has_only_ops_xnnpack_takes():
 
 @pytest.mark.slow
 def test_v5_piece_lowers_whole_to_xnnpack():
-    from mobile_export.executorch.target import lower
+    from mobile_export.executorch.lowering import lower
 
     torch.manual_seed(0)
     _, delegation = lower(_V5Piece().eval(), torch.rand(1, 16, 32, 32))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from et_helpers import photo_folder
+
 from mobile_export.errors import ExportError, ImageError
 from mobile_export.models.registry import Preprocess
 from mobile_export.preprocess import bundled_photos, load_input

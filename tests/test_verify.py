@@ -7,14 +7,12 @@ import csv
 import json
 import math
 
-
 import numpy as np
 import pytest
 
 from mobile_export.errors import ArtifactError, ManifestError
 from mobile_export.verify import format_report, metrics, thresholds
 from mobile_export.verify.per_layer import LayerRow, sort_by_loss, write_per_layer_report
-
 
 # --- metrics: hand-checkable numbers -------------------------------------------------------
 
@@ -123,8 +121,9 @@ def test_quantized_layer_rows_find_the_damaged_layer():
     scale, so the error must enter there, and the table must say so."""
     import torch
 
+    from mobile_export.executorch.quantized_layers import EXACT_DB, quantized_layer_values
     from mobile_export.quantize import QuantRecipe, quantize_pt2e
-    from mobile_export.verify.per_layer import quantized_layer_rows
+    from mobile_export.verify.per_layer import collect
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -142,7 +141,7 @@ def test_quantized_layer_rows_find_the_damaged_layer():
     rng = np.random.default_rng(0)
     xs = [rng.random((1, 3, 8, 8), dtype=np.float32) for _ in range(4)]
     q = quantize_pt2e(Net().eval(), torch.zeros(1, 3, 8, 8), xs, QuantRecipe(observer="minmax"))
-    rows = quantized_layer_rows(q, xs)
+    rows, _ = collect(lambda sink: quantized_layer_values(q, xs, sink), EXACT_DB)
     by_name = {r.name: r for r in rows}
     assert {"conv2d", "conv2d_1", "conv2d_2"} <= set(by_name)
     worst = max((r for r in rows if r.sqnr_loss_db is not None and r.op != "input"), key=lambda r: r.sqnr_loss_db)

@@ -10,7 +10,7 @@ first load; COMPILED_MODEL needs macOS's compiler and is refused here).
 int8 (--compress):
 - int8: weight-only, per-channel symmetric, through the compile spec op_linear_quantizer_config
   (coremltools' linear_quantize_weights inside the delegate's conversion).
-- w8a8: refused (W8A8_REFUSAL). The path exists behind ExportOptions.extra["w8a8_experimental"]:
+- w8a8: refused (W8A8_REFUSAL). The path exists behind ExecuTorchCoreMLTarget.w8a8_experimental:
   CoreMLQuantizer (uint8 activations, int8 per-channel weights) calibrated on real images, lowered
   with two coremltools passes removed (W8A8_PASSES_REMOVED: with the default pipeline the
   conversion fails, see there); its parity on a trained model is too low to ship (measured).
@@ -39,9 +39,11 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import ArtifactError, DelegationError, ExportError, UsageError, first_line
-from ..targets.base import ExportOptions, Target
+from ..manifest import ArtifactEntry
+from ..targets.base import ExportOptions, OpInfo, PerOpValues, Target
 from . import flatfs, pte_reader
-from .target import MAGIC, MIN_BYTES, delegation_summary, input_contract, runtime_record, with_normalization
+from .lowering import delegation_summary, runtime_record, with_normalization
+from .target import MAGIC, MIN_BYTES, input_contract
 
 BACKEND = "CoreMLBackend"
 PRECISIONS = ("fp16", "fp32")
@@ -68,6 +70,8 @@ W8A8_REFUSAL = (
     "cosine 0.95 against float on the trained MobileNetV2 (the W8A8 row needs 20 dB); use --compress int8 "
     "(weight-only) or --target coreml --compress w8a8")
 _DATE_KEY = "com.github.apple.coremltools.conversion_date"
+COREML_DELEGATE_LATENCY = ("not measured: ExecuTorch's Linux runtime has no CoreMLBackend and Core ML runs only on Apple "
+                           "devices; measure on an iPhone (demo app) or a Mac")
 _UUID_NAMESPACE = uuid.UUID("0d6bd5b0-4f6a-4f21-9b3c-6c3a4b1e2f70")
 
 
@@ -75,7 +79,10 @@ class ExecuTorchCoreMLTarget(Target):
     name: ClassVar[str] = "executorch-coreml"
     suffix: ClassVar[str] = ".pte"
     description: ClassVar[str] = "ExecuTorch .pte, Core ML delegate (iOS)"
-    has_quantized_reference: ClassVar[bool] = False  # verify compares with the float model only
+    # Not user options: MODEL_TYPE.COMPILED_MODEL needs a Mac (refused here), and W8A8 is refused
+    # (W8A8_REFUSAL); both stay reachable so a test or a Mac can measure them again.
+    model_type: ClassVar[str] = "model"
+    w8a8_experimental: ClassVar[bool] = False
 
     # --- options ---------------------------------------------------------------------
 
@@ -100,9 +107,9 @@ class ExecuTorchCoreMLTarget(Target):
         if options.compress not in COMPRESS:
             raise UsageError(f"--compress {options.compress} is not available through ExecuTorch's Core ML delegate; "
                              "use --compress int8 (weight-only), or --target coreml for palettized .mlpackage files")
-        if options.compress == "w8a8" and not options.extra.get("w8a8_experimental"):
-            raise UsageError(W8A8_REFUSAL)  # the path stays reachable (extra) to measure it again
-        if options.extra.get("model_type", "model") == "compiled_model":
+        if options.compress == "w8a8" and not self.w8a8_experimental:
+            raise UsageError(W8A8_REFUSAL)  # the path stays reachable (w8a8_experimental) to measure it again
+        if self.model_type == "compiled_model":
             raise UsageError("MODEL_TYPE.COMPILED_MODEL needs Core ML's compiler, which runs only on macOS; "
                              "export MODEL_TYPE.MODEL here (the device compiles it on first load) or export on a Mac")
         ios_of(options)
@@ -209,27 +216,54 @@ class ExecuTorchCoreMLTarget(Target):
                 outputs.append(program.output_vector(result).reshape(x.shape[0], -1))
         return outputs
 
-    def per_layer_report(self, path: Path, entry: dict, built, inputs, report: dict, report_dir=None, log=lambda _m: None) -> dict:
+    def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
+        """Size, ops per backend and the load time of the Core ML payload (what Linux can tell):
+        load = read the file, find the payload, unflatten it and parse the ML Program (the
+        executor's load), `repeats` times. No latency: nothing here runs the Core ML delegate."""
+        from ..coreml import mil
+
+        log(f"reading {Path(artifact).name}'s Core ML payload (no latency: nothing here runs the Core ML delegate)...")
+        data = Path(artifact).read_bytes()
+        ops = payload_ops(data)
+        times = []
+        for _ in range(max(2, min(runs, 5))):
+            with tempfile.TemporaryDirectory(prefix="bench_pte_coreml_") as tmp:
+                t0 = time.perf_counter()
+                _, payload = core_ml_payload(Path(artifact).read_bytes(), Path(artifact).name)
+                root = flatfs.unflatten(payload, tmp)
+                mil.load_program(root / PACKAGE_DIR)
+                times.append((time.perf_counter() - t0) * 1000)
+        delegation = entry.get("delegation") or {}
+        outside = delegation.get("outside") or {}
+        return {
+            "bytes": len(data),
+            "payload_bytes": ops["payload_bytes"],
+            "opset": ops["opset"],
+            "compile_specs": ops["compile_specs"],
+            "ops_by_backend": {delegation.get("backend", "CoreMLBackend"): delegation.get("delegated_ops"),
+                               "portable CPU (outside the delegate)": sum(outside.values())},
+            "core_ml_ops": ops["ops"],
+            "payload_load_ms": sorted(times)[len(times) // 2],
+            "latency": COREML_DELEGATE_LATENCY,
+        }
+
+    def per_op_values(self, artifact: Path, entry: dict, built, inputs, quantized, sink, log) -> PerOpValues:
         """Same rows as an .mlpackage's (coreml/mil/per_layer): executor values of the
         payload's program vs the PyTorch model's layers."""
         from ..coreml import mil
-        from ..coreml.mil.per_layer import layer_rows
-        from ..verify.per_layer import publish, whole_program_row
+        from ..coreml.mil.per_layer import layer_values
 
-        path = Path(path)
-        in_model = bool(entry.get("input", {}).get("normalized_in_model"))
-        raw = inputs.raw if in_model else inputs.normalized
-        with unpacked(path) as package:
+        artifact = Path(artifact)
+        raw = inputs.raw if ArtifactEntry.from_dict(entry).normalized_in_model else inputs.normalized
+        with unpacked(artifact) as package:
             program = mil.load_program(package)
             name = program.inputs[0].name
             feeds = [{name: np.ascontiguousarray(x, dtype=np.float32)} for x in raw]
-            rows = layer_rows(program, built.module, feeds, inputs.normalized)
-        whole = report.get("vs_float") or {}
-        if whole:
-            rows.append(whole_program_row("output", "Core ML payload vs PyTorch", whole,
-                                          "(whole program, Linux ML Program executor)", len(rows)))
-        title = f"{path.name}: per-layer error of its Core ML payload ({len(feeds)} real images, Linux executor)"
-        return publish(rows, path, report_dir, title, log)
+            ops = layer_values(program, built.module, feeds, inputs.normalized, sink)
+        return PerOpValues(ops=ops, title=f"{artifact.name}: per-layer error of its Core ML payload ({len(feeds)} real images, "
+                                          "Linux executor)",
+                           source="Linux ML Program executor (the .pte's Core ML payload) vs the PyTorch layers",
+                           whole=OpInfo("output", "Core ML payload vs PyTorch", "(whole program, Linux ML Program executor)"))
 
 
 # --- building blocks ---------------------------------------------------------------------
@@ -283,7 +317,10 @@ def quantize_w8a8(model, example, built, options: ExportOptions, log):
     calibration = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
                                    normalized=not options.normalize_in_model, log=log)
     with _quiet():
-        from coremltools.optimize.torch.quantization.quantization_config import LinearQuantizerConfig, QuantizationScheme
+        from coremltools.optimize.torch.quantization.quantization_config import (
+            LinearQuantizerConfig,
+            QuantizationScheme,
+        )
         from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 

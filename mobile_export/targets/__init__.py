@@ -6,7 +6,21 @@ import importlib
 from pathlib import Path
 
 from ..errors import UsageError
-from .base import ExportOptions, Target
+from .base import (
+    CompressMode,
+    CoreMLOptions,
+    ExecuTorchOptions,
+    ExportOptions,
+    Gelu,
+    InputKind,
+    OpInfo,
+    PerOpValues,
+    Precision,
+    QuantizedReference,
+    QuantizeMode,
+    Target,
+    ValueSink,
+)
 
 _TARGETS = {
     "executorch": ("mobile_export.executorch.target:ExecuTorchTarget", ".pte", "ExecuTorch .pte, XNNPACK (Android)"),
@@ -17,7 +31,9 @@ _TARGETS = {
 ALL = ("executorch", "coreml")  # what "all" exports (executorch-coreml only when named)
 _SUFFIXES = {".pte": "executorch", ".bpte": "executorch", ".mlpackage": "coreml"}
 
-__all__ = ["ExportOptions", "Target", "available", "get_target", "target_for_artifact", "expand"]
+__all__ = ["CompressMode", "CoreMLOptions", "ExecuTorchOptions", "ExportOptions", "Gelu", "InputKind", "Precision",
+           "QuantizeMode", "OpInfo", "PerOpValues", "QuantizedReference", "Target", "ValueSink", "available",
+           "get_target", "target_for_artifact", "expand"]
 
 
 def available() -> dict[str, str]:
