@@ -308,9 +308,12 @@ def export(model, target, build, out, force, executorch, calibration, calibratio
 @click.option("--min-agreement", type=float, default=None, help="Minimum top-1 agreement vs float (0-1).")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), default=None,
               help="Also write a JUnit XML file, one test case per artifact (for CI).")
+@click.option("--cpu", "cpus", default=None, metavar="CPUS",
+              help="Also run each .pte on these emulated ARM CPUs (comma-separated, e.g. cortex-a55,cortex-a76,"
+                   "cortex-a710; needs `mobile-export setup-arm`).")
 @json_option("One JSON report on stdout (a list for several artifacts).")
 def verify(artifacts, images, limit, per_layer, report_dir, weights, config_file, min_sqnr, min_cosine, min_agreement,
-           junit_file, as_json):
+           junit_file, cpus, as_json):
     """Prove each ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes.
 
     Limits: the built-in table, overridden by the project's [tool.mobile-export] table
@@ -323,12 +326,14 @@ def verify(artifacts, images, limit, per_layer, report_dir, weights, config_file
     from .verify import format_report
 
     cli_limits = {"min-sqnr": min_sqnr, "min-cosine": min_cosine, "min-agreement": min_agreement}
+    arm_cpus = _arm_cpus(cpus) if cpus is not None else None
     reports = []
     for artifact in artifacts:
         try:
             config = config_for(artifact, config_file)
             report = check_artifact(artifact, config=config, cli_limits=cli_limits, images=images, limit=limit,
-                                    weights=weights, per_layer=per_layer, report_dir=report_dir, log=_log)
+                                    weights=weights, per_layer=per_layer, report_dir=report_dir, cpus=arm_cpus,
+                                    log=_log)
         except ConfigError as exc:
             raise CliError(str(exc).splitlines()[0], exc.exit_code) from None
         except MobileExportError as exc:
@@ -491,17 +496,59 @@ def matrix(models, formats, resolution, images, calibration, out, publish, again
 
 
 @main.command()
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET [MORE.pte]...")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--cpu", "cpus", default=None, metavar="CPUS",
+              help="Count executed instructions per inference of .pte files on these emulated ARM CPUs "
+                   "(comma-separated); with an fp32 and an int8 file of one model, also their ratio.")
 @json_option(None)
-def bench(target, threads, runs, warmup, as_json):
-    """Latency, size and efficiency of an artifact (or of MODEL's eager reference)."""
+def bench(targets, threads, runs, warmup, cpus, as_json):
+    """Latency, size and efficiency of an artifact (or of MODEL's eager reference).
+
+    With --cpu: instructions per inference on emulated ARM CPUs instead (deterministic; not a time)."""
+    if cpus is not None:
+        from .executorch.arm.bench import arm_bench, format_arm_bench
+
+        result = _run(arm_bench, [Path(t) for t in targets], _arm_cpus(cpus), log=_log)
+        _emit(as_json, result, lambda r: click.echo(format_arm_bench(r)))
+        return
+    if len(targets) != 1:
+        raise click.UsageError("bench takes one TARGET; several files only with --cpu")
     from .bench import bench_target, format_bench
 
-    result = _run(bench_target, target, threads=threads, runs=runs, warmup=warmup, log=_log)
+    result = _run(bench_target, targets[0], threads=threads, runs=runs, warmup=warmup, log=_log)
     _emit(as_json, result, lambda r: click.echo(format_bench(r)))
+
+
+# --- ARM emulation ---------------------------------------------------------------------
+
+
+def _arm_cpus(text: str):
+    from .executorch.arm.cpus import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except MobileExportError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command("setup-arm")
+@json_option(None)
+def setup_arm_cmd(as_json):
+    """Fetch (PyPI, Debian) and build what `verify/bench --cpu` need: QEMU >= 10, an arm64 sysroot,
+    the executorch aarch64 runtime and our runner, into ~/.cache/mobile-export/arm (or $MOBILE_EXPORT_ARM_HOME)."""
+    from .executorch.arm import setup_arm
+
+    result = _run(setup_arm, log=_log)
+
+    def human(r):
+        k = r["kit"]
+        click.echo(f"ready: QEMU {k['qemu_version']}, executorch {k['executorch_version']} aarch64 runner in {k['home']} "
+                   f"({'fetched/built: ' + '; '.join(r['fetched']) if r['fetched'] else 'nothing to fetch'}; {r['seconds']} s)")
+
+    _emit(as_json, result, human)
 
 
 def entrypoint() -> None:

@@ -66,6 +66,14 @@ class OutputExistsError(MobileExportError):
     """An artifact is already at the destination and --force was not given."""
 
 
+class ArmSetupError(MobileExportError):
+    """The ARM emulation kit (cross compiler, sysroot, QEMU, runner) is missing or unusable."""
+
+
+class EmulationError(MobileExportError):
+    """The ARM runner or the emulator crashed, failed or timed out on a file."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """"Type: first line of the message", for wrapping a backend's exception in one line."""
     lines = str(exc).strip().splitlines()

@@ -32,6 +32,7 @@ def check_artifact(
     weights: str | None = None,
     per_layer: bool = False,
     report_dir: str | Path | None = None,
+    cpus=None,
     log: Log = lambda _m: None,
 ) -> dict:
     """verify_artifact under the project's limits. A skipped artifact returns a report with
@@ -61,6 +62,7 @@ def check_artifact(
         per_layer=per_layer,
         report_dir=report_dir,
         weights=weights,
+        cpus=cpus,
         log=log,
         overrides=verify_overrides(project),
     )

@@ -42,6 +42,10 @@ def format_report(report: dict) -> str:
         pl = report["per_layer"]
         lines.append(f"  per layer   {pl.get('layers', '?')} layers; worst {pl.get('worst', '-')}; "
                      + ", ".join(str(v) for k, v in pl.get("files", {}).items()))
+    if report.get("arm"):
+        from .arm import format_arm_rows
+
+        lines.extend(format_arm_rows(report["arm"]))
     for warning in report.get("warnings", []):
         lines.append(f"  WARNING     {warning}")
     for failure in report.get("failures", []):

@@ -69,15 +69,18 @@ def limits_for(entry: dict) -> tuple[str, dict[str, float]]:
     return key, dict(THRESHOLDS[key])
 
 
-def check(values: dict, limits: dict[str, float], key: str) -> list[str]:
+def check(values: dict, limits: dict[str, float], key: str, against: str | None = None) -> list[str]:
     """One line per limit that `values` misses. A metric that does not apply (e.g. top-k
-    for feature outputs, steps when there is no quantized reference) is absent and skipped."""
+    for feature outputs, steps when there is no quantized reference) is absent and skipped.
+    `against` names another comparison than the label's (e.g. "the x86 runtime")."""
     failures = []
     for name, limit in limits.items():
         value = values.get(name)
         if value is None:
             continue
         label, unit, higher = _LABELS[name]
+        if against:
+            label = f"{label.split(' vs ')[0]} vs {against}"
         ok = value >= limit if higher else value <= limit
         if not ok:
             sign = "<" if higher else ">"

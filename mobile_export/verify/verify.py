@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .. import manifest as mf
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UsageError
 from . import metrics, thresholds
 from .reference import load_inputs, preprocess_of, rebuild_reference, run_module, softmax
 
@@ -21,7 +21,7 @@ NO_QUANTIZED_MODEL = "none: this target has no quantized PyTorch model to compar
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, quantized=None, log: Log = lambda _m: None, overrides: dict | None = None) -> dict:
+                    reference=None, quantized=None, cpus=None, log: Log = lambda _m: None, overrides: dict | None = None) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
@@ -29,6 +29,8 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     export lowered into the artifact (else the target rebuilds it from the manifest's recipe).
     `overrides`: {limit name: (value, where it came from)} merged onto the threshold row (value
     None drops that limit), e.g. a project's [tool.mobile-export] table (mobile_export/gate).
+    `cpus` (ArmCpu rows, .pte only): also run the file on those emulated ARM CPUs, one report
+    row each (verify/arm.py).
     Returns metrics, thresholds and their sources, "passed" and "failures"; raises typed errors
     only when the check cannot be made at all."""
     from ..targets import QuantizedReference, target_for_artifact
@@ -39,6 +41,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; check the path or export again")
     target.check_file(path)
+    arm_kit = _arm_kit(path) if cpus else None
     manifest, entry = mf.entry_for(path)
     mf.check_sha256(path, entry)
 
@@ -104,6 +107,13 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         bc = report["bundled_self_check"]
         if bc["cases"] == 0 or bc["passed"] < bc["cases"]:
             failures.append(f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs")
+    qref_outputs = report.pop("_qref_outputs", None)
+    if cpus:
+        from .arm import arm_rows
+
+        report["arm"] = arm_rows(path, artifact_inputs, ref, test, cpus, key, limits, qref=qref_outputs,
+                                 scale=quant.get("output_scale"), topk=topk, kit=arm_kit, log=log)
+        failures += report["arm"]["failures"]
     report["thresholds"] = {"key": key, **limits}
     report["threshold_sources"] = sources
     report["warnings"] = warnings
@@ -132,9 +142,19 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
         part["steps_vs_quantized"] = None
         return part
     qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
+    part["_qref_outputs"] = qref  # for the ARM rows; removed before returning
     part["vs_quantized"] = metrics.compare(qref, test, topk=False)
     part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
     return part
+
+
+def _arm_kit(path: Path):
+    """The ARM kit, checked before the slow part so a missing kit fails in one line first."""
+    from ..executorch.arm import find_kit
+
+    if path.suffix != ".pte":
+        raise UsageError(f"--cpu runs .pte files on emulated ARM CPUs; {path.name} is not a .pte")
+    return find_kit()
 
 
 def _finite(v):

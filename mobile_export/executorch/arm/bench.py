@@ -1,0 +1,72 @@
+"""`bench FILE.pte --cpu ...`: guest instructions executed per inference on emulated ARM CPUs.
+
+The count is a cost that repeats (ExecuTorch on one thread, the same kernels a phone of that
+generation selects), not a time: QEMU's speed says nothing about a phone's, and instructions
+differ in cost (a smmla does 8x the MACs of an smlal). Per inference = count(2 inferences) -
+count(1), which cancels loading; measured twice, with the relative difference reported."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ... import manifest as mf
+from ...errors import ArtifactError
+from .cpus import ArmCpu
+from .emulate import instructions_per_inference
+from .kit import find_kit
+
+INPUT_SEED = 0  # the counted input: uniform [0, 1) floats; the kernels do not branch on values
+
+
+def arm_bench(paths: list[Path], cpus: list[ArmCpu], log=lambda _m: None) -> dict:
+    t0 = time.perf_counter()
+    kit = find_kit()
+    files = []
+    for path in paths:
+        path = Path(path)
+        if path.suffix != ".pte" or not path.is_file():
+            raise ArtifactError(f"{path} is not a .pte file; bench --cpu counts instructions of .pte files")
+        manifest, entry = mf.manifest_for(path)
+        mf.check_sha256(path, entry)
+        size = int(manifest["model"]["resolution"])
+        image = np.random.default_rng(INPUT_SEED).random((1, 3, size, size), dtype=np.float32)
+        rows = []
+        for cpu in cpus:
+            log(f"bench {path.name} on {cpu.name}: counting instructions (4 emulated runs)")
+            rows.append(instructions_per_inference(kit, path, image, cpu))
+        files.append({"artifact": path.name, "path": str(path), "model": manifest["model"]["name"], "resolution": size,
+                      "precision": entry.get("precision"), "cpus": rows})
+    return {"what": "guest instructions per inference on emulated ARM CPUs (one thread); not a time",
+            "kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version},
+            "files": files, "int8_vs_fp32": _ratios(files), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _ratios(files: list[dict]) -> list[dict]:
+    """int8/fp32 instruction ratio per CPU for each model given in both precisions."""
+    out = []
+    by_model: dict[tuple, dict[str, dict]] = {}
+    for f in files:
+        by_model.setdefault((f["model"], f["resolution"]), {})[f["precision"]] = f
+    for (model, res), pair in by_model.items():
+        if "fp32" in pair and "int8" in pair:
+            fp32 = {r["cpu"]: r["instructions"] for r in pair["fp32"]["cpus"]}
+            for row in pair["int8"]["cpus"]:
+                if fp32.get(row["cpu"]):
+                    out.append({"model": model, "resolution": res, "cpu": row["cpu"],
+                                "ratio": round(row["instructions"] / fp32[row["cpu"]], 4)})
+    return out
+
+
+def format_arm_bench(result: dict) -> str:
+    lines = [f"instructions per inference, ExecuTorch {result['kit']['executorch']} aarch64 under QEMU "
+             f"{result['kit']['qemu']}, one thread (a count, not a phone time)"]
+    for f in result["files"]:
+        for r in f["cpus"]:
+            lines.append(f"  {f['artifact']:<36} {r['cpu']:<12} {r['kernels']:<5} {r['instructions'] / 1e6:>9.2f} M"
+                         f"  (two measurements differ by {r['relative_difference'] * 1e6:.0f} ppm)")
+    for r in result["int8_vs_fp32"]:
+        lines.append(f"  int8/fp32 {r['model']}@{r['resolution']} on {r['cpu']}: {r['ratio']:.3f}")
+    return "\n".join(lines)
