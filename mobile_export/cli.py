@@ -73,8 +73,11 @@ def main(show_warnings):
     if not show_warnings:
         import warnings
 
+        from .quiet import hide_backend_noise
+
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category)
+        hide_backend_noise()  # named backend log lines (mobile_export/quiet.py), not all logging
 
 
 # --- list / info -----------------------------------------------------------------------

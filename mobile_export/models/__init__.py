@@ -73,8 +73,10 @@ def create_model(
     num_classes: int | None = None,
     labels: list[str] | None = None,
     resolution: int | None = None,
+    random_init: str = "input-dependent",
 ) -> BuiltModel:
-    """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path."""
+    """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path.
+    `random_init`: "plain" rebuilds the faded random weights of manifests before version 2."""
     import torch
 
     from . import weights as weights_mod
@@ -104,7 +106,7 @@ def create_model(
         n_classes = file_classes
     torch.manual_seed(seed)
     module = build_architecture(spec, n_classes, **overrides)
-    info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed)
+    info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed, random_init=random_init)
     module.eval()
 
     preprocess = source.preprocess if source is not None else spec.preprocess
@@ -119,8 +121,11 @@ def create_model(
 
 def create_from_manifest(model: dict, weights: str, seed: int = 0) -> BuiltModel:
     """Rebuild the architecture a manifest's `model` record describes (verify, bench).
-    An encoder records num_classes 0 and takes no class count."""
+    An encoder records num_classes 0 and takes no class count. Random weights recorded
+    without an `init` are the plain ones of manifests before version 2."""
     encoder = model.get("output") == "features"
+    record = model.get("weights") or {}
+    random_init = record.get("init", "plain") if record.get("source") == "random" else "input-dependent"
     return create_model(model["name"], weights=weights, seed=seed,
                         num_classes=None if encoder else int(model["num_classes"]),
-                        resolution=int(model["resolution"]))
+                        resolution=int(model["resolution"]), random_init=random_init)

@@ -353,14 +353,26 @@ def _plan_by_position(ck: Mapping[str, tuple], md: Mapping[str, tuple]) -> KeyPl
 # --- loading ---------------------------------------------------------------------------
 
 
-def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None, num_classes: int, seed: int = 0) -> dict:
+RANDOM_INITS = ("input-dependent", "plain")  # plain: PyTorch's default init (manifests before 2)
+
+
+def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None, num_classes: int, seed: int = 0,
+              random_init: str = "input-dependent") -> dict:
     """Fill `module` (built with its random init already seeded) from `source`; returns the
     manifest's weights record. A published checkpoint whose classifier does not match
     `num_classes` loads everything but the classifier (which stays seeded-random, as timm
-    does for fine-tuning); a local file must fit exactly."""
+    does for fine-tuning); a local file must fit exactly. Random weights are woken
+    (models/synthetic.py) unless `random_init` is "plain", which old manifests recorded."""
     if source is None:
-        return {"source": "random", "detail": f"seeded random init (seed {seed})", "seed": seed,
-                "format": None, "sha256": state_digest(module)}
+        if random_init not in RANDOM_INITS:
+            raise UsageError(f"unknown random init {random_init!r}; choose one of: {', '.join(RANDOM_INITS)}")
+        record = {"source": "random", "detail": f"seeded random init (seed {seed})", "seed": seed, "format": None}
+        if random_init == "input-dependent":
+            from .synthetic import RECIPE, wake
+
+            wake(module, seed, spec.preprocess.mean, spec.preprocess.std)
+            record.update(detail=f"seeded random init (seed {seed}), {RECIPE}", init=random_init)
+        return {**record, "sha256": state_digest(module)}
     kind, _ = parse_weights_arg(weights)
     if kind == "imagenet":
         path, digest = fetch(source)
