@@ -91,7 +91,9 @@ def _fmt_int(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 def list_cmd(as_json):
     """Every variant with its published facts and weight sources."""
-    rows = [s.to_dict() for s in all_specs()]
+    from .models.example import EXAMPLE
+
+    rows = [dict(s.to_dict(), example=EXAMPLE.to_dict() if s.name == EXAMPLE.model else None) for s in all_specs()]
 
     def human(rows):
         header = f"{'name':<32} {'alias':<18} {'res':>4} {'params':>12} {'MMACs':>8} {'top-1':>6}  weights"
@@ -99,9 +101,12 @@ def list_cmd(as_json):
         click.echo("-" * len(header))
         for r in rows:
             w = ",".join(f"{x['format']}:{x['tag']}" for x in r["weights"]) or "random only"
+            w += ",example" if r["example"] else ""
             top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
             click.echo(f"{r['name']:<32} {r['aliases'][0]:<18} {r['resolution']:>4} {_fmt_int(r['params']):>12} "
                        f"{r['mmacs']:>8.1f} {top1:>6}  {w}")
+        click.echo(f"\nexample: --weights example ({EXAMPLE.model}, offline) is trained on {EXAMPLE.trained_on}; "
+                   f"held-out top-1 {EXAMPLE.held_out_top1}%")
 
     _emit(as_json, rows, human)
 
@@ -111,8 +116,10 @@ def list_cmd(as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 def info(model, as_json):
     """Facts, preprocessing contract and checkpoints of one variant."""
+    from .models.example import EXAMPLE
+
     spec = _run(get_spec, model)
-    doc = spec.to_dict()
+    doc = dict(spec.to_dict(), example=EXAMPLE.to_dict() if spec.name == EXAMPLE.model else None)
 
     def human(d):
         for key in ("name", "aliases", "family", "variant", "width", "resolution", "params", "mmacs", "top1",
@@ -126,13 +133,18 @@ def info(model, as_json):
                    f"mean {p['mean']}, std {p['std']}")
         for w in d["weights"]:
             click.echo(f"{'weights':<16} imagenet:{w['tag']} ({w['format']}, top-1 {w['top1']}) {w['url']}")
+        if d["example"]:
+            e = d["example"]
+            click.echo(f"{'weights':<16} example (in the package, {e['classes']} classes, {e['resolution']}px, held-out "
+                       f"top-1 {e['held_out_top1']}%): trained on {e['trained_on']}")
 
     _emit(as_json, doc, human)
 
 
 # --- export ----------------------------------------------------------------------------
 
-_WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/.pt/.safetensors file."
+_WEIGHTS_HELP = ("imagenet[:TAG] (published checkpoint), random (seeded, input-dependent), example (a small trained "
+                 "v2 in the package, offline), or a local .pth/.pt/.safetensors file.")
 
 
 @main.command()
@@ -167,15 +179,23 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
+@click.option("--mean", default=None, metavar="R,G,B",
+              help="Preprocessing the weights were trained with (timm pretrained_cfg 'mean'), e.g. 0.485,0.456,0.406.")
+@click.option("--std", default=None, metavar="R,G,B", help="Preprocessing std (positive), e.g. 0.229,0.224,0.225.")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), default=None,
+              help="Resize filter the weights were trained with.")
+@click.option("--crop-pct", type=float, default=None, help="Center-crop fraction (crop / resize, e.g. 0.875).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
            calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
-           fast_gelu, bundled, no_verify, images, bundle_app, as_json):
+           fast_gelu, bundled, no_verify, images, bundle_app, mean, std, interpolation, crop_pct, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
+    from .models.contract import ContractOverride
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
 
     spec = _run(get_spec, model)
+    contract = _run(ContractOverride.from_text, mean, std, interpolation, crop_pct)
     extra = {}
     if keep_fp32 is not None or bias_correction:
         if quantize != "int8":
@@ -193,7 +213,7 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
     request = ExportRequest(
         model=spec.name, target=target, out=out or Path("exports") / spec.name, weights=weights, seed=seed,
         num_classes=num_classes, labels_file=labels_file, resolution=resolution, force=force,
-        verify=not no_verify, images=images, options=options,
+        verify=not no_verify, images=images, options=options, contract=contract,
     )
     manifest = _run(run_export, request, log=_log)
     if bundle_app:
