@@ -94,7 +94,10 @@ def stored_labels(source: WeightSource | None) -> list[str] | None:
     text = read_checkpoint(source.url).metadata.get("labels")
     if not text:
         return None
-    labels = json.loads(text)
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError:
+        raise WeightsError(f"{Path(source.url).name}: its 'labels' metadata is not a JSON list; re-save it or pass --labels") from None
     return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
