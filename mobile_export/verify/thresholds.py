@@ -32,8 +32,12 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "int8/pt2e-int8": {"sqnr_db": 10.0, "cosine": 0.9, "sqnr_db_vs_quantized": 20.0, "steps_vs_quantized": 16.0},
     "int8":           {"sqnr_db": 10.0, "cosine": 0.9},
     "fp16/int8":       {"sqnr_db": 25.0, "cosine": 0.99},
+    "fp32/int8":       {"sqnr_db": 25.0, "cosine": 0.99},  # int8 weights, fp32 compute: the weights dominate
     "fp16/palettize6": {"sqnr_db": 18.0, "cosine": 0.98},
     "fp16/palettize4": {"sqnr_db": 10.0, "cosine": 0.9},
+    # palettize-auto (data-aware 2-8-bit palettes at 0.15x): V2 1.0 photo model 24.6 dB / 99.3% agreement on 1,020
+    # held-out crops; V2 0.35 digit model 16.2 dB on the bundled photos; an R/B swap of a trained colour model ~11 dB.
+    "fp16/palettize-auto": {"sqnr_db": 14.0, "cosine": 0.95},
     "mixed":          {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
 }
 
