@@ -76,7 +76,8 @@ def _collect(name: str, build, params: tuple[str, ...]):
     return decorator
 
 
-_WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/.pt/.safetensors file."
+_WEIGHTS_HELP = ("imagenet[:TAG] (published checkpoint), random (seeded, input-dependent), example (a small trained "
+                 "v2 in the package, offline), or a local .pth/.pt/.safetensors file.")
 
 
 def _model_options(weights, seed, num_classes, labels_file, resolution):
@@ -185,8 +186,11 @@ def main(show_warnings):
     if not show_warnings:
         import warnings
 
+        from .quiet import hide_backend_noise
+
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category)
+        hide_backend_noise()  # named backend log lines (mobile_export/quiet.py), not all logging
 
 
 # --- list / info -----------------------------------------------------------------------
@@ -200,7 +204,9 @@ def _fmt_int(n: int) -> str:
 @json_option()
 def list_cmd(as_json):
     """Every variant with its published facts and weight sources."""
-    rows = [s.to_dict() for s in all_specs()]
+    from .models.example import EXAMPLE
+
+    rows = [dict(s.to_dict(), example=EXAMPLE.to_dict() if s.name == EXAMPLE.model else None) for s in all_specs()]
 
     def human(rows):
         header = f"{'name':<32} {'alias':<18} {'res':>4} {'params':>12} {'MMACs':>8} {'top-1':>6}  weights"
@@ -208,9 +214,12 @@ def list_cmd(as_json):
         click.echo("-" * len(header))
         for r in rows:
             w = ",".join(f"{x['format']}:{x['tag']}" for x in r["weights"]) or "random only"
+            w += ",example" if r["example"] else ""
             top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
             click.echo(f"{r['name']:<32} {r['aliases'][0]:<18} {r['resolution']:>4} {_fmt_int(r['params']):>12} "
                        f"{r['mmacs']:>8.1f} {top1:>6}  {w}")
+        click.echo(f"\nexample: --weights example ({EXAMPLE.model}, offline) is trained on {EXAMPLE.trained_on}; "
+                   f"held-out top-1 {EXAMPLE.held_out_top1}%")
 
     _emit(as_json, rows, human)
 
@@ -220,8 +229,10 @@ def list_cmd(as_json):
 @json_option()
 def info(model, as_json):
     """Facts, preprocessing contract and checkpoints of one variant."""
+    from .models.example import EXAMPLE
+
     spec = _run(get_spec, model)
-    doc = spec.to_dict()
+    doc = dict(spec.to_dict(), example=EXAMPLE.to_dict() if spec.name == EXAMPLE.model else None)
 
     def human(d):
         for key in ("name", "aliases", "family", "variant", "width", "resolution", "params", "mmacs", "top1",
@@ -235,6 +246,10 @@ def info(model, as_json):
                    f"mean {p['mean']}, std {p['std']}")
         for w in d["weights"]:
             click.echo(f"{'weights':<16} imagenet:{w['tag']} ({w['format']}, top-1 {w['top1']}) {w['url']}")
+        if d["example"]:
+            e = d["example"]
+            click.echo(f"{'weights':<16} example (in the package, {e['classes']} classes, {e['resolution']}px, held-out "
+                       f"top-1 {e['held_out_top1']}%): trained on {e['trained_on']}")
 
     _emit(as_json, doc, human)
 
@@ -258,20 +273,28 @@ def info(model, as_json):
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
+@click.option("--mean", default=None, metavar="R,G,B",
+              help="Preprocessing the weights were trained with (timm pretrained_cfg 'mean'), e.g. 0.485,0.456,0.406.")
+@click.option("--std", default=None, metavar="R,G,B", help="Preprocessing std (positive), e.g. 0.229,0.224,0.225.")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), default=None,
+              help="Resize filter the weights were trained with.")
+@click.option("--crop-pct", type=float, default=None, help="Center-crop fraction (crop / resize, e.g. 0.875).")
 @json_option("Print the manifest as JSON on stdout.")
 def export(model, target, build, out, force, executorch, calibration, calibration_limit, normalize_outside, coreml,
-           no_verify, images, bundle_app, as_json):
+           no_verify, images, bundle_app, mean, std, interpolation, crop_pct, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from dataclasses import asdict
 
+    from .models.contract import ContractOverride
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
 
     spec = _run(get_spec, model)
+    contract = _run(ContractOverride.from_text, mean, std, interpolation, crop_pct)
     options = _run(ExportOptions.of, executorch, coreml, calibration=calibration, calibration_limit=calibration_limit,
                    normalize_in_model=not normalize_outside, seed=build.seed)
     request = ExportRequest(model=spec.name, target=target, out=out or Path("exports") / spec.name, force=force,
-                            verify=not no_verify, images=images, options=options, **asdict(build))
+                            verify=not no_verify, images=images, options=options, contract=contract, **asdict(build))
     manifest = _run(run_export, request, log=_log)
     if bundle_app:
         from .bundle import bundle_artifacts

@@ -240,7 +240,8 @@ def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tup
     mf.validate(features)
 
     bad = [
-        broken("version_2", "version 2 is not supported", lambda d: d.update(version=2)),
+        broken("version_3", "version 3 is not supported", lambda d: d.update(version=3)),
+        broken("version_0", "version 0 is not supported", lambda d: d.update(version=0)),
         broken("other_format", "not a mobile-export manifest", lambda d: d.update(format="something-else")),
         broken("no_preprocess", "'preprocess'", lambda d: d.pop("preprocess")),
         broken("unknown_interpolation", "interpolation 'lanczos'", lambda d: d["preprocess"].update(interpolation="lanczos")),

@@ -18,13 +18,15 @@ from .errors import ArtifactError, ManifestError
 from .fsutil import sha256_file, size_bytes, write_text_atomic
 
 FORMAT = "mobile-export.manifest"
-VERSION = 1
+VERSION = 2  # 2: preprocess.source / preprocess.assumed, weights source "example", random weights' "init"
+READS = (1, 2)  # version 1 folders still verify (their random weights are the plain init)
 FILENAME = "manifest.json"
+_SCHEMA_FILES = {1: "manifest.schema.v1.json", 2: "manifest.schema.json"}
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict:
-    return json.loads(resources.files(__package__).joinpath("manifest.schema.json").read_text())
+@lru_cache(maxsize=None)
+def schema(version: int = VERSION) -> dict:
+    return json.loads(resources.files(__package__).joinpath(_SCHEMA_FILES[version]).read_text())
 
 
 def library_versions() -> dict:
@@ -61,7 +63,8 @@ def new_manifest(built) -> dict:
             "output_shape": out_shape,
             "weights": built.weights,
         },
-        "preprocess": built.preprocess.to_dict(),
+        "preprocess": {**built.preprocess.to_dict(), "source": built.contract_source or "unknown",
+                       "assumed": bool(built.contract_assumed)},
         "labels": None,
         "artifacts": [],
         "versions": library_versions(),
@@ -145,13 +148,15 @@ def validate(doc: object, where: str = FILENAME) -> dict:
         raise ManifestError(f"{where}: not a JSON object; re-export to regenerate it")
     if doc.get("format") != FORMAT:
         raise ManifestError(f"{where}: not a mobile-export manifest (format {doc.get('format')!r}); re-export to regenerate it")
-    if doc.get("version") != VERSION:
+    version = doc.get("version")
+    if isinstance(version, bool) or version not in READS:
         raise ManifestError(
-            f"{where}: manifest version {doc.get('version')!r} is not supported (this mobile-export reads version {VERSION}); re-export with this version"
+            f"{where}: manifest version {version!r} is not supported (this mobile-export reads versions "
+            f"{', '.join(map(str, READS))}); re-export with this version"
         )
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(schema(version))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

@@ -13,7 +13,8 @@ from typing import Callable
 from . import manifest as mf
 from .errors import MobileExportError, ParityError, UsageError
 from .fsutil import atomic_path, check_destination, ensure_writable_dir, sha256_file, write_text_atomic
-from .models import BuiltModel, create_model, read_labels
+from .models import BuiltModel, ContractOverride, create_model, read_labels
+from .models.contract import describe
 from .targets import ExportOptions, expand, get_target
 
 Log = Callable[[str], None]
@@ -44,13 +45,14 @@ class ExportRequest:
     verify: bool = True
     images: Path | None = None
     options: ExportOptions | None = None
+    contract: ContractOverride | None = None  # --mean/--std/--interpolation/--crop-pct
 
 
 def build(request: ExportRequest) -> BuiltModel:
     labels = read_labels(request.labels_file) if request.labels_file else None
     return create_model(
         request.model, weights=request.weights, seed=request.seed, num_classes=request.num_classes,
-        labels=labels, resolution=request.resolution,
+        labels=labels, resolution=request.resolution, contract=request.contract,
     )
 
 
@@ -66,6 +68,9 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     t0 = time.perf_counter()
     built = build(request)
     log(f"built {built.spec.name} ({built.weights.get('source')} weights, {built.resolution}px) in {time.perf_counter() - t0:.1f}s")
+    if built.contract_assumed and built.weights.get("source") == "file":
+        log(f"preprocessing assumed: {describe(built.preprocess)}, from {built.contract_source}; if the weights were "
+            "trained otherwise, state it with --mean/--std/--interpolation/--crop-pct or a config.json beside the file")
 
     names = {t.name: out / t.artifact_name(built, options) for t in targets}
     for target in targets:  # refuse cheap problems before any heavy work

@@ -239,9 +239,9 @@ def test_artifacts_from_two_folders_are_refused(tmp_path, android_app):
 def test_unknown_manifest_version_is_refused(tmp_path, android_app):
     exp = _export_folder(tmp_path / "e")
     doc = json.loads((exp["pte"].parent / "manifest.json").read_text())
-    doc["version"] = 2
+    doc["version"] = 3
     (exp["pte"].parent / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(ManifestError, match="version 2"):
+    with pytest.raises(ManifestError, match="version 3"):
         bd.bundle_artifacts([exp["pte"]], app="android", app_dir=android_app)
 
 

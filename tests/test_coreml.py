@@ -67,8 +67,10 @@ def exports(tmp_path_factory):
     def export(name: str, res: int = RES, labels: tuple | None = LABELS, built=None, **options):
         key = (name, res, labels, id(built), tuple(sorted(options.items())))
         if key not in cache:
+            # plain init: the floors above were measured on it. On the CLI's input-dependent random
+            # weights (models/synthetic.py) int8 of v2-035 gives 17 dB, below its 30 dB floor.
             model = built or create_model(name, weights="random", seed=0, resolution=res,
-                                          labels=list(labels) if labels else None)
+                                          labels=list(labels) if labels else None, random_init="plain")
             opts = ExportOptions(**options)
             TARGET.validate(model, opts)
             dest = root / f"{next(folders)}" / TARGET.artifact_name(model, opts)

@@ -96,7 +96,7 @@ def test_missing_manifest_and_unlisted_artifact(tmp_path):
 
 def test_invalid_manifest_is_never_written(tmp_path):
     m, _ = _manifest_with_artifact(tmp_path)
-    m["version"] = 2
+    m["version"] = 3
     with pytest.raises(ManifestError):
         mf.write_manifest(tmp_path, m)
     assert not (tmp_path / "manifest.json").exists()

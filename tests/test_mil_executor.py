@@ -52,7 +52,7 @@ def woken_model(name: str, resolution: int):
     """A family member with random weights whose BatchNorm statistics come from real photos."""
     from mobile_export.models import create_model
 
-    built = create_model(name, weights="random", resolution=resolution, seed=0)
+    built = create_model(name, weights="random", resolution=resolution, seed=0, random_init="plain")
     module = built.module
     gen = torch.Generator().manual_seed(0)
     for m in module.modules():

@@ -366,7 +366,7 @@ def test_ctrl_c_during_lowering_keeps_the_old_artifact_whole(exported, tmp_path)
 
 @pytest.mark.parametrize("damage, words", [
     (lambda m: m.write_text("{ not json"), "not valid JSON"),
-    (lambda m: m.write_text(m.read_text().replace('"version": 1', '"version": 99', 1)), "version 99 is not supported"),
+    (lambda m: m.write_text(m.read_text().replace('"version": 2', '"version": 99', 1)), "version 99 is not supported"),
     (lambda m: m.unlink(), "no manifest"),
 ])
 def test_manifest_rows_via_verify(exported, tmp_path, damage, words):

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from .contract import ContractOverride
 from .registry import ModelSpec, Preprocess, all_specs, get_spec
 
-__all__ = ["BuiltModel", "ModelSpec", "Preprocess", "all_specs", "get_spec", "create_model",
+__all__ = ["BuiltModel", "ContractOverride", "ModelSpec", "Preprocess", "all_specs", "get_spec", "create_model",
            "build_architecture", "read_labels", "imagenet_labels"]
 
 
@@ -27,6 +28,8 @@ class BuiltModel:
     resolution: int
     weights: dict = field(default_factory=dict)  # {"source", "detail", "sha256"}
     labels: list[str] | None = None
+    contract_source: str = ""  # where `preprocess` came from, in words (models/contract.py)
+    contract_assumed: bool = False  # True when nothing about the weights stated it
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -73,8 +76,12 @@ def create_model(
     num_classes: int | None = None,
     labels: list[str] | None = None,
     resolution: int | None = None,
+    random_init: str = "input-dependent",
+    contract: "ContractOverride | None" = None,
 ) -> BuiltModel:
-    """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path."""
+    """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path.
+    `random_init`: "plain" rebuilds the faded random weights of manifests before version 2.
+    `contract`: preprocessing stated by the user, over what the checkpoint states or implies."""
     import torch
 
     from . import weights as weights_mod
@@ -102,25 +109,36 @@ def create_model(
     file_classes = overrides.pop("num_classes", None)  # a fine-tuned file's own head size
     if num_classes is None and file_classes is not None:
         n_classes = file_classes
+    if labels is None:
+        labels = weights_mod.stored_labels(source)  # our own files carry their labels
+    stated = weights_mod.contract_for(spec, weights, source)
     torch.manual_seed(seed)
     module = build_architecture(spec, n_classes, **overrides)
-    info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed)
+    info = weights_mod.load_into(module, spec, weights, source, n_classes, seed=seed, random_init=random_init)
     module.eval()
 
-    preprocess = source.preprocess if source is not None else spec.preprocess
+    preprocess, contract_source, assumed = stated.preprocess, stated.source, stated.assumed
+    if contract is not None and contract.given():
+        given = contract.given()
+        preprocess = contract.apply(preprocess)
+        contract_source = f"command line ({' '.join(given)})" + (f" over {stated.source}" if len(given) < 4 else "")
+        assumed = assumed and len(given) < 4
     res = resolution or preprocess.crop
     if labels is None and source is not None and n_classes == 1000 and spec.output == "logits":
         labels = imagenet_labels()  # a published ImageNet checkpoint: its class names ship with us
     return BuiltModel(
         module=module, spec=spec, preprocess=preprocess.at_resolution(res), num_classes=n_classes,
-        resolution=res, weights=info, labels=labels,
+        resolution=res, weights=info, labels=labels, contract_source=contract_source, contract_assumed=assumed,
     )
 
 
 def create_from_manifest(model: dict, weights: str, seed: int = 0) -> BuiltModel:
     """Rebuild the architecture a manifest's `model` record describes (verify, bench).
-    An encoder records num_classes 0 and takes no class count."""
+    An encoder records num_classes 0 and takes no class count. Random weights recorded
+    without an `init` are the plain ones of manifests before version 2."""
     encoder = model.get("output") == "features"
+    record = model.get("weights") or {}
+    random_init = record.get("init", "plain") if record.get("source") == "random" else "input-dependent"
     return create_model(model["name"], weights=weights, seed=seed,
                         num_classes=None if encoder else int(model["num_classes"]),
-                        resolution=int(model["resolution"]))
+                        resolution=int(model["resolution"]), random_init=random_init)

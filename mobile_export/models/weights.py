@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
 from ..errors import DownloadError, UsageError, WeightsError
 from ..fsutil import atomic_path, sha256_file
-from .registry import ModelSpec, Preprocess, WeightSource
+from . import contract as contract_mod
+from .contract import Contract
+from .registry import ModelSpec, WeightSource
 
 OUR_FORMAT = "mobile-export.weights"
 OUR_FORMAT_VERSION = "1"
@@ -38,6 +40,7 @@ SHOW = 3  # keys shown per kind in a one-line diff
 
 def parse_weights_arg(weights: str) -> tuple[str, str | None]:
     """"imagenet" / "imagenet:TAG" -> ("imagenet", tag); "random" -> ("random", None);
+    "example" -> ("example", None) (the trained file inside the package, models/example.py);
     anything else is a path -> ("file", path)."""
     text = weights.strip()
     head, _, tag = text.partition(":")
@@ -45,6 +48,8 @@ def parse_weights_arg(weights: str) -> tuple[str, str | None]:
         return "imagenet", (tag or None)
     if text.lower() == "random":
         return "random", None
+    if text.lower() == "example" and not Path(text).exists():
+        return "example", None
     return "file", text
 
 
@@ -60,12 +65,40 @@ def resolve_source(spec: ModelSpec, weights: str) -> tuple[WeightSource | None, 
     if kind == "imagenet":
         source = _published(spec, arg)
         return source, dict(source.arch_overrides)
-    source, ckpt = _file_source(spec, Path(arg).expanduser())
+    path = _example_path(spec) if kind == "example" else Path(arg).expanduser()
+    source, ckpt = _file_source(spec, path)
     overrides = dict(source.arch_overrides)
     classes = ckpt.num_classes(source.format)
     if classes is not None:
         overrides["num_classes"] = classes
     return source, overrides
+
+
+def _example_path(spec: ModelSpec) -> Path:
+    from .example import EXAMPLE
+
+    if spec.name != EXAMPLE.model:
+        raise UsageError(f"--weights example is a {EXAMPLE.model} trained on {EXAMPLE.classes} photo labels and fits only that "
+                         f"variant, not {spec.name}; run `mobile-export {EXAMPLE.model} --weights example`, "
+                         "or use --weights random / imagenet / FILE")
+    path = EXAMPLE.path()
+    if not path.is_file():
+        raise WeightsError(f"the packaged example weights {path} are missing; reinstall mobile-export")
+    return path
+
+
+def stored_labels(source: WeightSource | None) -> list[str] | None:
+    """Labels our own safetensors files carry (metadata "labels", a JSON list), else None."""
+    if source is None or source.format != "mobile-export":
+        return None
+    text = read_checkpoint(source.url).metadata.get("labels")
+    if not text:
+        return None
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError:
+        raise WeightsError(f"{Path(source.url).name}: its 'labels' metadata is not a JSON list; re-save it or pass --labels") from None
+    return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
 def _published(spec: ModelSpec, tag: str | None) -> WeightSource:
@@ -353,14 +386,26 @@ def _plan_by_position(ck: Mapping[str, tuple], md: Mapping[str, tuple]) -> KeyPl
 # --- loading ---------------------------------------------------------------------------
 
 
-def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None, num_classes: int, seed: int = 0) -> dict:
+RANDOM_INITS = ("input-dependent", "plain")  # plain: PyTorch's default init (manifests before 2)
+
+
+def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None, num_classes: int, seed: int = 0,
+              random_init: str = "input-dependent") -> dict:
     """Fill `module` (built with its random init already seeded) from `source`; returns the
     manifest's weights record. A published checkpoint whose classifier does not match
     `num_classes` loads everything but the classifier (which stays seeded-random, as timm
-    does for fine-tuning); a local file must fit exactly."""
+    does for fine-tuning); a local file must fit exactly. Random weights are woken
+    (models/synthetic.py) unless `random_init` is "plain", which old manifests recorded."""
     if source is None:
-        return {"source": "random", "detail": f"seeded random init (seed {seed})", "seed": seed,
-                "format": None, "sha256": state_digest(module)}
+        if random_init not in RANDOM_INITS:
+            raise UsageError(f"unknown random init {random_init!r}; choose one of: {', '.join(RANDOM_INITS)}")
+        record = {"source": "random", "detail": f"seeded random init (seed {seed})", "seed": seed, "format": None}
+        if random_init == "input-dependent":
+            from .synthetic import RECIPE, wake
+
+            wake(module, seed, spec.preprocess.mean, spec.preprocess.std)
+            record.update(detail=f"seeded random init (seed {seed}), {RECIPE}", init=random_init)
+        return {**record, "sha256": state_digest(module)}
     kind, _ = parse_weights_arg(weights)
     if kind == "imagenet":
         path, digest = fetch(source)
@@ -388,13 +433,17 @@ def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None
     _copy(module, model_state, ckpt.state, plan)
     _CACHE.clear()  # the tensors now live in the module; do not keep a second copy
     info = {
-        "source": "imagenet" if kind == "imagenet" else "file",
+        "source": kind if kind in ("imagenet", "example") else "file",
         "detail": (f"imagenet:{source.tag} ({source.format}) {source.url}" if kind == "imagenet" else str(ckpt.path)),
         "format": fmt,
         "sha256": digest,
     }
     if kind == "imagenet":
         info.update(tag=source.tag, url=source.url, license=source.license)
+    elif kind == "example":
+        from .example import EXAMPLE
+
+        info["detail"] = f"packaged example ({EXAMPLE.model}, {EXAMPLE.classes} classes): trained on {EXAMPLE.trained_on}"
     else:
         info["path"] = str(ckpt.path.resolve())
     if source.arch_overrides:
@@ -432,21 +481,53 @@ def _file_source(spec: ModelSpec, path: Path) -> tuple[WeightSource, Checkpoint]
     ckpt = read_checkpoint(path)
     fmt = ckpt.detect_format()
     overrides: dict = {}
-    preprocess = spec.preprocess
-    same_format = [s for s in spec.weights if s.format == fmt]
-    published = next((s for s in spec.weights if s.sha256 and ckpt.sha256.startswith(s.sha256)), None)
     if fmt == "mobile-export":
         _check_our_metadata(ckpt, spec)
         overrides = json.loads(ckpt.metadata.get("arch_overrides", "{}"))
-        if "preprocess" in ckpt.metadata:
-            preprocess = _preprocess_from_dict(json.loads(ckpt.metadata["preprocess"]))
-    elif published is not None or same_format:
-        preprocess = (published or same_format[0]).preprocess
+    preprocess = file_contract(spec, ckpt, fmt).preprocess
     if fmt == "torchvision" and spec.generation == "v3":
         overrides = {"bn_eps": 1e-3}  # torchvision's V3 BatchNorm; timm and ours use 1e-5
     source = WeightSource("file", fmt, str(path), ckpt.sha256, preprocess, None, license="unknown",
                           arch_overrides=overrides, note="local file")
     return source, ckpt
+
+
+def file_contract(spec: ModelSpec, ckpt: Checkpoint, fmt: str) -> Contract:
+    """The preprocessing a file checkpoint was trained with, and where that came from
+    (the order is in models/contract.py)."""
+    if fmt == "mobile-export" and "preprocess" in ckpt.metadata:
+        try:
+            pre = contract_mod.from_mapping(json.loads(ckpt.metadata["preprocess"]))
+        except (ValueError, KeyError, TypeError):
+            raise WeightsError(f"{ckpt.path.name}: its 'preprocess' metadata is unreadable; re-save it with this mobile-export") from None
+        return Contract(pre, f"{ckpt.path.name} metadata (mobile-export 'preprocess')", False)
+    published = next((s for s in spec.weights if s.sha256 and ckpt.sha256.startswith(s.sha256)), None)
+    same_format = [s for s in spec.weights if s.format == fmt]
+    fallback = (published or (same_format[0] if same_format else None))
+    base = fallback.preprocess if fallback else spec.preprocess
+    stated = contract_mod.read_config_json(ckpt.path, base)
+    if stated is not None:
+        return stated
+    if published is not None:
+        return Contract(published.preprocess, f"the published checkpoint imagenet:{published.tag} (same sha256)", False)
+    if fallback is not None:
+        return Contract(base, f"the published {fmt} checkpoint imagenet:{fallback.tag} of {spec.name} "
+                              f"(the file states none)", True)
+    return Contract(base, f"{spec.name}'s default (the file states none)", True)
+
+
+def contract_for(spec: ModelSpec, weights: str, source: WeightSource | None) -> Contract:
+    """The contract of the weights `resolve_source` found (before any command-line override)."""
+    if source is None:
+        return Contract(spec.preprocess, f"{spec.name}'s default (random weights have no contract of their own)", False)
+    kind, _ = parse_weights_arg(weights)
+    if kind == "imagenet":
+        return Contract(source.preprocess, f"the published checkpoint imagenet:{source.tag}", False)
+    ckpt = read_checkpoint(source.url)
+    contract = file_contract(spec, ckpt, source.format)
+    if kind == "example":
+        return replace(contract, source="the packaged example's metadata")
+    return contract
 
 
 def _check_our_metadata(ckpt: Checkpoint, spec: ModelSpec) -> None:
@@ -455,11 +536,6 @@ def _check_our_metadata(ckpt: Checkpoint, spec: ModelSpec) -> None:
         raise WeightsError(f"{ckpt.path.name} is mobile-export weights version {meta.get('version')!r}; this version reads {OUR_FORMAT_VERSION!r}: re-save it with this mobile-export")
     if meta.get("model") != spec.name:
         raise WeightsError(f"{ckpt.path.name} holds weights for {meta.get('model')}, not {spec.name}; pass that model name instead")
-
-
-def _preprocess_from_dict(d: Mapping) -> Preprocess:
-    return Preprocess(crop=int(d["crop"]), resize=int(d["resize"]), interpolation=str(d["interpolation"]),
-                      mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]))
 
 
 def save_weights(built, dest: str | Path, force: bool = True) -> Path:

@@ -34,8 +34,8 @@ def rebuild_reference(manifest: dict, weights: str | None = None):
     source = record.get("source")
     seed = int(record.get("seed") or 0)
     if weights is None:
-        if source == "random":
-            weights = "random"
+        if source in ("random", "example"):
+            weights = source
         elif source == "imagenet":
             weights = "imagenet" + (f":{record['tag']}" if record.get("tag") else "")
         elif source == "file":

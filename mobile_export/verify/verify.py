@@ -70,6 +70,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if metrics.input_independent(ref):
         warnings.append("the reference outputs are the same for every image (untrained random weights?), so this "
                         "check cannot see input-dependent errors; verify with trained weights")
+    if manifest["preprocess"].get("assumed"):  # version 2: a wrong contract passes parity, so say it
+        warnings.append(f"the preprocessing contract was assumed ({manifest['preprocess'].get('source')}); this check "
+                        "feeds the reference the same input, so it cannot see a wrong contract")
     key, limits = thresholds.limits_for(entry.to_dict())
     sources = {name: f"builtin {key}" for name in limits}
     for name, (value, source) in (overrides or {}).items():
@@ -124,9 +127,36 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         from .per_layer import per_layer_report
 
         report["per_layer"] = per_layer_report(path, target, entry, built, inputs, qref, report, report_dir, log=log)
+    labels = _labels(path, manifest, built)
+    if topk and labels and len(labels) == test.shape[1]:
+        report["sample"] = _top5(test[0], quantity, labels, inputs.names[0])
+        shown = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in report["sample"]["top5"])
+        log(f"verify {path.name}: {inputs.names[0]} -> {shown}")
     report["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"verify {path.name}: {'passed' if report['passed'] else 'FAILED'} (SQNR {vs_float['sqnr_db']:.1f} dB)")
     return report
+
+
+def _labels(path: Path, manifest: dict, built) -> list[str] | None:
+    if built.labels:
+        return list(built.labels)
+    record = manifest.get("labels") or {}
+    file = path.parent / record["file"] if record.get("file") else None
+    if file is None or not file.is_file():
+        return None
+    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _top5(row: np.ndarray, quantity: str, labels: list[str], image: str) -> dict:
+    """What the app would show for one image: the artifact's own top-5 as probabilities."""
+    if quantity == "probabilities":
+        probs = row
+    elif quantity == "log_probabilities":
+        probs = np.exp(row)
+    else:
+        probs = softmax(row[None])[0]
+    order = np.argsort(-probs, kind="stable")[:5]
+    return {"image": image, "top5": [{"label": labels[i], "probability": round(float(probs[i]), 4)} for i in order]}
 
 
 def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:

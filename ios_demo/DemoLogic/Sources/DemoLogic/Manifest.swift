@@ -24,11 +24,13 @@ public struct PreprocessSpec: Equatable, Sendable {
     }
 }
 
-/// manifest.json (mobile_export/manifest.schema.json, version 1) as the app needs it; the same
+/// manifest.json (mobile_export/manifest.schema.json, versions 1 and 2; 2 adds preprocess.source/assumed,
+/// which the app does not need) as the app needs it; the same
 /// checks and messages as android_demo's Manifest.java.
 public struct DemoManifest: Sendable {
     public static let format = "mobile-export.manifest"
-    public static let version = 1
+    public static let version = 2
+    public static let oldestVersion = 1  // the preprocessing fields the app reads are the same in 1 and 2
 
     public struct Labels: Sendable {
         public let file: String
@@ -92,9 +94,10 @@ public struct DemoManifest: Sendable {
         guard (doc["format"] as? String) == DemoManifest.format else {
             throw ManifestError("manifest.json is not a mobile-export manifest (format \(doc["format"].map { "\($0)" } ?? "nil")); bundle the model again with `mobile-export bundle`")
         }
-        guard let version = doc["version"] as? NSNumber, version.doubleValue == Double(DemoManifest.version) else {
+        guard let version = doc["version"] as? NSNumber, version.doubleValue == version.doubleValue.rounded(),
+              version.doubleValue >= Double(DemoManifest.oldestVersion), version.doubleValue <= Double(DemoManifest.version) else {
             let shown = (doc["version"] as? NSNumber).map { $0.doubleValue == $0.doubleValue.rounded() ? String(Int($0.doubleValue)) : "\($0)" } ?? "\(doc["version"] ?? "nil")"
-            throw ManifestError("manifest version \(shown) is not supported (this app reads version \(DemoManifest.version)); update the app or export with a matching mobile-export")
+            throw ManifestError("manifest version \(shown) is not supported (this app reads versions \(DemoManifest.oldestVersion) to \(DemoManifest.version)); update the app or export with a matching mobile-export")
         }
         let model = try Self.object(doc, "model", "manifest")
         modelName = try Self.string(model, "name", "model")

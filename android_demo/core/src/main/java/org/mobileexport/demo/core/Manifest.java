@@ -6,13 +6,15 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * manifest.json as the app needs it (mobile_export/manifest.schema.json, version 1): the model,
+ * manifest.json as the app needs it (mobile_export/manifest.schema.json, versions 1 and 2; 2 adds
+ * preprocess.source/assumed, which the app does not need): the model,
  * the input contract, the labels file and every artifact with its input/output contract.
  * Anything the app cannot honour becomes a {@link ManifestException} shown on screen.
  */
 public final class Manifest {
     public static final String FORMAT = "mobile-export.manifest";
-    public static final int VERSION = 1;
+    public static final int VERSION = 2;
+    public static final int OLDEST_VERSION = 1; // the preprocessing fields the app reads are the same in 1 and 2
 
     public final String modelName;
     public final String family;
@@ -88,8 +90,9 @@ public final class Manifest {
             throw new ManifestException("manifest.json is not a mobile-export manifest (format " + format + "); bundle the model again with `mobile-export bundle`");
         }
         Object version = doc.get("version");
-        if (!(version instanceof Double) || ((Double) version) != VERSION) {
-            throw new ManifestException("manifest version " + show(version) + " is not supported (this app reads version " + VERSION + "); update the app or export with a matching mobile-export");
+        if (!(version instanceof Double) || ((Double) version) < OLDEST_VERSION || ((Double) version) > VERSION
+                || ((Double) version) != Math.rint((Double) version)) {
+            throw new ManifestException("manifest version " + show(version) + " is not supported (this app reads versions " + OLDEST_VERSION + " to " + VERSION + "); update the app or export with a matching mobile-export");
         }
         Map<String, Object> model = obj(doc, "model", "manifest");
         modelName = str(model, "name", "model");
