@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -24,7 +24,7 @@ FILENAME = "manifest.json"
 _SCHEMA_FILES = {1: "manifest.schema.v1.json", 2: "manifest.schema.json"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(version: int = VERSION) -> dict:
     return json.loads(resources.files(__package__).joinpath(_SCHEMA_FILES[version]).read_text())
 

@@ -82,11 +82,11 @@ def main(argv=None) -> int:
         artifacts, dataset = prepare(args.prepare)
     else:
         artifacts, dataset = args.artifacts, args.dataset
+    import os
+
     import ray
 
     from mobile_export.cluster import RayExecutor
-
-    import os
 
     results = {"artifacts": [a.name for a in artifacts], "load_average_at_start": os.getloadavg()[0],
                "in_process": timed(artifacts, dataset, args.every, args.batch)}

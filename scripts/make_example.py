@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -9,10 +9,10 @@ import json
 import shutil
 from pathlib import Path
 
+import eval_helpers as h
 import numpy as np
 import pytest
 
-import eval_helpers as h
 from mobile_export.errors import ImageError, UsageError
 from mobile_export.eval import datasets, stats
 
@@ -170,8 +170,8 @@ def _direct_top1(digits, names: list[str]) -> dict[str, int]:
     import train_small
 
     from mobile_export import manifest as mf
-    from mobile_export.executorch.target import ExecuTorchTarget
     from mobile_export.coreml.target import CoreMLTarget
+    from mobile_export.executorch.target import ExecuTorchTarget
     from mobile_export.preprocess import load_input
     from mobile_export.verify.reference import preprocess_of
 

@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import eval_helpers as h
 import numpy as np
 import pytest
-
-import eval_helpers as h
 
 ray = pytest.importorskip("ray")
 

@@ -262,7 +262,7 @@ class CoreMLTarget(Target):
     def run(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self.open_runner(artifact, entry)(inputs)
 
-    def open_runner(self, artifact: Path, entry: dict):
+    def open_runner(self, artifact: Path, entry: dict, threads: int = 1):
         """`run` with the package loaded once: a callable inputs -> outputs (eval feeds it
         batch after batch)."""
         artifact = Path(artifact)

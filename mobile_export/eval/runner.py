@@ -184,8 +184,8 @@ class Evaluator:
     by one child process per unit). `paths` maps row keys to local copies of the artifacts."""
 
     def __init__(self, plan: Plan, reference_module, paths: dict[str, str] | None = None, threads: int = 1):
-        from ..coreml.target import CoreMLTarget
-        from ..executorch.target import ExecuTorchTarget
+        from ..manifest import ArtifactEntry
+        from ..targets import get_target
 
         self.plan = plan
         self.reference = reference_module
@@ -193,12 +193,10 @@ class Evaluator:
         self._runners: dict[str, Callable[[list[np.ndarray]], list[np.ndarray]]] = {}
         for row in plan.rows[1:]:
             path = Path((paths or {}).get(row.key, row.path))
-            if row.kind == "coreml":
-                self._runners[row.key] = CoreMLTarget().open_runner(path, row.entry)
-            else:
-                target, entry = ExecuTorchTarget(), row.entry
-                self._runners[row.key] = (lambda inputs, p=path, e=entry, t=target:
-                                          t.run_with_extras(p, e, inputs, threads=threads)[0])
+            # the entry names its target (a .pte may be XNNPACK or the Core ML delegate); workers
+            # need no manifest on their disk
+            target = get_target(ArtifactEntry.from_dict(row.entry).target or ("coreml" if row.kind == "coreml" else "executorch"))
+            self._runners[row.key] = target.open_runner(path, row.entry, threads=threads)
 
     def evaluate(self, unit: WorkUnit) -> UnitResult:
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ class Paired:
     neither: int
 
     @classmethod
-    def of(cls, ref_correct, row_correct) -> "Paired":
+    def of(cls, ref_correct, row_correct) -> Paired:
         r = np.asarray(ref_correct, bool)
         a = np.asarray(row_correct, bool)
         return cls(len(r), int((r & a).sum()), int((r & ~a).sum()), int((~r & a).sum()), int((~r & ~a).sum()))

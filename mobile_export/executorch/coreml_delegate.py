@@ -451,8 +451,8 @@ class unpacked:
 
 def payload_ops(pte: bytes) -> dict:
     """Op counts (by MIL type) of the Core ML program inside a .pte, its opset and size."""
-    from ..coreml.spec import opset as _opset
     from ..coreml.spec import operations
+    from ..coreml.spec import opset as _opset
     from ..coreml.target import _quiet
 
     with _quiet():

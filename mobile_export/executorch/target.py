@@ -151,6 +151,10 @@ class ExecuTorchTarget(Target):
         outputs, _ = self.run_with_extras(artifact, entry, inputs)
         return outputs
 
+    def open_runner(self, artifact: Path, entry: dict, threads: int = 1):
+        """One child process per batch (each untrusted file runs isolated), `threads` each."""
+        return lambda inputs: self.run_with_extras(artifact, entry, inputs, threads=threads)[0]
+
     def run_with_extras(self, artifact: Path, entry: dict, inputs: list[np.ndarray], threads: int = 1,
                         etdump_dir: Path | None = None) -> tuple[list[np.ndarray], dict]:
         """Outputs plus what the child reported besides them (for a .bpte, the result of

@@ -77,7 +77,7 @@ def create_model(
     labels: list[str] | None = None,
     resolution: int | None = None,
     random_init: str = "input-dependent",
-    contract: "ContractOverride | None" = None,
+    contract: ContractOverride | None = None,
 ) -> BuiltModel:
     """Build, load weights, switch to eval. `weights`: "imagenet[:tag]", "random" or a path.
     `random_init`: "plain" rebuilds the faded random weights of manifests before version 2.

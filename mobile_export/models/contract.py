@@ -48,7 +48,7 @@ class ContractOverride:
 
     @classmethod
     def from_text(cls, mean: str | None = None, std: str | None = None, interpolation: str | None = None,
-                  crop_pct: float | None = None) -> "ContractOverride":
+                  crop_pct: float | None = None) -> ContractOverride:
         return cls(parse_triple(mean, "--mean"), parse_triple(std, "--std"), interpolation, crop_pct)
 
     def given(self) -> list[str]:

@@ -220,6 +220,11 @@ class Target(ABC):
 
     # --- what verify and bench ask besides; the defaults fit a target with nothing more to say
 
+    def open_runner(self, artifact: Path, entry: dict, threads: int = 1):
+        """`run` as a callable inputs -> outputs, for callers that feed batch after batch (eval);
+        a target that can load its artifact once overrides it."""
+        return lambda inputs: self.run(artifact, entry, inputs)
+
     def run_with_extras(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
         """`run`, plus whatever else the run reported (e.g. a bundled program's self-check:
         {"bundled_ok": [0/1 per embedded case]})."""
