@@ -163,11 +163,15 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
+@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Parity: lowest top-1 agreement with PyTorch to accept (0-1; default: the precision's row).")
+@click.option("--accept-input-independent", is_flag=True,
+              help="Parity: pass even if the reference outputs barely depend on the image (e.g. random weights).")
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
            calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
-           fast_gelu, bundled, no_verify, images, bundle_app, as_json):
+           fast_gelu, bundled, no_verify, images, min_agreement, accept_input_independent, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
@@ -190,7 +194,8 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
     request = ExportRequest(
         model=spec.name, target=target, out=out or Path("exports") / spec.name, weights=weights, seed=seed,
         num_classes=num_classes, labels_file=labels_file, resolution=resolution, force=force,
-        verify=not no_verify, images=images, options=options,
+        verify=not no_verify, images=images, options=options, min_agreement=min_agreement,
+        accept_input_independent=accept_input_independent,
     )
     manifest = _run(run_export, request, log=_log)
     if bundle_app:
@@ -219,13 +224,18 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
 @click.option("--per-layer", is_flag=True, help="Also report where the error enters, layer by layer.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Folder for the per-layer table and picture.")
 @click.option("--weights", default=None, help="Reference weights if the manifest's are not reachable. " + _WEIGHTS_HELP)
+@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Parity: lowest top-1 agreement with PyTorch to accept (0-1; default: the precision's row).")
+@click.option("--accept-input-independent", is_flag=True,
+              help="Parity: pass even if the reference outputs barely depend on the image (e.g. random weights).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
-def verify(artifact, images, limit, per_layer, report_dir, weights, as_json):
+def verify(artifact, images, limit, per_layer, report_dir, weights, min_agreement, accept_input_independent, as_json):
     """Prove ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes."""
     from .verify import format_report, verify_artifact
 
     report = _run(verify_artifact, artifact, images=images, limit=limit, per_layer=per_layer,
-                  report_dir=report_dir, weights=weights, log=_log)
+                  report_dir=report_dir, weights=weights, log=_log, min_agreement=min_agreement,
+                  accept_input_independent=accept_input_independent)
     _emit(as_json, report, lambda r: click.echo(format_report(r)))
     if not report.get("passed", False):
         raise CliError("parity check failed: " + "; ".join(report.get("failures", [])), 1)

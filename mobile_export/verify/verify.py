@@ -19,12 +19,17 @@ Log = Callable[[str], None]
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, log: Log = lambda _m: None) -> dict:
+                    reference=None, log: Log = lambda _m: None, min_agreement: float | None = None,
+                    accept_input_independent: bool = False, overrides: dict | None = None) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
-    `weights` overrides the recorded weights). Returns metrics, thresholds, "passed" and
-    "failures"; raises typed errors only when the check cannot be made at all."""
+    `weights` overrides the recorded weights). `overrides` (metric -> limit) and
+    `min_agreement` (top-1 agreement) replace the threshold row's numbers.
+    `accept_input_independent`: pass even when the reference outputs barely depend on the
+    image (the check then cannot see image-dependent errors; it is reported as a warning).
+    Returns metrics, thresholds, "passed" and "failures"; raises typed errors only when the
+    check cannot be made at all."""
     from ..targets import target_for_artifact
 
     t0 = time.perf_counter()
@@ -63,13 +68,24 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         ref = np.log(np.maximum(softmax(ref), 1e-45))
     topk = kind != "features" and manifest["model"].get("output", "logits") != "features"
 
-    vs_float = metrics.compare(ref, test, topk=topk)
+    if min_agreement is not None:
+        overrides = {**(overrides or {}), "top1_agreement": min_agreement}
+    key, limits = thresholds.limits_for(entry, overrides)
+    vs_float = metrics.compare(ref, test, topk=topk, tie_tolerance=limits.get("tie_tolerance", 0.0))
     warnings = []
-    if metrics.input_independent(ref):
-        warnings.append("the reference outputs are the same for every image (untrained random weights?), so this "
-                        "check cannot see input-dependent errors; verify with trained weights")
-    key, limits = thresholds.limits_for(entry)
+    independence = min(metrics.input_dependence_db(ref), metrics.SQNR_CAP_DB)  # NaN stays NaN
+    dependence = {"sqnr_db_vs_own_mean": _finite(independence), "limit_db": limits.get("max_input_independence_db"),
+                  "accepted": bool(accept_input_independent)}
     values = dict(vs_float)
+    if math.isnan(independence):
+        warnings.append("one image cannot show whether the outputs depend on the image; verify on several")
+    elif accept_input_independent:
+        if independence > limits.get("max_input_independence_db", math.inf):
+            warnings.append(f"the reference outputs barely depend on the image (SQNR against their own mean "
+                            f"{independence:.1f} dB), accepted with --accept-input-independent: this check cannot "
+                            "see input-dependent errors")
+    else:
+        values["input_independence_db"] = independence
     report: dict = {
         "artifact": path.name,
         "target": entry.get("target"),
@@ -78,6 +94,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         "images": {"count": len(inputs.raw), "source": inputs.source, "skipped": inputs.skipped},
         "reference": "the exported model (this process)" if reference is not None else "rebuilt from the manifest",
         "vs_float": vs_float,
+        "input_dependence": dependence,
     }
 
     quant = entry.get("quantization") or {}
@@ -121,17 +138,20 @@ def _int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref)
 
     scale = quant.get("output_scale")
     part: dict = {"output_scale": scale}
-    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale)) if scale else None
+    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale, thresholds.STEP_PERCENTILE)) if scale else None
     quantized, how = quantized_reference.obtain(path, entry, built, manifest)
     part["quantized_reference"] = how
     part["_quantized"] = quantized  # for the per-layer report; removed before returning
     if quantized is None:
         part["vs_quantized"] = None
         part["steps_vs_quantized"] = None
+        part["max_steps_vs_quantized"] = None
         return part
     qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
     part["vs_quantized"] = metrics.compare(qref, test, topk=False)
-    part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
+    pct = thresholds.STEP_PERCENTILE
+    part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale, pct)) if scale else None
+    part["max_steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
     return part
 
 
