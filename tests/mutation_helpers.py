@@ -181,7 +181,24 @@ def _rng():
     return np.random.default_rng(0)
 
 
-def edit_pte_layer(pte: Path, mutation: str) -> None:
+def quantized_of(pte: Path):
+    """The convert_pt2e model an int8 .pte was lowered from, while it is still cached (right
+    after its export), so tests can keep it across later exports."""
+    from mobile_export.executorch.target import quantized_for
+    from mobile_export.fsutil import sha256_file
+
+    return quantized_for(sha256_file(pte))
+
+
+def keep_quantized(pte: Path, quantized) -> None:
+    """Register `quantized` as the model behind `pte` (the in-process cache holds 4 entries)."""
+    from mobile_export.executorch.target import remember_quantized
+
+    if quantized is not None:
+        remember_quantized(Path(pte).read_bytes(), quantized)
+
+
+def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     """Scramble or sign-flip one mid-network layer's constant data inside the .pte (XNNPACK's
     named data: fp32 weights, or int8 weights with float32 per-channel scales)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -213,7 +230,7 @@ def edit_pte_layer(pte: Path, mutation: str) -> None:
         raise ValueError(mutation)
     data[at:at + len(buf)] = values.tobytes()
     pte.write_bytes(bytes(data))
-    quantized = quantized_for(old_sha)
+    quantized = quantized if quantized is not None else quantized_for(old_sha)
     if quantized is not None:  # what a rebuild from the manifest would give: the correct quantized model
         remember_quantized(bytes(data), quantized)
 
@@ -356,13 +373,13 @@ def _edit_blob(package: Path, ref, mutation: str) -> None:
 
 
 def make_mutant(correct: Path, mode: Mode, mutation: str, work: Path, model: str, calibration: Path,
-                calibration_limit: int = 32, mean=None, std=None) -> Path:
+                calibration_limit: int = 32, mean=None, std=None, quantized=None) -> Path:
     """The file of `mode` with `mutation` injected; a new folder under `work`."""
     dest = Path(work) / f"{mode.name}-{mutation}"
     if mode.target == "executorch":
         if mutation in ("layer_scrambled", "layer_sign_flipped"):
             pte = copy_export(correct, dest)
-            edit_pte_layer(pte, mutation)
+            edit_pte_layer(pte, mutation, quantized)
             refresh_sha256(pte)
             return pte
         with patched_executorch_fold(mutation):

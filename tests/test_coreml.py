@@ -3,7 +3,10 @@ V3, the saved spec carries labels, image input and metadata, the package bytes a
 reproducible, and every program runs on the Linux ML Program executor with only supported ops.
 
 Exports go to a session folder and are reused across tests (conversion is the slow part).
-Parity compares the executor's output on real photos with the PyTorch model."""
+Parity compares the executor's output on real photos with the PyTorch model, on weights whose
+outputs depend on the image (tests/et_helpers.py: BN-woken well-conditioned weights; untrained
+random weights give the same logits for every image and passed with the wrong colour order,
+issue 21). The floors are checked to reject an R/B swap and a dropped 1/std fold."""
 
 from __future__ import annotations
 
@@ -61,7 +64,11 @@ def exports(tmp_path_factory):
     def export(name: str, res: int = RES, labels: tuple | None = LABELS, built=None, **options):
         key = (name, res, labels, id(built), tuple(sorted(options.items())))
         if key not in cache:
-            model = built or create_model(name, weights="random", seed=0, resolution=res,
+            if built is None:
+                from et_helpers import write_weights
+
+                weights = write_weights(name, res, root)
+            model = built or create_model(name, weights=str(weights), seed=0, resolution=res,
                                           labels=list(labels) if labels else None)
             opts = ExportOptions(**options)
             TARGET.validate(model, opts)
