@@ -44,6 +44,19 @@ def fmt(r: dict) -> str:
             f"{'PASS' if r['passed'] else 'FAIL'}")
 
 
+def markdown(rows: list[dict]) -> str:
+    head = ("| model | mode | file | images | SQNR dB | top-1 | top-5 | ties | vs int8 PT dB | p99.9 / max steps "
+            "| indep. dB | row | verify |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        steps = f"{r['steps_p999']} / {r['steps_max']}" if r.get("steps_p999") is not None else ""
+        vq = "" if r.get("sqnr_vs_q") is None else r["sqnr_vs_q"]
+        lines.append(f"| {r['model']} | {r['mode']} | {r['variant']} | {r['images']} | {r['sqnr_db']} | {r['top1']} "
+                     f"| {r['top5']} | {r['ties']} | {vq} | {steps} | {r['indep_db']} | {r['key']} "
+                     f"| {'pass' if r['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import mutation_helpers as mh
     import train_small
@@ -58,7 +71,11 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", type=int, default=32, help="training crops to calibrate int8 / w8a8 on")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per measurement")
+    ap.add_argument("--markdown", type=Path, default=None, help="only print the table of an earlier --out file")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown([json.loads(line) for line in args.markdown.read_text().splitlines() if line.strip()]))
+        return 0
 
     work = args.work or Path(tempfile.mkdtemp(prefix="thresholds-"))
     calib, held = mh.photo_folders(work, args.calibration, args.images)

@@ -38,21 +38,24 @@ from ..errors import UsageError
 INPUT_INDEPENDENCE_DB = 20.0  # see the module docstring; the same for every row
 
 THRESHOLDS: dict[str, dict[str, float]] = {
-    # .pte fp32 and Core ML fp32: only summation order differs from PyTorch
+    # .pte fp32 and Core ML fp32: only summation order differs. Correct 124.9 dB (.pte), the
+    # mildest bug (activation dropped) 16.4 dB.
     "fp32": {"sqnr_db": 60.0, "top1_agreement": 0.99, "top5_overlap": 0.95, "tie_tolerance": 1e-5},
-    # Core ML fp16 compute
-    "fp16": {"sqnr_db": 20.0, "top1_agreement": 0.9, "top5_overlap": 0.8, "tie_tolerance": 0.01},
-    # .pte int8 (PT2E, XNNPACK): against float (the quantization loss) and against the quantized
-    # PyTorch model (the runtime must reproduce it)
-    "int8/pt2e-int8": {"sqnr_db": 15.0, "top1_agreement": 0.8, "sqnr_db_vs_quantized": 20.0,
+    # Core ML fp16 compute: correct 59.2-65.3 dB, top-1 1.0; activation dropped 16.4 dB (top-1
+    # 0.94), a scrambled layer 7.3 dB with top-1 still 1.0 (so SQNR, not top-1, catches it)
+    "fp16": {"sqnr_db": 30.0, "top1_agreement": 0.95, "top5_overlap": 0.9, "tie_tolerance": 1e-3},
+    # .pte int8 (PT2E, XNNPACK): correct 32.1 dB vs float, top-1 0.979 on 48 crops; 36.5 dB and
+    # p99.9 3 steps vs the quantized PyTorch model; an R/B swap ~11 dB (issue 21)
+    "int8/pt2e-int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "sqnr_db_vs_quantized": 25.0,
                        "steps_vs_quantized": 8.0, "tie_tolerance": 0.05},
-    "int8": {"sqnr_db": 15.0, "top1_agreement": 0.8, "tie_tolerance": 0.05},
+    "int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
     # Core ML weight compression (fp16 compute, compressed weights) and W8A8
-    "fp16/int8": {"sqnr_db": 20.0, "top1_agreement": 0.9, "top5_overlap": 0.8, "tie_tolerance": 0.01},
-    "fp16/palettize6": {"sqnr_db": 15.0, "top1_agreement": 0.85, "tie_tolerance": 0.03},
-    "fp16/palettize4": {"sqnr_db": 15.0, "top1_agreement": 0.8, "tie_tolerance": 0.05},
-    "fp16/w8a8": {"sqnr_db": 15.0, "top1_agreement": 0.8, "tie_tolerance": 0.05},
-    "mixed": {"sqnr_db": 15.0, "top1_agreement": 0.8, "tie_tolerance": 0.05},
+    "fp16/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "top5_overlap": 0.85, "tie_tolerance": 0.01},
+    "fp16/palettize6": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.03},
+    # 4-bit palettes: correct 16.1 dB, top-1 1.0, top-5 0.86
+    "fp16/palettize4": {"sqnr_db": 12.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    "fp16/w8a8": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    "mixed": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
 }
 for _row in THRESHOLDS.values():
     _row.setdefault("max_input_independence_db", INPUT_INDEPENDENCE_DB)

@@ -98,7 +98,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     }
 
     quant = entry.get("quantization") or {}
-    if quant.get("mode", "none") != "none":
+    if quant.get("mode", "none") != "none" and path.suffix == ".pte":  # the PT2E model is ExecuTorch's
         report.update(_int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref))
         if report.get("vs_quantized"):
             values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
