@@ -14,19 +14,85 @@ from pathlib import Path, PurePath
 from typing import Callable
 
 from . import manifest as mf
-from .errors import ArtifactError, ManifestError, UsageError
+from .errors import ArtifactError, ManifestError, RuntimeVersionError, UsageError
 from .fsutil import atomic_path, sha256_file, size_bytes, write_text_atomic
 
 Log = Callable[[str], None]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Where each app expects its models, relative to the app project folder, and which
-# artifact formats it can run. Facts as data: the apps' READMEs repeat these paths.
+# Where each app expects its models, relative to the app project folder, which artifact
+# formats it can run, and the file that pins the ExecuTorch runtime it links. Facts as data:
+# the apps' READMEs repeat these paths.
 APPS = {
-    "android": {"project": "android_demo", "assets": Path("app/src/main/assets"), "formats": ("pte", "bpte")},
-    "ios": {"project": "ios_demo", "assets": Path("MobileNetDemo/Models"), "formats": ("mlpackage",)},
+    "android": {"project": "android_demo", "assets": Path("app/src/main/assets"), "formats": ("pte", "bpte"),
+                "runtime_pin": Path("gradle/libs.versions.toml")},
+    "ios": {"project": "ios_demo", "assets": Path("MobileNetDemo/Models"), "formats": ("mlpackage", "pte"),
+            "runtime_pin": Path("project.yml")},
 }
+SWIFTPM_BRANCH_PREFIX = "swiftpm-"  # ExecuTorch publishes its Swift package on branches swiftpm-X.Y.Z
+
+
+def pinned_executorch(app: str, root: Path) -> tuple[str | None, Path]:
+    """The ExecuTorch runtime version the app at `root` links, and the file that says so.
+
+    Android: `executorch` in the Gradle version catalog. iOS: the ExecuTorch package in the
+    XcodeGen spec, as `exactVersion`/`version` or a `swiftpm-X.Y.Z` branch. None when the app
+    does not pin ExecuTorch (an iOS app that only runs .mlpackage files)."""
+    pin_file = root / APPS[app]["runtime_pin"]
+    if not pin_file.is_file():
+        return None, pin_file
+    text = pin_file.read_text(encoding="utf-8")
+    try:
+        if app == "android":
+            import tomllib
+
+            version = tomllib.loads(text).get("versions", {}).get("executorch")
+        else:
+            import yaml
+
+            package = ((yaml.safe_load(text) or {}).get("packages") or {}).get("ExecuTorch") or {}
+            version = package.get("exactVersion") or package.get("version") or package.get("branch")
+            if isinstance(version, str) and version.startswith(SWIFTPM_BRANCH_PREFIX):
+                version = version[len(SWIFTPM_BRANCH_PREFIX):]
+    except Exception as exc:  # tomllib/yaml errors: the app's own file is malformed
+        raise ManifestError(f"{pin_file}: cannot read the ExecuTorch pin ({exc.__class__.__name__}); fix the file") from None
+    return (str(version) if version is not None else None), pin_file
+
+
+def writer_version(manifest: dict, entry: dict) -> str | None:
+    """The executorch version that wrote a .pte: the entry's own record, else the manifest's."""
+    runtime = entry.get("runtime") or {}
+    return runtime.get("version") or (manifest.get("versions") or {}).get("executorch")
+
+
+def check_runtime_pin(app: str, root: Path, manifest: dict, chosen: list[tuple[Path, dict]],
+                      allow_older_runtime: bool, log: Log) -> None:
+    """Refuse a .pte whose writer is newer than the runtime the app links: ExecuTorch promises
+    backward compatibility only (runtime/COMPATIBILITY.md), so such a file may fail to load."""
+    from packaging.version import InvalidVersion, Version
+
+    ptes = [(p, e) for p, e in chosen if e["format"] in ("pte", "bpte")]
+    if not ptes:
+        return
+    pinned, pin_file = pinned_executorch(app, root)
+    if pinned is None:  # a user's own app laid out otherwise: say what to check, do not guess
+        needed = max((writer_version(manifest, e) or "?" for _, e in ptes), key=str)
+        log(f"warning: no ExecuTorch pin found in {pin_file}; make sure the app links ExecuTorch {needed} or newer")
+        return
+    for p, entry in ptes:
+        written = writer_version(manifest, entry)
+        try:
+            older = written is not None and Version(pinned).release < Version(written).release
+        except InvalidVersion:
+            raise RuntimeVersionError(f"cannot compare ExecuTorch versions {pinned!r} ({pin_file.name}) and "
+                                      f"{written!r} ({p.name}); fix the pin") from None
+        if older:
+            message = (f"{p.name} was written by executorch {written} but the {app} app pins {pinned} "
+                       f"({pin_file.name}); raise the pin to {written} or pass --allow-older-runtime")
+            if not allow_older_runtime:
+                raise RuntimeVersionError(message)
+            log(f"warning: {message.split(';')[0]}; bundling anyway (--allow-older-runtime)")
 
 
 def app_assets_dir(app: str, app_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -129,7 +195,8 @@ def _previous_files(assets: Path) -> set[str]:
     return out
 
 
-def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, log: Log = lambda _msg: None) -> dict:
+def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_older_runtime: bool = False,
+                     log: Log = lambda _msg: None) -> dict:
     """Copy `paths` (artifacts of one export folder) with labels and manifest into `app`.
 
     Returns {"app", "app_dir", "destination", "changes": [{file, kind, action, bytes, ...}]};
@@ -160,7 +227,8 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, log: Lo
     for c in changes:
         log(f"skipping {c['file']}: the {app} app runs {', '.join('.' + f for f in formats)} files")
 
-    # Check everything before writing anything: names, hashes, where each file would land.
+    # Check everything before writing anything: runtime pin, names, hashes, where each file would land.
+    check_runtime_pin(app, root, manifest, chosen, allow_older_runtime, log)
     for p, entry in chosen:
         _safe_name(entry["file"], f"artifact entry of {p.name}")
         _check_no_symlinks(p)

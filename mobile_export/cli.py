@@ -248,13 +248,78 @@ def verify(artifact, images, limit, per_layer, report_dir, weights, min_agreemen
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--app", type=click.Choice(["android", "ios"]), required=True)
 @click.option("--app-dir", type=click.Path(path_type=Path), default=None, help="App project folder (default: the demo app).")
+@click.option("--allow-older-runtime", is_flag=True,
+              help="Bundle a .pte even when the app pins an older ExecuTorch runtime than the one that wrote it.")
 @click.option("--json", "as_json", is_flag=True)
-def bundle(artifacts, app, app_dir, as_json):
+def bundle(artifacts, app, app_dir, allow_older_runtime, as_json):
     """Copy artifacts, labels and manifest into the Android or iOS demo app."""
     from .bundle import bundle_artifacts, format_changes
 
-    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir, log=_log)
+    changes = _run(bundle_artifacts, list(artifacts), app=app, app_dir=app_dir,
+                   allow_older_runtime=allow_older_runtime, log=_log)
     _emit(as_json, changes, lambda c: click.echo(format_changes(c)))
+
+
+# --- matrix ----------------------------------------------------------------------------
+
+
+def _split(values) -> list[str] | None:
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@main.command()
+@click.option("--models", multiple=True, default=("*",), show_default=True, help="Names, aliases or globs (comma-separated or repeated).")
+@click.option("--formats", multiple=True, help="Formats or globs, e.g. et-fp32,coreml-* (default: every format this install has).")
+@click.option("--resolution", type=click.IntRange(32, 4096), default=None, help="One input size for every model (default: each model's own).")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity checks (default: bundled photos).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="Calibration images for int8 / W8A8 (default: bundled photos).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("matrix"), show_default=True,
+              help="Folder for the cell cache, matrix.json, matrix.md and matrix.html.")
+@click.option("--publish", type=click.Path(path_type=Path), default=None, help="Also write the table between the markers of this page (e.g. docs/matrix.md).")
+@click.option("--against", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A previous matrix.json: print what changed (lowering, parity drops > 3 dB, latency ratio > 10%).")
+@click.option("--bench-runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per latency measurement.")
+@click.option("--keep-artifacts", is_flag=True, help="Keep every exported file (default: only each model's fp32 .pte).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Shard models across a Ray cluster (pip install 'mobile-export[cluster]'); no value: auto.")
+@click.option("--json", "as_json", is_flag=True, help="The matrix as one JSON document on stdout.")
+def matrix(models, formats, resolution, images, calibration, out, publish, against, bench_runs, keep_artifacts,
+           ray_address, as_json):
+    """Every MobileNet in every format: export, verify, time; cached, resumable, diffable."""
+    import json as json_mod
+
+    from .matrix import MatrixRequest, run_matrix
+    from .matrix.report import diff, write_outputs
+
+    old = None
+    if against is not None:
+        try:
+            old = json_mod.loads(against.read_text())
+        except ValueError:
+            raise CliError(f"{against} is not a matrix JSON file; pass the matrix.json of an earlier run", 2) from None
+    request = MatrixRequest(models=_split(models) or ["*"], formats=_split(formats), resolution=resolution, images=images,
+                            calibration=calibration, out=out, bench_runs=bench_runs, ray=ray_address,
+                            keep_artifacts=keep_artifacts)
+    doc = _run(run_matrix, request, log=_log)
+    written = _run(write_outputs, doc, out, publish)
+    changes = diff(old, doc) if old is not None else None
+    if changes is not None:
+        doc["changes"] = changes
+
+    def human(d):
+        counts: dict[str, int] = {}
+        for row in d["cells"]:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        click.echo(f"{len(d['cells'])} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        for path in written:
+            click.echo(str(path))
+        if changes is not None:
+            click.echo(f"changes against {against}: {len(changes) or 'none'}")
+            for line in changes:
+                click.echo(f"  {line}")
+
+    _emit(as_json, doc, human)
 
 
 # --- bench -----------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class UnsupportedOpError(MobileExportError):
     """The Core ML executor met a MIL op it does not implement."""
 
 
+class RuntimeVersionError(MobileExportError):
+    """An app pins an ExecuTorch runtime older than the one that wrote a .pte."""
+
+
 class OutputExistsError(MobileExportError):
     """An artifact is already at the destination and --force was not given."""
 

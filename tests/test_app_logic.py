@@ -110,7 +110,7 @@ def test_java_core_reproduces_python_on_real_photos(jvm, golden_dir):
     done = jvm(golden_dir, classes=CLASSES[:2])
     run, failed = _summary(done)
     assert failed == 0 and done.returncode == 0, done.stdout[-6000:]
-    assert run == TESTS_PER_CASE * len(names) + 11
+    assert run == TESTS_PER_CASE * len(names) + 12  # + the @Test methods of ContractTest
     # Every case reported its tensor error, and each is within the contract's 1e-6.
     errors = {m.group(1): (float(m.group(2)), float(m.group(3)))
               for m in re.finditer(r"GOLDEN (\S+) unit_max_abs=(\S+) normalized_max_abs=(\S+)$", done.stdout, re.M)}

@@ -9,7 +9,7 @@ import pytest
 
 from mobile_export import bundle as bd
 from mobile_export import manifest as mf
-from mobile_export.errors import ArtifactError, ManifestError, UsageError
+from mobile_export.errors import ArtifactError, ManifestError, RuntimeVersionError, UsageError
 from mobile_export.models import BuiltModel, get_spec
 
 INPUT = {"name": "x", "kind": "tensor", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "float32",
@@ -52,11 +52,17 @@ def _export_folder(folder, name="v2", payload=b"weights", labels=("cat", "dog", 
     return {"pte": pte, "bpte": bpte, "mlpackage": pkg, "manifest": m}
 
 
+def _android_app(folder, executorch="1.5.1"):
+    """An Android app folder with its Gradle version catalog pinning `executorch`."""
+    (folder / "app" / "src" / "main").mkdir(parents=True, exist_ok=True)
+    (folder / "gradle").mkdir(exist_ok=True)
+    (folder / "gradle" / "libs.versions.toml").write_text(f'[versions]\nkotlin = "2.2.21"\nexecutorch = "{executorch}"\n')
+    return folder
+
+
 @pytest.fixture
 def android_app(tmp_path):
-    app = tmp_path / "android_demo"
-    (app / "app" / "src" / "main").mkdir(parents=True)
-    return app
+    return _android_app(tmp_path / "android_demo")
 
 
 def _actions(result):
@@ -257,3 +263,90 @@ def test_default_app_folders_are_the_repo_demos():
     assert root.name == "android_demo" and assets == root / "app" / "src" / "main" / "assets"
     root, assets = bd.app_assets_dir("ios")
     assert root.name == "ios_demo" and assets.parent.name == "MobileNetDemo"
+
+
+# --- the runtime the app pins vs the executorch that wrote the .pte ----------------------
+
+
+def _ios_app(folder, pin="branch: swiftpm-1.5.1"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "project.yml").write_text(
+        "name: MobileNetDemo\npackages:\n  DemoLogic:\n    path: DemoLogic\n"
+        f"  ExecuTorch:\n    url: https://github.com/pytorch/executorch\n    {pin}\n")
+    return folder
+
+
+def test_android_app_pinning_an_older_runtime_is_refused_before_anything_is_written(tmp_path):
+    exp = _export_folder(tmp_path / "e")
+    exp["manifest"]["versions"]["executorch"] = "1.5.1"
+    mf.write_manifest(exp["pte"].parent, exp["manifest"])
+    app = _android_app(tmp_path / "android_demo", executorch="1.4.0")
+    with pytest.raises(RuntimeVersionError) as err:
+        bd.bundle_artifacts([exp["pte"]], app="android", app_dir=app)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{exp['pte'].name} was written by executorch 1.5.1 but the android app pins 1.4.0" in message
+    assert "libs.versions.toml" in message and "--allow-older-runtime" in message
+    assert not (app / "app" / "src" / "main" / "assets").exists()
+    logs = []
+    result = bd.bundle_artifacts([exp["pte"]], app="android", app_dir=app, allow_older_runtime=True, log=logs.append)
+    assert _actions(result)[exp["pte"].name] == "added"
+    assert any(line.startswith("warning:") and "1.4.0" in line for line in logs)
+
+
+def test_the_entry_s_own_writer_version_wins_over_the_manifest_s(tmp_path):
+    exp = _export_folder(tmp_path / "e")
+    m = exp["manifest"]
+    m["versions"]["executorch"] = "1.4.0"
+    m["artifacts"][0]["runtime"] = {"name": "executorch", "version": "1.6.0", "backends": ["XnnpackBackend"]}
+    mf.write_manifest(exp["pte"].parent, m)
+    app = _android_app(tmp_path / "android_demo", executorch="1.5.1")
+    with pytest.raises(RuntimeVersionError, match="written by executorch 1.6.0"):
+        bd.bundle_artifacts([exp["pte"]], app="android", app_dir=app)
+
+
+def test_ios_app_takes_pte_files_and_reads_its_swiftpm_pin(tmp_path):
+    exp = _export_folder(tmp_path / "e")
+    exp["manifest"]["versions"]["executorch"] = "1.5.1"
+    mf.write_manifest(exp["pte"].parent, exp["manifest"])
+    app = _ios_app(tmp_path / "ios_demo")
+    assert bd.pinned_executorch("ios", app)[0] == "1.5.1"
+    result = bd.bundle_artifacts([exp["pte"], exp["mlpackage"]], app="ios", app_dir=app)
+    assert _actions(result)[exp["pte"].name] == "added" and _actions(result)[exp["mlpackage"].name] == "added"
+    listed = [a["format"] for a in mf.read_manifest(app / "MobileNetDemo" / "Models")["artifacts"]]
+    assert sorted(listed) == ["mlpackage", "pte"]
+    old = _ios_app(tmp_path / "ios_old", pin="exactVersion: 1.0.1")
+    with pytest.raises(RuntimeVersionError, match="the ios app pins 1.0.1"):
+        bd.bundle_artifacts([exp["pte"]], app="ios", app_dir=old)
+
+
+def test_an_app_without_a_pin_gets_a_warning_not_a_guess(tmp_path):
+    exp = _export_folder(tmp_path / "e")
+    app = tmp_path / "my_app"
+    (app / "app" / "src" / "main").mkdir(parents=True)
+    logs = []
+    bd.bundle_artifacts([exp["pte"]], app="android", app_dir=app, log=logs.append)
+    assert any("no ExecuTorch pin found" in line for line in logs)
+
+
+def test_the_demo_apps_pin_at_least_the_executorch_that_writes_our_files():
+    from importlib import metadata
+
+    from packaging.version import Version
+
+    ours = Version(metadata.version("executorch")).release
+    for app in ("android", "ios"):
+        root, _ = bd.app_assets_dir(app)
+        pinned, where = bd.pinned_executorch(app, root)
+        assert pinned is not None, f"{where} does not pin ExecuTorch"
+        assert Version(pinned).release >= ours, f"{where} pins {pinned}, older than executorch {'.'.join(map(str, ours))}"
+
+
+def test_cli_bundle_refusal_is_one_line_exit_1(tmp_path, cli):
+    exp = _export_folder(tmp_path / "e")
+    exp["manifest"]["versions"]["executorch"] = "1.5.1"
+    mf.write_manifest(exp["pte"].parent, exp["manifest"])
+    app = _android_app(tmp_path / "android_demo", executorch="1.4.0")
+    code, out, err = cli("bundle", exp["pte"], "--app", "android", "--app-dir", app)
+    assert code == 1 and out == ""
+    assert err.strip().count("\n") == 0 and "pins 1.4.0" in err

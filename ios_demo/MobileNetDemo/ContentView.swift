@@ -11,16 +11,28 @@ struct MobileNetDemoApp: App {
 
 @MainActor
 final class DemoState: ObservableObject {
-    @Published var classifier: CoreMLClassifier?
+    /// One runner per bundled file the app can run: Core ML (.mlpackage), ExecuTorch (.pte on
+    /// XNNPACK or the Core ML delegate), so one phone can compare them on the same photo.
+    @Published var runners: [any ModelRunner] = []
+    @Published var selected = 0
     @Published var error: String?
-    @Published var busy: String? = "Loading the bundled model…"
+    @Published var busy: String? = "Loading the bundled models…"
     @Published var outcome: Outcome?
     @Published var preview: UIImage?
     @Published var useVision = false
 
+    var runner: (any ModelRunner)? { runners.indices.contains(selected) ? runners[selected] : nil }
+
     func load() async {
         do {
-            classifier = try await Task.detached(priority: .userInitiated) { try CoreMLClassifier() }.value
+            runners = try await Task.detached(priority: .userInitiated) { () throws -> [any ModelRunner] in
+                let model = try BundledModel()
+                return try model.artifacts().map { artifact -> any ModelRunner in
+                    artifact.format == "pte"
+                        ? try ExecuTorchClassifier(model: model, artifact: artifact)
+                        : try CoreMLClassifier(model: model, artifact: artifact)
+                }
+            }.value
         } catch {
             self.error = error.localizedDescription
         }
@@ -28,7 +40,7 @@ final class DemoState: ObservableObject {
     }
 
     func classify(_ item: PhotosPickerItem) async {
-        guard let classifier else { return }
+        guard let runner else { return }
         busy = "Classifying…"
         error = nil
         defer { busy = nil }
@@ -36,8 +48,8 @@ final class DemoState: ObservableObject {
             guard let data = try await item.loadTransferable(type: Data.self) else {
                 throw DemoError("Could not read that photo; pick another one.")
             }
-            let vision = useVision
-            outcome = try await Task.detached(priority: .userInitiated) { try classifier.classify(data, useVision: vision) }.value
+            let vision = useVision && runner.canUseVision
+            outcome = try await Task.detached(priority: .userInitiated) { try runner.classify(data, useVision: vision) }.value
             preview = UIImage(data: data)
         } catch {
             self.error = error.localizedDescription
@@ -52,12 +64,20 @@ struct ContentView: View {
     var body: some View {
         NavigationStack {
             List {
-                if let c = state.classifier {
+                if let r = state.runner {
                     Section("Model") {
-                        Text("\(c.manifest.modelName) · \(c.artifact.file) (\(c.artifact.precision))").bold()
-                        Text("input \(c.manifest.preprocess.crop)x\(c.manifest.preprocess.crop), resize \(c.manifest.preprocess.resize) \(c.manifest.preprocess.interpolation), compute units: CPU + Neural Engine")
+                        Text("\(r.model.manifest.modelName) · \(r.artifact.file) (\(r.artifact.precision))").bold()
+                        if state.runners.count > 1 {
+                            Picker("Run with", selection: $state.selected) {
+                                ForEach(Array(state.runners.enumerated()), id: \.offset) { i, runner in
+                                    Text("\(runner.runtime.name) · \(runner.runtime.backend)").tag(i)
+                                }
+                            }
+                        }
+                        let p = r.model.manifest.preprocess
+                        Text("input \(p.crop)x\(p.crop), resize \(p.resize) \(p.interpolation); runtime \(r.runtime.name), backend \(r.runtime.backend)")
                             .font(.footnote)
-                        if c.canUseVision {
+                        if r.canUseVision {
                             Toggle("Use Vision (center crop)", isOn: $state.useVision)
                         }
                     }
@@ -70,7 +90,7 @@ struct ContentView: View {
                 }
                 Section {
                     PhotosPicker("Pick photo", selection: $item, matching: .images)
-                        .disabled(state.classifier == nil || state.busy != nil)
+                        .disabled(state.runner == nil || state.busy != nil)
                 }
                 if let image = state.preview {
                     Section {
@@ -78,8 +98,9 @@ struct ContentView: View {
                     }
                 }
                 if let outcome = state.outcome {
-                    Section("Result (\(outcome.path))") {
+                    Section("Result: \(outcome.runtime) · \(outcome.backend)") {
                         Text(String(format: "latency: inference %.1f ms, preprocessing %.1f ms", outcome.inferenceMs, outcome.preprocessMs)).bold()
+                        Text(outcome.path).font(.footnote)
                         if let top5 = outcome.top5 {
                             ForEach(Array(top5.enumerated()), id: \.offset) { rank, p in
                                 HStack {
@@ -94,11 +115,14 @@ struct ContentView: View {
                     }
                 }
             }
-            .navigationTitle("MobileNet on Core ML")
+            .navigationTitle("MobileNet on iOS")
         }
         .task { await state.load() }
         .onChange(of: item) { _, newItem in
             guard let newItem else { return }
+            // Reset the selection, so picking the same photo again (e.g. after switching the
+            // runtime) fires onChange once more.
+            item = nil
             Task { await state.classify(newItem) }
         }
     }

@@ -2,7 +2,7 @@ import Foundation
 
 /// Model output -> ranked predictions with labels; the same rules as android_demo's Classification.java.
 public enum Classification {
-    public struct Prediction: Equatable {
+    public struct Prediction: Equatable, Sendable {
         public let index: Int
         public let label: String
         public let probability: Double

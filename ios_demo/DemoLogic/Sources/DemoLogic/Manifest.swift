@@ -1,14 +1,14 @@
 import Foundation
 
 /// A manifest the app cannot use; `description` is one line for the screen: the problem and the fix.
-public struct ManifestError: Error, CustomStringConvertible, Equatable {
+public struct ManifestError: Error, CustomStringConvertible, Equatable, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
 
 /// manifest.json "preprocess": resize the shorter side, center-crop, [0, 1], then (x - mean) / std
 /// unless the model normalizes inside. Mirrors mobile_export/preprocess.py.
-public struct PreprocessSpec: Equatable {
+public struct PreprocessSpec: Equatable, Sendable {
     public let resize: Int
     public let crop: Int
     public let interpolation: String  // bilinear | bicubic | nearest
@@ -26,17 +26,17 @@ public struct PreprocessSpec: Equatable {
 
 /// manifest.json (mobile_export/manifest.schema.json, version 1) as the app needs it; the same
 /// checks and messages as android_demo's Manifest.java.
-public struct DemoManifest {
+public struct DemoManifest: Sendable {
     public static let format = "mobile-export.manifest"
     public static let version = 1
 
-    public struct Labels {
+    public struct Labels: Sendable {
         public let file: String
         public let count: Int
         public let sha256: String
     }
 
-    public struct Artifact {
+    public struct Artifact: Sendable {
         public let file: String
         public let target: String
         public let format: String
@@ -57,6 +57,17 @@ public struct DemoManifest {
 
         /// The resource name Xcode gives a bundled .mlpackage once compiled (X.mlmodelc).
         public var compiledName: String { (file as NSString).deletingPathExtension }
+
+        /// Which runtime and backend run this file, for the screen: the manifest's `target`
+        /// (coreml, executorch = XNNPACK, executorch-coreml = ExecuTorch's Core ML delegate).
+        public var runtime: (name: String, backend: String) {
+            switch (format, target) {
+            case ("mlpackage", _): return ("Core ML", "CPU + Neural Engine")
+            case ("pte", "executorch-coreml"): return ("ExecuTorch", "Core ML delegate (CPU + Neural Engine)")
+            case ("pte", _): return ("ExecuTorch", "XNNPACK (CPU)")
+            default: return (target, format)
+            }
+        }
     }
 
     public let modelName: String
@@ -164,11 +175,26 @@ public struct DemoManifest {
         artifacts.first { $0.format == format }
     }
 
+    /// Every artifact of `formats` the app can run, in manifest order, each checked as `runnable`;
+    /// a message saying how to bundle one when there is none.
+    public func runnableArtifacts(formats: [String]) throws -> [Artifact] {
+        let found = artifacts.filter { formats.contains($0.format) }
+        guard !found.isEmpty else {
+            let names = formats.map { "." + $0 }.joined(separator: " or ")
+            throw ManifestError("no \(names) model is bundled for \(modelName); run `mobile-export bundle` with one")
+        }
+        return try found.map { try checked($0) }
+    }
+
     /// The artifact this app runs, or a message saying how to bundle one.
     public func runnable(format: String) throws -> Artifact {
         guard let a = artifact(format: format) else {
             throw ManifestError("no .\(format) model is bundled for \(modelName); run `mobile-export bundle` with one")
         }
+        return try checked(a)
+    }
+
+    func checked(_ a: Artifact) throws -> Artifact {
         if a.inputKind == "tensor" {
             let s = a.inputShape
             guard s.count == 4, s[0] == 1, s[1] == 3, s[2] == preprocess.crop, s[3] == preprocess.crop else {

@@ -129,6 +129,16 @@ final class GoldenTests: XCTestCase {
         XCTAssertThrowsError(try m.runnable(format: "tflite"))
     }
 
+    func testEveryRunnableFileIsListedWithItsRuntime() throws {
+        let m = try DemoManifest(json: Data(contentsOf: Self.dir.appendingPathComponent("manifest.json")))
+        let runnable = try m.runnableArtifacts(formats: ["mlpackage", "pte"])
+        XCTAssertEqual(runnable.map { $0.file }, m.artifacts.filter { ["mlpackage", "pte"].contains($0.format) }.map { $0.file })
+        for a in runnable {
+            XCTAssertEqual(a.runtime.name, a.format == "pte" ? "ExecuTorch" : "Core ML")
+        }
+        XCTAssertThrowsError(try m.runnableArtifacts(formats: ["tflite"]))
+    }
+
     func testFeatureModelManifestParses() throws {
         let doc = try json("index.json")["features_manifest"]!
         let m = try DemoManifest(json: JSONSerialization.data(withJSONObject: doc))

@@ -1,9 +1,11 @@
 package org.mobileexport.demo
 
+import android.content.ActivityNotFoundException
 import android.graphics.Bitmap
 import android.net.Uri
 import android.os.Bundle
 import androidx.activity.ComponentActivity
+import androidx.activity.enableEdgeToEdge
 import androidx.activity.compose.rememberLauncherForActivityResult
 import androidx.activity.compose.setContent
 import androidx.activity.result.PickVisualMediaRequest
@@ -16,6 +18,7 @@ import androidx.compose.foundation.layout.fillMaxSize
 import androidx.compose.foundation.layout.fillMaxWidth
 import androidx.compose.foundation.layout.heightIn
 import androidx.compose.foundation.layout.padding
+import androidx.compose.foundation.layout.safeDrawingPadding
 import androidx.compose.foundation.rememberScrollState
 import androidx.compose.foundation.verticalScroll
 import androidx.compose.material3.Button
@@ -48,6 +51,9 @@ import kotlinx.coroutines.withContext
 
 class MainActivity : ComponentActivity() {
     override fun onCreate(savedInstanceState: Bundle?) {
+        // targetSdk 36 forces edge-to-edge: opt in explicitly and pad the content by the
+        // safe-drawing insets so the title is not drawn under the status bar.
+        enableEdgeToEdge()
         super.onCreate(savedInstanceState)
         setContent {
             MaterialTheme {
@@ -127,7 +133,7 @@ private fun DemoScreen() {
     }
 
     Column(
-        modifier = Modifier.fillMaxSize().verticalScroll(rememberScrollState()).padding(16.dp),
+        modifier = Modifier.fillMaxSize().safeDrawingPadding().verticalScroll(rememberScrollState()).padding(16.dp),
         verticalArrangement = Arrangement.spacedBy(12.dp),
     ) {
         Text("MobileNet on ExecuTorch", style = MaterialTheme.typography.headlineSmall)
@@ -143,7 +149,14 @@ private fun DemoScreen() {
             Button(enabled = ready, onClick = {
                 picker.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
             }) { Text("Pick photo") }
-            OutlinedButton(enabled = ready, onClick = { camera.launch(cameraUri) }) { Text("Camera") }
+            OutlinedButton(enabled = ready, onClick = {
+                // No camera app (emulators, managed devices): launch throws from the click handler.
+                try {
+                    camera.launch(cameraUri)
+                } catch (e: ActivityNotFoundException) {
+                    state = state.copy(error = "No camera app is available on this device; pick a photo instead.")
+                }
+            }) { Text("Camera") }
         }
         if (state.bundle?.bundled != null) {
             OutlinedButton(enabled = ready, onClick = {

@@ -106,5 +106,6 @@ class ModelBundle(
 /** The one line to show for anything that went wrong while loading. */
 fun Throwable.screenMessage(): String = when (this) {
     is BundleException, is ManifestException -> message ?: javaClass.simpleName
+    is OutOfMemoryError -> "Out of memory while processing the photo; pick a smaller one."
     else -> "${javaClass.simpleName}: ${message ?: "no details"}"
 }

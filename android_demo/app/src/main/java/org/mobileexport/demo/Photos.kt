@@ -15,6 +15,8 @@ import org.mobileexport.demo.core.RgbImage
  */
 object Photos {
     private const val MAX_PIXELS = 50_000_000L
+    /** Largest non-JPEG decode: 16 MP of ARGB is 64 MB, copied at most twice below. */
+    private const val DECODE_PIXELS = 16_000_000L
 
     fun decode(resolver: ContentResolver, uri: Uri, resize: Int): RgbImage {
         val bounds = BitmapFactory.Options().apply { inJustDecodeBounds = true }
@@ -23,7 +25,13 @@ object Photos {
             throw BundleException("That file is not an image this phone can decode; pick a JPEG or PNG photo.")
         }
         val jpeg = bounds.outMimeType == "image/jpeg"
-        val sample = if (jpeg) Preprocessor.jpegSampleSize(bounds.outWidth, bounds.outHeight, resize) else 1
+        // JPEGs: the same draft reduction as Pillow. Other formats: exact up to DECODE_PIXELS,
+        // reduced by a power of two beyond it (never below twice the resize target).
+        val sample = if (jpeg) {
+            Preprocessor.jpegSampleSize(bounds.outWidth, bounds.outHeight, resize)
+        } else {
+            Preprocessor.boundedSampleSize(bounds.outWidth, bounds.outHeight, resize, DECODE_PIXELS)
+        }
         if (bounds.outWidth.toLong() * bounds.outHeight / (sample.toLong() * sample) > MAX_PIXELS) {
             throw BundleException("The image is too large (${bounds.outWidth}x${bounds.outHeight}); pick a smaller one.")
         }
@@ -32,8 +40,11 @@ object Photos {
             inPremultiplied = false // straight alpha, as Pillow composites it
             inPreferredConfig = Bitmap.Config.ARGB_8888
         }
-        val bitmap = open(resolver, uri).use { BitmapFactory.decodeStream(it, null, options) }
-            ?: throw BundleException("The image could not be decoded; pick another photo.")
+        val bitmap = try {
+            open(resolver, uri).use { BitmapFactory.decodeStream(it, null, options) }
+        } catch (e: OutOfMemoryError) {
+            throw BundleException("The photo (${bounds.outWidth}x${bounds.outHeight}) needs more memory than the app has; pick a smaller one.")
+        } ?: throw BundleException("The image could not be decoded; pick another photo.")
         val w = bitmap.width
         val h = bitmap.height
         val pixels = IntArray(w * h)

@@ -42,6 +42,22 @@ public final class Preprocessor {
         return 1;
     }
 
+    /**
+     * Power-of-two sample size for a non-JPEG photo (PNG, WebP, HEIF), which Android would
+     * otherwise decode at full size (up to 50 MP, 200 MB of ARGB, copied several times).
+     * Images within {@code maxPixels} decode exactly as the Python side does (1); larger ones are
+     * reduced until they fit, but never so far that the shorter side drops below twice the
+     * resize target (the resampling then still averages over whole source pixels).
+     */
+    public static int boundedSampleSize(int width, int height, int resize, long maxPixels) {
+        int sample = 1;
+        while ((long) width * height / ((long) sample * sample) > maxPixels
+                && Math.min(width, height) / (sample * 2) >= 2 * resize) {
+            sample *= 2;
+        }
+        return sample;
+    }
+
     /** float32 CHW tensor (3 * crop * crop) in the manifest's contract. */
     public static float[] toTensor(RgbImage image, PreprocessSpec spec, boolean normalize) {
         RgbImage img = image.overWhite();

@@ -111,6 +111,22 @@ public class ContractTest {
     }
 
     @Test
+    public void nonJpegDecodeIsBounded() {
+        long cap = 16_000_000L;
+        // Within the cap: decoded exactly, as the Python side does.
+        assertEquals(1, Preprocessor.boundedSampleSize(4000, 3000, 256, cap));
+        // 50 MP PNG: halved once (12.5 MP fits), shorter side 2,887 stays >= 2 x 256.
+        assertEquals(2, Preprocessor.boundedSampleSize(8165, 6124, 256, cap));
+        // 200 MP: quartered.
+        assertEquals(4, Preprocessor.boundedSampleSize(16330, 12248, 256, cap));
+        // Never below twice the resize target, even over the cap.
+        assertEquals(1, Preprocessor.boundedSampleSize(20000, 1000, 256, cap));
+        int s = Preprocessor.boundedSampleSize(60000, 60000, 1024, cap);
+        assertTrue(60000 / s >= 2 * 1024);
+        assertTrue((long) (60000 / s) * (60000 / s) <= cap || 60000 / (2 * s) < 2 * 1024);
+    }
+
+    @Test
     public void topKIsStableAndSoftmaxSumsToOne() {
         float[] logits = {1f, 3f, 3f, -2f, 10f, 10f};
         List<Classification.Prediction> top = Classification.topK(logits, "logits", 3, Arrays.asList("a", "b"));

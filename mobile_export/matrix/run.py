@@ -1,0 +1,173 @@
+"""Run the matrix: which cells, in which order, from the cache or fresh, locally or on Ray.
+
+Cells of one model run one after another in one worker, the fp32 .pte first: it is the
+baseline every other .pte of that model is timed against in the same worker. A cell whose
+cache key (options, library versions, code) is unchanged is read back, so Ctrl-C and the
+same command continue where the run stopped."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UsageError
+from ..fsutil import write_text_atomic
+from .cells import CellSpec, run_cell
+from .formats import BASELINE, Format, resolve_formats
+
+Log = Callable[[str], None]
+
+# What a model's cells need at most, for Ray to place them where they fit (measured: V5-300m
+# export + verify peaks near 8 GB; docs/v5.md). Everything else stays under 2 GB.
+MEMORY_GB = {"mobilenet_v5_300m": 8.0, "mobilenet_v5_base": 5.0, "mobilenet_v4_conv_large": 3.0,
+             "mobilenet_v4_hybrid_large": 3.0}
+DEFAULT_MEMORY_GB = 2.0
+
+
+@dataclass
+class MatrixRequest:
+    models: list[str] = field(default_factory=lambda: ["*"])
+    formats: list[str] | None = None
+    resolution: int | None = None  # None: each model at its own resolution
+    images: Path | None = None
+    calibration: Path | None = None
+    out: Path = Path("matrix")
+    weights: str = "random"
+    seed: int = 0
+    bench_runs: int = 20
+    ray: str | None = None  # None: local; "auto" or an address: a Ray cluster
+    keep_artifacts: bool = False
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """All cells of one model: the unit a worker runs."""
+
+    model: str
+    cells: tuple[CellSpec, ...]
+    keys: tuple[str, ...]
+    work: str
+    bench_runs: int
+    keep_artifacts: bool
+
+    @property
+    def memory_gb(self) -> float:
+        return MEMORY_GB.get(self.model, DEFAULT_MEMORY_GB)
+
+
+def resolve_models(patterns: list[str]) -> list:
+    """Names, aliases or globs over either -> specs in registry order."""
+    from ..models.registry import all_specs
+
+    specs = all_specs()
+    chosen = []
+    for pattern in patterns:
+        hits = [s for s in specs if fnmatch.fnmatchcase(s.name, pattern)
+                or any(fnmatch.fnmatchcase(a, pattern) for a in s.aliases)]
+        if not hits:
+            raise UsageError(f"model {pattern!r} matches no variant; see `mobile-export list`")
+        chosen += [s for s in hits if s not in chosen]
+    return [s for s in specs if s in chosen]
+
+
+def code_version() -> str:
+    """A digest of this package's source: a code change invalidates the cache."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
+    from .. import __version__
+    from ..manifest import library_versions
+
+    formats: list[Format] = resolve_formats(request.formats)
+    versions = {k: v for k, v in library_versions().items() if k != "python"}
+    code = f"{__version__}+{code_version()}"
+    jobs = []
+    for spec in resolve_models(request.models):
+        resolution = request.resolution or spec.resolution
+        ordered = sorted(formats, key=lambda f: f.key != BASELINE)  # the baseline first
+        cells = tuple(CellSpec(model=spec.name, format=f.key, resolution=resolution, weights=request.weights,
+                               seed=request.seed, images=str(request.images) if request.images else None,
+                               calibration=str(request.calibration) if request.calibration else None)
+                      for f in ordered)
+        keys = tuple(c.cache_key(versions, code) for c in cells)
+        jobs.append(ModelJob(spec.name, cells, keys, str(Path(request.out) / "work"), request.bench_runs,
+                             request.keep_artifacts))
+    return jobs, {"versions": versions, "code": code, "formats": [f.key for f in formats]}
+
+
+def cached(out: Path, cell: CellSpec, key: str) -> dict | None:
+    path = cell_path(out, cell)
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    return row if row.get("key") == key else None
+
+
+def cell_path(out: Path, cell: CellSpec) -> Path:
+    return out / "cells" / cell.model / f"{cell.format}.json"
+
+
+def run_model(job: ModelJob, log: Log = lambda _m: None) -> list[dict]:
+    """Every cell of one model, each from the cache or run fresh and cached at once."""
+    out = Path(job.work).parent
+    rows = []
+    baseline = None
+    for cell, key in zip(job.cells, job.keys):
+        row = cached(out, cell, key)
+        if row is not None and (cell.format != BASELINE or Path(row.get("baseline_file", "")).is_file()):
+            log(f"{cell.model} {cell.format}: cached ({row['status']})")
+        else:
+            log(f"{cell.model} {cell.format}: running ...")
+            row = run_cell(cell, Path(job.work), baseline, key, bench_runs=job.bench_runs,
+                           keep_artifact=job.keep_artifacts)
+            write_text_atomic(cell_path(out, cell), json.dumps(row, indent=1, default=str) + "\n")
+            log(f"{cell.model} {cell.format}: {row['status']} in {row['wall_seconds']} s")
+        if cell.format == BASELINE and row.get("baseline_file") and Path(row["baseline_file"]).is_file():
+            baseline = Path(row["baseline_file"])
+        rows.append(row)
+    return rows
+
+
+def run_matrix(request: MatrixRequest, log: Log = lambda _m: None) -> dict:
+    """Run (or resume) the matrix; returns the JSON document the tables are made from."""
+    from ..bench import cpu_info
+
+    jobs, about = plan(request)
+    out = Path(request.out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if request.ray is None:
+        rows = [row for job in jobs for row in run_model(job, log)]
+        where = "local, one cell at a time"
+    else:
+        from ..cluster import map_on_ray
+
+        per_job = map_on_ray(run_model, jobs, address=request.ray,
+                             memory_bytes=[int(j.memory_gb * 2**30) for j in jobs], log=log)
+        rows = [row for job_rows in per_job for row in job_rows]
+        where = f"Ray cluster at {request.ray}"
+    doc = {
+        "format": "mobile-export.matrix",
+        "version": 1,
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": cpu_info(),
+        "runner": where,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cell_seconds": round(sum(r.get("wall_seconds") or 0 for r in rows), 1),
+        **about,
+        "cells": rows,
+    }
+    write_text_atomic(out / "matrix.json", json.dumps(doc, indent=1, default=str) + "\n")
+    return doc
+

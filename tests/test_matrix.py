@@ -1,0 +1,117 @@
+"""The family x format matrix on a real slice: cells are real runs of the CLI (files on disk,
+metrics read back from the manifests they wrote), the cache resumes without rerunning, a
+crashing backend is a recorded cell and the run goes on, and the diff flags a format that
+stopped lowering and a parity drop."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import sys
+
+import pytest
+
+from mobile_export.matrix import MatrixRequest, run_matrix
+from mobile_export.matrix import cells as cells_mod
+from mobile_export.matrix.report import diff, markdown, write_outputs
+
+pytest.importorskip("executorch")
+pytest.importorskip("coremltools")
+
+SLICE = dict(models=["v1-025"], formats=["et-fp32", "coreml-fp16"], resolution=32, bench_runs=2)
+
+
+@pytest.fixture(scope="module")
+def slice_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("matrix")
+    doc = run_matrix(MatrixRequest(out=out, **SLICE))
+    return out, doc
+
+
+def test_cells_are_real_runs(slice_run):
+    out, doc = slice_run
+    rows = {r["format"]: r for r in doc["cells"]}
+    assert list(rows) == ["et-fp32", "coreml-fp16"]
+    for fmt, row in rows.items():
+        assert row["lowered"] and row["exit_code"] == 0, row
+        manifest = json.loads((out / "work" / "mobilenet_v1_025" / fmt / "manifest.json").read_text())
+        entry = manifest["artifacts"][0]
+        # The row's numbers are the ones verify wrote for that file, not made up here.
+        assert row["bytes"] == entry["bytes"] and row["artifact"] == entry["file"]
+        assert row["parity"]["sqnr_db"] == entry["parity"]["vs_float"]["sqnr_db"]
+        assert row["passed"] == entry["parity"]["passed"]
+        assert row["peak_rss_mb"] > 100  # torch alone is more than that: the child really ran
+    fp32 = rows["et-fp32"]
+    assert (out / "work" / "mobilenet_v1_025" / "et-fp32" / fp32["artifact"]).is_file()  # kept as the baseline
+    assert fp32["delegated_ops"] > 0 and fp32["outside_ops"] == 0
+    assert fp32["latency_ms"] > 0 and fp32["latency_ratio"] == 1.0
+    assert "latency_ms" not in rows["coreml-fp16"]  # Core ML cannot run here: no made-up time
+    assert not (out / "work" / "mobilenet_v1_025" / "coreml-fp16" / rows["coreml-fp16"]["artifact"]).exists()
+
+
+def test_a_rerun_reads_the_cache(slice_run):
+    out, doc = slice_run
+    again = run_matrix(MatrixRequest(out=out, **SLICE))
+    assert again["cells"] == doc["cells"]
+    assert again["wall_seconds"] < 20  # no export ran (each takes longer than that)
+
+
+def test_tables_and_published_page(slice_run, tmp_path):
+    out, doc = slice_run
+    page = tmp_path / "matrix.md"
+    page.write_text("# Matrix\n\nintro\n\n<!-- matrix:begin -->\nSTALE TABLE\n<!-- matrix:end -->\n\nafter\n")
+    write_outputs(doc, out, publish=page)
+    text = page.read_text()
+    assert "intro" in text and "after" in text and "STALE TABLE" not in text
+    assert "| mobilenet_v1_025 | 32 |" in text and doc["versions"]["executorch"] in text
+    assert (tmp_path / "matrix.html").read_text().count("<td") == 2
+    assert markdown(doc) in text
+
+
+def test_diff_flags_lowering_and_parity_changes(slice_run):
+    _, doc = slice_run
+    old = copy.deepcopy(doc)
+    new = copy.deepcopy(doc)
+    fp16_old = next(r for r in old["cells"] if r["format"] == "coreml-fp16")
+    fp16_old["parity"]["sqnr_db"] += 10.0  # a previous run that was 10 dB closer
+    fp32_new = next(r for r in new["cells"] if r["format"] == "et-fp32")
+    fp32_new.update(lowered=False, status="not lowered", reason="ExportError: something broke")
+    lines = diff(old, new)
+    assert any("et-fp32: stopped lowering" in line and "something broke" in line for line in lines), lines
+    assert any("coreml-fp16: SQNR vs PyTorch" in line and "(-10.0)" in line for line in lines), lines
+    assert diff(doc, doc) == []
+
+
+def test_diff_through_the_cli(slice_run, tmp_path, cli):
+    out, doc = slice_run
+    old = copy.deepcopy(doc)
+    next(r for r in old["cells"] if r["format"] == "et-fp32")["latency_ratio"] = 2.0
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    code, stdout, _ = cli("matrix", "--models", "v1-025", "--formats", "et-fp32,coreml-fp16", "--resolution", 32,
+                          "--bench-runs", 2, "--out", out, "--against", tmp_path / "old.json")
+    assert code == 0
+    assert "changes against" in stdout and "et-fp32: latency vs fp32 .pte 2.00x -> 1.00x" in stdout
+
+
+def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = cells_mod.cell_command
+
+    def crash_fp16(spec, out):
+        if spec.format == "coreml-fp16":
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+        return real(spec, out)
+
+    monkeypatch.setattr(cells_mod, "cell_command", crash_fp16)
+    doc = run_matrix(MatrixRequest(out=tmp_path, models=["v1-025"], formats=["coreml-fp16", "coreml-fp32"],
+                                   resolution=32, bench_runs=1))
+    rows = {r["format"]: r for r in doc["cells"]}
+    assert rows["coreml-fp16"]["status"] == "crashed" and signal.SIGSEGV.name in rows["coreml-fp16"]["reason"]
+    assert rows["coreml-fp32"]["lowered"] is True  # the next cell still ran
+
+
+def test_unknown_format_or_model_is_a_usage_error(cli, tmp_path):
+    code, _, err = cli("matrix", "--formats", "tflite", "--out", tmp_path)
+    assert code == 2 and "matches nothing" in err and "et-fp32" in err
+    code, _, err = cli("matrix", "--models", "resnet*", "--out", tmp_path)
+    assert code == 2 and "matches no variant" in err
