@@ -81,7 +81,7 @@ def test_correct_file_passes(setup, mode_name):
 
 
 @pytest.mark.parametrize("mutation", mh.MUTATIONS)
-@pytest.mark.parametrize("mode_name", list(mh.MODES))
+@pytest.mark.parametrize("mode_name", PASSING_MODES)  # a mutant of a failing file would prove nothing
 def test_injected_bug_fails_verify(setup, mode_name, mutation):
     report = verify(setup, mutant_file(setup, mode_name, mutation), mode_name)
     assert not report["passed"], f"{mode_name} with {mutation} passed: {report['vs_float']}"
