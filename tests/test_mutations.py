@@ -27,6 +27,19 @@ IMAGES = 12  # held-out crops per verify: the Core ML executor runs each image o
 CALIBRATION = 16
 # W8A8 (uncalibrated ranges, issue 18): see test_w8a8_is_reported_failing_until_calibrated
 PASSING_MODES = [m for m in mh.MODES if m != "coreml-w8a8"]
+# Known blind spot, measured (docs/thresholds.md, 16 crops): 4-bit palettes lose as much as one
+# dropped ReLU6 does, so no statistic against the FLOAT model separates them: correct 16.1 dB,
+# top-1 1.0, top-5 0.86; activation dropped 15.4 dB, top-1 0.94, top-5 0.90. The fix is a
+# second reference, PyTorch with the palettized weights (as int8 .pte has its quantized model).
+BLIND = {("coreml-palettize4", "activation_dropped"): "4-bit palette error ~ one dropped activation (15.4 vs 16.1 dB)"}
+
+
+def _cases():
+    for mode_name in PASSING_MODES:  # a mutant of a failing file would prove nothing
+        for mutation in mh.MUTATIONS:
+            reason = BLIND.get((mode_name, mutation))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(mode_name, mutation, marks=marks, id=f"{mode_name}-{mutation}")
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +93,7 @@ def test_correct_file_passes(setup, mode_name):
         assert report["quantized_reference"].startswith("the model lowered into this .pte")
 
 
-@pytest.mark.parametrize("mutation", mh.MUTATIONS)
-@pytest.mark.parametrize("mode_name", PASSING_MODES)  # a mutant of a failing file would prove nothing
+@pytest.mark.parametrize("mode_name, mutation", list(_cases()))
 def test_injected_bug_fails_verify(setup, mode_name, mutation):
     report = verify(setup, mutant_file(setup, mode_name, mutation), mode_name)
     assert not report["passed"], f"{mode_name} with {mutation} passed: {report['vs_float']}"
