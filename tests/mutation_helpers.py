@@ -304,6 +304,10 @@ def _blob_refs(op, by_output) -> list:
             refs.append(val)
     for arg in op.inputs.values():
         for a in arg.arguments:
+            if a.WhichOneof("binding") == "value":  # iOS18 ops bind their constants inline
+                if a.value.WhichOneof("value") == "blobFileValue":
+                    refs.append(a.value)
+                continue
             producer = by_output.get(a.name)
             if producer is not None and producer.type == "const":
                 val = producer.attributes["val"]
