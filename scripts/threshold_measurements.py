@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="thresholds-"))
     calib, held = mh.photo_folders(work, args.calibration, args.images)
     for model in args.models:
-        _, meta, pre = train_small.load_checkpoint(mh.TRAINED / mh.CHECKPOINTS[model])
+        _, _, pre = train_small.load_checkpoint(mh.TRAINED / mh.CHECKPOINTS[model])
         for mode_name in args.modes:
             mode = mh.MODES[mode_name]
             t0 = time.perf_counter()

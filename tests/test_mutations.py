@@ -14,9 +14,8 @@ The numbers every row was set from: scripts/threshold_measurements.py -> docs/th
 
 from __future__ import annotations
 
-import pytest
-
 import mutation_helpers as mh
+import pytest
 
 pytest.importorskip("executorch")
 pytest.importorskip("coremltools")
