@@ -198,6 +198,10 @@ def keep_quantized(pte: Path, quantized) -> None:
         remember_quantized(Path(pte).read_bytes(), quantized)
 
 
+def _bytes_of(buffer) -> bytes:
+    return bytes(buffer.buffer if hasattr(buffer, "buffer") else buffer)
+
+
 def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     """Scramble or sign-flip one mid-network layer's constant data inside the .pte (XNNPACK's
     named data: fp32 weights, or int8 weights with float32 per-channel scales)."""
@@ -215,9 +219,9 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
         candidates = [k for k in keys if k.startswith("scale_")]  # negating a layer's scales flips its weights
     else:
         candidates = [k for k in keys if not k.startswith("scale_")
-                      and len(named.buffers[named.pte_data[k].buffer_index].buffer) >= 4096]
+                      and len(_bytes_of(named.buffers[named.pte_data[k].buffer_index])) >= 4096]
     key = candidates[len(candidates) // 2]
-    buf = bytes(named.buffers[named.pte_data[key].buffer_index].buffer)
+    buf = _bytes_of(named.buffers[named.pte_data[key].buffer_index])
     at = data.find(buf)
     assert at >= 0 and data.find(buf, at + 1) < 0, "the layer's bytes must occur exactly once in the file"
     dtype = np.int8 if (int8 and not key.startswith("scale_")) else np.float32

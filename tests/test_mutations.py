@@ -24,8 +24,7 @@ pytest.importorskip("safetensors")
 MODEL = "v2"
 IMAGES = 12  # held-out crops per verify: the Core ML executor runs each image op by op
 CALIBRATION = 16
-# W8A8 (uncalibrated ranges, issue 18): see test_w8a8_is_reported_failing_until_calibrated
-PASSING_MODES = [m for m in mh.MODES if m != "coreml-w8a8"]
+PASSING_MODES = list(mh.MODES)  # W8A8 calibrated on photo crops: 23.8 dB, top-1 1.0 (docs/thresholds.md)
 # Known blind spot, measured (docs/thresholds.md, 16 crops): 4-bit palettes lose as much as one
 # dropped ReLU6 does, so no statistic against the FLOAT model separates them: correct 16.1 dB,
 # top-1 1.0, top-5 0.86; activation dropped 15.4 dB, top-1 0.94, top-5 0.90. The fix is a
@@ -98,17 +97,6 @@ def test_injected_bug_fails_verify(setup, mode_name, mutation):
     assert not report["passed"], f"{mode_name} with {mutation} passed: {report['vs_float']}"
     numeric = [f for f in report["failures"] if "vs float" in f or "quantized PyTorch" in f]
     assert numeric, report["failures"]  # caught by the comparison itself, not by a side check
-
-
-def test_w8a8_is_reported_failing_until_calibrated(setup):
-    """Core ML W8A8 quantizes activations with ranges that do not fit a trained model (issue 18);
-    verify must say so instead of passing it. Measured on this trained V2 at 64 px
-    (docs/thresholds.md): SQNR vs float about 4-6 dB, top-1 agreement 0.3-0.5, below the
-    row (and below an R/B-swapped fp16 file). When issue 18 lands this test fails: move
-    coreml-w8a8 into PASSING_MODES."""
-    report = verify(setup, correct_file(setup, "coreml-w8a8"), "coreml-w8a8")
-    assert not report["passed"]
-    assert any("SQNR vs float" in f or "top-1" in f for f in report["failures"]), report["failures"]
 
 
 def test_int8_row_does_not_drift_with_many_images(setup, tmp_path):

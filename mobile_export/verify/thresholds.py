@@ -53,9 +53,11 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     # Core ML weight compression (fp16 compute, compressed weights) and W8A8
     "fp16/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "top5_overlap": 0.85, "tie_tolerance": 0.01},
     "fp16/palettize6": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.03},
-    # 4-bit palettes: correct 16.1 dB, top-1 1.0, top-5 0.86
+    # 4-bit palettes: correct 16.1 dB, top-1 1.0, top-5 0.86; scrambled layer 5.9 dB, sign-flipped
+    # 0.0 dB; a dropped activation 15.4 dB / top-1 0.94 is NOT separable here (docs/thresholds.md)
     "fp16/palettize4": {"sqnr_db": 12.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
-    "fp16/w8a8": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    # W8A8 calibrated on 32 photo crops: correct 23.8 dB, top-1 1.0, top-5 0.975; R/B swap 0.0 dB
+    "fp16/w8a8": {"sqnr_db": 19.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
     "mixed": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
 }
 for _row in THRESHOLDS.values():
