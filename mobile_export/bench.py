@@ -1,9 +1,9 @@
 """How fast and how small: latency of a .pte in the ExecuTorch runtime and of the PyTorch
 eager reference on this host, with the achieved fraction of the CPU's peak.
 
-Timing of a .pte runs in a child process (`python -m mobile_export.bench`), like verify:
-the runtime's thread pool is set before loading, and a damaged file cannot take the CLI
-down. Numbers are medians of many calls after a warm-up; shared machines are noisy, so
+An artifact is measured by its target (`Target.benchmark`): a .pte runs in the ExecuTorch
+runtime's child process (the one verify uses), with the thread pool set before loading, so a
+damaged file cannot take the CLI down; an .mlpackage reports size and structure. Numbers are medians of many calls after a warm-up; shared machines are noisy, so
 compare ratios measured in the same run, not absolute times across runs.
 
 Peak compute is derived, not looked up: cores x clock x SIMD lanes x FMA pipes.
@@ -18,19 +18,17 @@ Peak compute is derived, not looked up: cores x clock x SIMD lanes x FMA pipes.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ArtifactError, MobileExportError
+from .errors import MobileExportError
 
 _CLOCK_C = r"""
 #include <stdio.h>
@@ -155,75 +153,12 @@ def bench_eager(module, shape, threads: int, runs: int, warmup: int) -> dict:
     return {"first_run_ms": round(first, 3), "latency_ms": _percentiles(times)}
 
 
-def bench_pte_isolated(path: Path, shape, threads: int, runs: int, warmup: int, timeout: float = 900) -> dict:
-    cmd = [sys.executable, "-m", "mobile_export.bench", str(path), ",".join(map(str, shape)),
-           str(threads), str(runs), str(warmup)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ArtifactError(f"{path.name}: benchmark did not finish within {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise ArtifactError(f"{path.name}: the ExecuTorch runtime failed while benchmarking ({tail}); verify the file")
-    return json.loads(proc.stdout)
-
-
-def _child(argv: list[str]) -> int:
-    path, shape, threads, runs, warmup = argv[0], tuple(int(s) for s in argv[1].split(",")), int(argv[2]), int(argv[3]), int(argv[4])
-    import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    portable_lib._unsafe_reset_threadpool(threads)
-    data = Path(path).read_bytes()
-    t0 = time.perf_counter()
-    program = Runtime.get().load_program(data)  # keep it (and data) alive: the method points into them
-    method = program.load_method("forward")
-    load = (time.perf_counter() - t0) * 1000
-    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    t0 = time.perf_counter()
-    method.execute((x,))
-    first = (time.perf_counter() - t0) * 1000
-    for _ in range(warmup):
-        method.execute((x,))
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        method.execute((x,))
-        times.append((time.perf_counter() - t0) * 1000)
-    print(json.dumps({"load_ms": round(load, 3), "first_run_ms": round(first, 3), "latency_ms": _percentiles(times)}))
-    return 0
-
-
-def mlpackage_breakdown(path: Path) -> dict:
-    """Size, op counts and weight precision of an .mlpackage (what Linux can tell)."""
-    from .fsutil import size_bytes
-    from .targets import get_target
-
-    target = get_target("coreml")
-    target.check_file(path)
-    import coremltools as ct
-
-    spec = ct.utils.load_spec(str(path))
-    ops: dict[str, int] = {}
-    dtypes: dict[str, int] = {}
-    main = spec.mlProgram.functions["main"]
-    block = main.block_specializations[main.opset]
-    for op in block.operations:
-        ops[op.type] = ops.get(op.type, 0) + 1
-        for out in op.outputs:
-            t = out.type.tensorType
-            name = ct.proto.MIL_pb2.DataType.Name(t.dataType) if t.dataType else "unknown"
-            dtypes[name] = dtypes.get(name, 0) + 1
-    weight = Path(path) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-    return {
-        "bytes": size_bytes(path),
-        "weight_bin_bytes": weight.stat().st_size if weight.exists() else 0,
-        "opset": main.opset,
-        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
-        "output_dtypes": dtypes,
-        "latency": "Core ML runs only on macOS; measure there (Xcode performance report)",
-    }
+def timing(measured: dict) -> dict:
+    """A target's raw timing (times_ms per call, first_run_ms, load_ms) as the report's block."""
+    block = {k: v for k, v in measured.items() if k != "times_ms"}
+    if "times_ms" in measured:
+        block["latency_ms"] = _percentiles(list(measured["times_ms"]))
+    return block
 
 
 def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5, log=lambda _m: None) -> dict:
@@ -241,20 +176,16 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
             raise MobileExportError(f"{str(path)!r} does not exist; pass an exported .pte or .mlpackage or a model name")
         tgt = target_for_artifact(path)
         tgt.check_file(path)
-        manifest, entry = mf.manifest_for(path)
+        manifest, entry = mf.entry_for(path)
         mf.check_sha256(path, entry)
         from .models import create_from_manifest
 
         # Latency does not depend on the weights' values: time the same architecture with
         # random weights, so a benchmark never needs the checkpoint (or the network).
         built = create_from_manifest(manifest["model"], weights="random")
-        result.update(artifact=path.name, bytes=entry["bytes"], precision=entry["precision"],
-                      quantization=entry["quantization"]["mode"])
-        if tgt.name == "coreml":
-            result["coreml"] = mlpackage_breakdown(path)
-        else:
-            log(f"timing {path.name} in the ExecuTorch runtime ({threads} thread(s), {runs} runs)...")
-            result["executorch"] = bench_pte_isolated(path, entry["input"]["shape"], threads, runs, warmup)
+        result.update(artifact=path.name, bytes=entry.bytes, precision=entry.precision,
+                      quantization=entry.quantization_mode)
+        result[tgt.name] = timing(tgt.benchmark(path, entry, threads, runs, warmup, log))
     else:
         from .models import create_model
 
@@ -269,7 +200,7 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
     peak = peak_gmacs(threads, "int8" if int8 else "fp32")
     result["peak"] = peak
     for key in ("executorch", "eager"):
-        if key in result:
+        if key in result and "latency_ms" in result[key]:
             median_s = result[key]["latency_ms"]["median"] / 1000
             achieved = macs / median_s / 1e9
             result[key]["gmacs_per_s"] = round(achieved, 2)
@@ -290,6 +221,14 @@ def format_bench(r: dict) -> str:
             frac = f" ({b['fraction_of_peak'] * 100:.1f}% of peak)" if "fraction_of_peak" in b else ""
             lines.append(f"{label:<14} median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}  "
                          f"first {b['first_run_ms']:.1f} ms{extra}  {b['gmacs_per_s']:.1f} GMAC/s{frac}")
+    if "executorch-coreml" in r:
+        c = r["executorch-coreml"]
+        lines.append(f"Core ML delegate .pte {c['bytes']:,} bytes (payload {c['payload_bytes']:,}), opset {c['opset']}, "
+                     f"compile specs {', '.join(f'{k}={v}' for k, v in c['compile_specs'].items())}")
+        lines.append("ops per backend: " + ", ".join(f"{k} {v}" for k, v in c["ops_by_backend"].items()))
+        lines.append("Core ML ops: " + ", ".join(f"{k} {v}" for k, v in c["core_ml_ops"].items()))
+        lines.append(f"payload load (unflatten + parse) median {c['payload_load_ms']:.1f} ms")
+        lines.append(f"latency: {c['latency']}")
     if "coreml" in r:
         c = r["coreml"]
         lines.append(f"Core ML package {c['bytes']:,} bytes (weights {c['weight_bin_bytes']:,}), opset {c['opset']}")
@@ -298,6 +237,3 @@ def format_bench(r: dict) -> str:
     lines.append(f"peak {r['peak']['gmacs']} GMAC/s = {r['peak']['how']}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))

@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # the apps' READMEs repeat these paths.
 APPS = {
     "android": {"project": "android_demo", "assets": Path("app/src/main/assets"), "formats": ("pte", "bpte"),
-                "runtime_pin": Path("gradle/libs.versions.toml")},
+                "runtime_pin": Path("gradle/libs.versions.toml"),
+                "cannot_run_targets": ("executorch-coreml",)},  # a Core ML delegate .pte needs Apple's Core ML
     "ios": {"project": "ios_demo", "assets": Path("MobileNetDemo/Models"), "formats": ("mlpackage", "pte"),
             "runtime_pin": Path("project.yml")},
 }
@@ -212,7 +213,7 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
     changes: list[dict] = []
     chosen: list[tuple[Path, dict]] = []
     for p, entry in pairs:
-        if entry["format"] not in formats:
+        if entry["format"] not in formats or entry.get("target") in APPS[app].get("cannot_run_targets", ()):
             changes.append({"file": p.name, "kind": "artifact", "action": "skipped", "bytes": entry["bytes"]})
             continue
         if any(c[1]["file"] == entry["file"] for c in chosen):
@@ -248,7 +249,7 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
             _inside(root / part, root, "app folder part")
     assets.mkdir(parents=True, exist_ok=True)
     _inside(assets, root, "model folder")
-    for p, entry in chosen:
+    for _path, entry in chosen:
         _inside(assets / entry["file"], root, "destination")
     if labels_src is not None:
         _inside(assets / labels_src.name, root, "destination")

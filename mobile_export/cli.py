@@ -4,6 +4,7 @@ Heavy libraries load only inside the commands that need them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -41,6 +42,117 @@ def _emit(as_json: bool, doc, human) -> None:
         click.echo(json.dumps(doc, indent=2, default=str))
     else:
         human(doc)
+
+
+# --- shared option groups (decorators, in the style of sqlite-utils' cli.py) ----------------
+
+
+def json_option(help: str | None = "One JSON document for machines."):
+    """`--json`: declared here once; each command says what the document is."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _stack(*decorators):
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+def _collect(name: str, build, params: tuple[str, ...]):
+    """Replace the command's keyword arguments `params` by one argument `name` = build(**them);
+    a typed error from building becomes the CLI's one-line message."""
+
+    def decorator(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = _run(build, **{p: kwargs.pop(p) for p in params})
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+_WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/.pt/.safetensors file."
+
+
+def _model_options(weights, seed, num_classes, labels_file, resolution):
+    from .pipeline import ModelOptions
+
+    return ModelOptions(weights=weights, seed=seed, num_classes=num_classes, labels_file=labels_file, resolution=resolution)
+
+
+def model_options(fn):
+    """How to build the model: weights, seed, classes, labels, resolution -> `build` (pipeline.ModelOptions)."""
+    return _stack(
+        click.option("--weights", default=None, help=_WEIGHTS_HELP + " Default: imagenet where published, else random."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and sampling."),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier size (fine-tuned models)."),
+        click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None,
+                     help="Text file, one label per line."),
+        click.option("--resolution", type=click.IntRange(32, 4096), default=None, help="Input size (default: the variant's)."),
+    )(_collect("build", _model_options, ("weights", "seed", "num_classes", "labels_file", "resolution"))(fn))
+
+
+def _executorch_options(quantize, keep_fp32, bias_correction, allow_partial, fast_gelu, bundled):
+    from .targets import ExecuTorchOptions, Gelu
+
+    recipe = None
+    if keep_fp32 is not None or bias_correction:
+        if quantize != "int8":
+            raise click.UsageError("--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8")
+        recipe = {"fp32_modules": [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()],
+                  "bias_correction": bias_correction}
+    return ExecuTorchOptions(quantize=quantize, recipe=recipe, gelu=Gelu.FAST if fast_gelu else Gelu.EXACT,
+                             allow_partial=allow_partial, bundled=bundled)
+
+
+def executorch_options(fn):
+    """The ExecuTorch group -> `executorch` (targets.ExecuTorchOptions, checked when built)."""
+    return _stack(
+        click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+                     help="ExecuTorch: int8 post-training static quantization (XNNPACK)."),
+        click.option("--keep-fp32", default=None, metavar="MODULES",
+                     help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0)."),
+        click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images."),
+        click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK / Core ML delegate."),
+        click.option("--fast-gelu", is_flag=True,
+                     help="ExecuTorch: run tanh GELU (V5) as XNNPACK's erf GELU: ~1.17x faster, ~67 instead of ~114 dB vs PyTorch."),
+        click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs."),
+    )(_collect("executorch", _executorch_options,
+               ("quantize", "keep_fp32", "bias_correction", "allow_partial", "fast_gelu", "bundled"))(fn))
+
+
+def _coreml_options(precision, compress, size_budget, ios, input_kind, logits, compute_units):
+    from .targets import CoreMLOptions
+
+    return CoreMLOptions(precision=precision, compress=compress, deployment_target=ios, input_kind=input_kind,
+                         classifier=not logits, size_budget=size_budget, compute_units=compute_units)
+
+
+def coreml_options(fn):
+    """The Core ML group -> `coreml` (targets.CoreMLOptions, checked when built)."""
+    return _stack(
+        click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+                     help="Core ML / Core ML delegate compute precision (default fp16)."),
+        click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "palettize-auto", "w8a8"]),
+                     default="none", show_default=True,
+                     help="Core ML weight compression (palettize-auto: 2-8-bit palettes per layer by measured "
+                          "sensitivity; executorch-coreml: none or int8)."),
+        click.option("--size-budget", type=click.FloatRange(0.05, 0.5), default=0.15, show_default=True,
+                     help="Core ML palettize-auto: weights' size as a fraction of their fp32 size."),
+        click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None,
+                     help="Core ML minimum iOS (default: fits --compress)."),
+        click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
+                     help="Core ML input: an image (pixel buffer) or a float tensor like the .pte."),
+        click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities."),
+        click.option("--compute-units", type=click.Choice(["all", "cpu_and_ne", "cpu_only", "cpu_and_gpu"]), default="all",
+                     show_default=True, help="executorch-coreml: the Core ML compute units stored in the .pte's compile specs."),
+    )(_collect("coreml", _coreml_options,
+               ("precision", "compress", "size_budget", "ios", "input_kind", "logits", "compute_units"))(fn))
 
 
 class ModelGroup(click.Group):
@@ -85,7 +197,7 @@ def _fmt_int(n: int) -> str:
 
 
 @main.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
+@json_option()
 def list_cmd(as_json):
     """Every variant with its published facts and weight sources."""
     rows = [s.to_dict() for s in all_specs()]
@@ -105,7 +217,7 @@ def list_cmd(as_json):
 
 @main.command()
 @click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
+@json_option()
 def info(model, as_json):
     """Facts, preprocessing contract and checkpoints of one variant."""
     spec = _run(get_spec, model)
@@ -129,38 +241,20 @@ def info(model, as_json):
 
 # --- export ----------------------------------------------------------------------------
 
-_WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/.pt/.safetensors file."
-
 
 @main.command()
 @click.argument("model")
-@click.option("--target", type=click.Choice(["executorch", "coreml", "all"]), default="all", show_default=True)
-@click.option("--weights", default=None, help=_WEIGHTS_HELP + " Default: imagenet where published, else random.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and sampling.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier size (fine-tuned models).")
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None, help="Text file, one label per line.")
-@click.option("--resolution", type=click.IntRange(32, 4096), default=None, help="Input size (default: the variant's).")
+@click.option("--target", type=click.Choice(["executorch", "coreml", "executorch-coreml", "all"]), default="all", show_default=True,
+              help="executorch: .pte on XNNPACK (CPU); coreml: .mlpackage; executorch-coreml: .pte on ExecuTorch's Core ML "
+                   "delegate (iOS); all: executorch and coreml.")
+@model_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: exports/MODEL).")
 @click.option("--force", is_flag=True, help="Replace artifacts that already exist.")
-@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
-              help="ExecuTorch: int8 post-training static quantization (XNNPACK).")
+@executorch_options
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="Folder of images for int8/w8a8 calibration.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=64, show_default=True, help="Images used for calibration.")
-@click.option("--keep-fp32", default=None, metavar="MODULES",
-              help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).")
-@click.option("--bias-correction", is_flag=True, help="ExecuTorch int8: correct each layer's bias on the calibration images.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Core ML compute precision (default fp16).")
-@click.option("--compress", type=click.Choice(["none", "int8", "palettize4", "palettize6", "w8a8"]), default="none",
-              show_default=True, help="Core ML weight compression.")
-@click.option("--ios", "ios", type=click.Choice(["16", "17", "18"]), default=None, help="Core ML minimum iOS (default: fits --compress).")
-@click.option("--input", "input_kind", type=click.Choice(["image", "tensor"]), default="image", show_default=True,
-              help="Core ML input: an image (pixel buffer) or a float tensor like the .pte.")
-@click.option("--logits", is_flag=True, help="Core ML: raw logits instead of a classifier with labels and probabilities.")
 @click.option("--normalize-outside", is_flag=True, help="Do not bake mean/std into the model; the app normalizes.")
-@click.option("--allow-partial", is_flag=True, help="ExecuTorch: accept compute ops outside the XNNPACK delegate.")
-@click.option("--fast-gelu", is_flag=True,
-              help="ExecuTorch: run tanh GELU (V5) as XNNPACK's erf GELU: ~1.17x faster, ~67 instead of ~114 dB vs PyTorch.")
-@click.option("--bundled", is_flag=True, help="ExecuTorch: also write a .bpte with reference inputs and outputs.")
+@coreml_options
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
@@ -168,35 +262,21 @@ _WEIGHTS_HELP = "imagenet[:TAG] (published checkpoint), random, or a local .pth/
 @click.option("--accept-input-independent", is_flag=True,
               help="Parity: pass even if the reference outputs barely depend on the image (e.g. random weights).")
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def export(model, target, weights, seed, num_classes, labels_file, resolution, out, force, quantize, calibration,
-           calibration_limit, keep_fp32, bias_correction, precision, compress, ios, input_kind, logits, normalize_outside, allow_partial,
-           fast_gelu, bundled, no_verify, images, min_agreement, accept_input_independent, bundle_app, as_json):
+@json_option("Print the manifest as JSON on stdout.")
+def export(model, target, build, out, force, executorch, calibration, calibration_limit, normalize_outside, coreml,
+           no_verify, images, min_agreement, accept_input_independent, bundle_app, as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
+    from dataclasses import asdict
+
     from .pipeline import ExportRequest, run_export
     from .targets import ExportOptions
 
     spec = _run(get_spec, model)
-    extra = {}
-    if keep_fp32 is not None or bias_correction:
-        if quantize != "int8":
-            raise click.UsageError("--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8")
-        modules = [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()]
-        extra["quant_recipe"] = {"fp32_modules": modules, "bias_correction": bias_correction}
-    if fast_gelu:
-        extra["fast_gelu"] = True
-    options = ExportOptions(
-        precision=precision, quantize=quantize, compress=compress, calibration=calibration,
-        calibration_limit=calibration_limit, normalize_in_model=not normalize_outside, input_kind=input_kind,
-        classifier=not logits, deployment_target=ios, allow_partial=allow_partial, bundled=bundled, seed=seed,
-        extra=extra,
-    )
-    request = ExportRequest(
-        model=spec.name, target=target, out=out or Path("exports") / spec.name, weights=weights, seed=seed,
-        num_classes=num_classes, labels_file=labels_file, resolution=resolution, force=force,
-        verify=not no_verify, images=images, options=options, min_agreement=min_agreement,
-        accept_input_independent=accept_input_independent,
-    )
+    options = _run(ExportOptions.of, executorch, coreml, calibration=calibration, calibration_limit=calibration_limit,
+                   normalize_in_model=not normalize_outside, seed=build.seed)
+    request = ExportRequest(model=spec.name, target=target, out=out or Path("exports") / spec.name, force=force,
+                            verify=not no_verify, images=images, options=options, min_agreement=min_agreement,
+                            accept_input_independent=accept_input_independent, **asdict(build))
     manifest = _run(run_export, request, log=_log)
     if bundle_app:
         from .bundle import bundle_artifacts
@@ -228,7 +308,7 @@ def export(model, target, weights, seed, num_classes, labels_file, resolution, o
               help="Parity: lowest top-1 agreement with PyTorch to accept (0-1; default: the precision's row).")
 @click.option("--accept-input-independent", is_flag=True,
               help="Parity: pass even if the reference outputs barely depend on the image (e.g. random weights).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
+@json_option("One JSON report on stdout.")
 def verify(artifact, images, limit, per_layer, report_dir, weights, min_agreement, accept_input_independent, as_json):
     """Prove ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes."""
     from .verify import format_report, verify_artifact
@@ -250,7 +330,7 @@ def verify(artifact, images, limit, per_layer, report_dir, weights, min_agreemen
 @click.option("--app-dir", type=click.Path(path_type=Path), default=None, help="App project folder (default: the demo app).")
 @click.option("--allow-older-runtime", is_flag=True,
               help="Bundle a .pte even when the app pins an older ExecuTorch runtime than the one that wrote it.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option(None)
 def bundle(artifacts, app, app_dir, allow_older_runtime, as_json):
     """Copy artifacts, labels and manifest into the Android or iOS demo app."""
     from .bundle import bundle_artifacts, format_changes
@@ -283,7 +363,7 @@ def _split(values) -> list[str] | None:
 @click.option("--keep-artifacts", is_flag=True, help="Keep every exported file (default: only each model's fp32 .pte).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="Shard models across a Ray cluster (pip install 'mobile-export[cluster]'); no value: auto.")
-@click.option("--json", "as_json", is_flag=True, help="The matrix as one JSON document on stdout.")
+@json_option("The matrix as one JSON document on stdout.")
 def matrix(models, formats, resolution, images, calibration, out, publish, against, bench_runs, keep_artifacts,
            ray_address, as_json):
     """Every MobileNet in every format: export, verify, time; cached, resumable, diffable."""
@@ -330,7 +410,7 @@ def matrix(models, formats, resolution, images, calibration, out, publish, again
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option(None)
 def bench(target, threads, runs, warmup, as_json):
     """Latency, size and efficiency of an artifact (or of MODEL's eager reference)."""
     from .bench import bench_target, format_bench

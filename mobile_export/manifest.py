@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
@@ -65,6 +66,67 @@ def new_manifest(built) -> dict:
         "artifacts": [],
         "versions": library_versions(),
     }
+
+
+@dataclass
+class ArtifactEntry:
+    """One artifact of a manifest, typed where modules read it (verify, bench, bundle, the
+    targets). `from_dict(d).to_dict() == d`, key order included: keys this version does not
+    know (written by a newer exporter) are kept in `unknown`, so old and new manifests still
+    verify and are rewritten byte for byte."""
+
+    file: str = ""
+    bytes: int = 0
+    sha256: str = ""
+    target: str | None = None
+    format: str | None = None
+    precision: str | None = None
+    quantization: dict = field(default_factory=dict)
+    input: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
+    delegation: dict | None = None
+    coreml: dict | None = None
+    export: dict = field(default_factory=dict)
+    parity: dict | None = None
+    unknown: dict = field(default_factory=dict)
+    order: tuple[str, ...] = ()  # key order of the source; empty: the field order above
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArtifactEntry:
+        if isinstance(d, ArtifactEntry):
+            return d
+        known = {k: v for k, v in d.items() if k in _ENTRY_FIELDS}
+        return cls(**known, unknown={k: v for k, v in d.items() if k not in _ENTRY_FIELDS}, order=tuple(d))
+
+    def to_dict(self) -> dict:
+        keys = self.order or (*[k for k in _ENTRY_FIELDS if getattr(self, k) is not None], *self.unknown)
+        return {k: (getattr(self, k) if k in _ENTRY_FIELDS else self.unknown[k]) for k in keys}
+
+    # --- what readers ask ----------------------------------------------------------------
+
+    @property
+    def quantization_mode(self) -> str:
+        return (self.quantization or {}).get("mode", "none")
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization_mode not in (None, "none")
+
+    @property
+    def normalized_in_model(self) -> bool:
+        return bool((self.input or {}).get("normalized_in_model"))
+
+    @property
+    def output_kind(self) -> str:
+        return (self.output or {}).get("kind", "logits")
+
+    @property
+    def bundled(self) -> dict:
+        """The .bpte record under export.bundled ({} when there is none)."""
+        return (self.export or {}).get("bundled") or {}
+
+
+_ENTRY_FIELDS = tuple(f for f in ArtifactEntry.__dataclass_fields__ if f not in ("unknown", "order"))
 
 
 def artifact_record(path: str | Path, **fields) -> dict:
@@ -131,9 +193,16 @@ def manifest_for(artifact: str | Path) -> tuple[dict, dict]:
     raise ManifestError(f"{a.name} is not listed in {a.parent / FILENAME}; export it again into that folder")
 
 
-def check_sha256(artifact: str | Path, entry: dict) -> None:
+def entry_for(artifact: str | Path) -> tuple[dict, ArtifactEntry]:
+    """`manifest_for`, with the artifact's entry typed."""
+    manifest, entry = manifest_for(artifact)
+    return manifest, ArtifactEntry.from_dict(entry)
+
+
+def check_sha256(artifact: str | Path, entry: dict | ArtifactEntry) -> None:
+    expected = ArtifactEntry.from_dict(entry).sha256
     actual = sha256_file(artifact)
-    if actual != entry["sha256"]:
+    if actual != expected:
         raise ArtifactError(
-            f"{Path(artifact).name}: sha256 {actual[:12]}… does not match the manifest ({entry['sha256'][:12]}…); the file was changed or damaged, export it again"
+            f"{Path(artifact).name}: sha256 {actual[:12]}… does not match the manifest ({expected[:12]}…); the file was changed or damaged, export it again"
         )

@@ -20,6 +20,17 @@ Log = Callable[[str], None]
 
 
 @dataclass
+class ModelOptions:
+    """How to build the model (the CLI's model group): weights, seed, classes, labels, size."""
+
+    weights: str | None = None
+    seed: int = 0
+    num_classes: int | None = None
+    labels_file: Path | None = None
+    resolution: int | None = None
+
+
+@dataclass
 class ExportRequest:
     model: str
     target: str = "all"
@@ -71,6 +82,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         manifest["labels"] = {"file": "labels.txt", "count": len(built.labels), "sha256": sha256_file(labels_path)}
 
     written: list[Path] = []
+    quantized: dict[Path, object] = {}  # the quantized PyTorch model lowered into an artifact, for verify
     for target in targets:
         dest = names[target.name]
         t1 = time.perf_counter()
@@ -78,6 +90,9 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         with atomic_path(dest, force=request.force) as tmp:
             fields = target.export(built, options, tmp, log)
             side = fields.pop("side_files", [])
+            if fields.get("quantized_model") is not None:
+                quantized[dest] = fields["quantized_model"]
+            fields.pop("quantized_model", None)
             side_records = []
             for side_tmp in side:  # e.g. the .bpte beside the .pte
                 final = out / Path(side_tmp).name
@@ -99,7 +114,7 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         from .verify import verify_artifact
 
         for dest in written:
-            report = verify_artifact(dest, images=request.images, reference=built, log=log,
+            report = verify_artifact(dest, images=request.images, reference=built, quantized=quantized.get(dest), log=log,
                                      min_agreement=request.min_agreement,
                                      accept_input_independent=request.accept_input_independent)
             _, entry = mf.manifest_for(dest)
@@ -118,6 +133,11 @@ def _refuse_unread_options(targets, options: ExportOptions) -> None:
     """An option for a target that was not requested would be silently ignored (an fp16 or
     palettized .pte request would come back fp32, an int8 .mlpackage request fp16): refuse it."""
     names = {t.name for t in targets}
+    if options.compute_units != "all" and "executorch-coreml" not in names:
+        raise UsageError(f"--compute-units {options.compute_units} is stored only in a Core ML delegate .pte; add --target "
+                         "executorch-coreml (a .mlpackage leaves the compute units to the app)")
+    if "executorch-coreml" in names:
+        return  # reads --precision, --compress, --ios and refuses --quantize itself (validate)
     if "executorch" not in names and options.quantize != "none":
         raise UsageError(f"--quantize {options.quantize} applies to ExecuTorch only and --target is coreml; "
                          "for Core ML use --compress int8|w8a8|palettize4|palettize6, or add --target executorch or all")

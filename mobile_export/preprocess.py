@@ -12,7 +12,6 @@ same filter in plain code and are tested against vectors made by this module."""
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator

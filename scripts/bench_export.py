@@ -93,13 +93,13 @@ def write_markdown(doc: Path, results: dict) -> None:
                  f"{cpu['clock_ghz_measured']} GHz. Command, each time in a fresh process and an empty folder: "
                  f"`{runs[0]['command']}` (build, .pte, .mlpackage, and the parity check of both on the bundled photos).")
     lines.append("")
-    lines += ["| run | wall s | CPU s (user+sys) | peak RSS MB | exit | " + " | ".join(l for l, _ in STAGES)
+    lines += ["| run | wall s | CPU s (user+sys) | peak RSS MB | exit | " + " | ".join(label for label, _ in STAGES)
               + " | rest: start-up, imports, parity check |",
               "|---|---|---|---|---|" + "---|" * (len(STAGES) + 1)]
     for i, r in enumerate(runs, 1):
-        st = " | ".join(f"{r['stages_s'][l]:.1f}" if l in r["stages_s"] else "–" for l, _ in STAGES)
+        st = " | ".join(f"{r['stages_s'][label]:.1f}" if label in r["stages_s"] else "–" for label, _ in STAGES)
         # "lower to XNNPACK" is part of "write .pte"; the rest is what no stage line accounts for
-        counted = sum(r["stages_s"].get(l, 0.0) for l in ("build", "write .pte", "write .mlpackage"))
+        counted = sum(r["stages_s"].get(label, 0.0) for label in ("build", "write .pte", "write .mlpackage"))
         lines.append(f"| {i} | {r['wall_s']:.1f} | {r.get('cpu_s', '–')} | {r['peak_rss_mb']} | {r['exit_code']} | {st} | "
                      f"{r['wall_s'] - counted:.1f} |")
     lines.append("")

@@ -28,8 +28,8 @@ def main() -> None:
     import torch
 
     from mobile_export import preprocess as pp
-    from mobile_export.models import create_model
     from mobile_export.coreml.mil import load_program
+    from mobile_export.models import create_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -29,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_small  # noqa: E402  (sibling script: datasets and checkpoints)
 
+from mobile_export.verify.metrics import sqnr_db  # noqa: E402  (one SQNR for the library and the scripts)
+
 MAX_DROP_POINTS = 0.3
 MIN_AGREEMENT_PCT = 99.0
 
@@ -86,11 +88,6 @@ class Measurement:
         return self.drop <= MAX_DROP_POINTS and self.agreement >= MIN_AGREEMENT_PCT
 
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    noise = float(((reference - test) ** 2).sum())
-    return float("inf") if noise == 0.0 else 10.0 * float(np.log10(float((reference ** 2).sum()) / noise))
-
-
 def rgb01(pixels: np.ndarray) -> np.ndarray:
     """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [0, 1]: the .pte's input contract
     (normalization is baked into the graph by default)."""
@@ -116,9 +113,9 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
     model instead of the .pte (the same calibration path; minutes faster, for recipe sweeps)."""
     import torch
 
+    from mobile_export.executorch.target import ExecuTorchTarget
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
-    from mobile_export.executorch.target import ExecuTorchTarget, quantized_for
 
     t0 = time.perf_counter()
     model, meta, pre = train_small.load_checkpoint(checkpoint)
@@ -136,19 +133,17 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
     if not calib_dir.exists():
         write_calibration_folder(calib_dir, data.train_x, calibration_images, seed)
     options = ExportOptions(quantize="int8", calibration=calib_dir, calibration_limit=calibration_images,
-                            seed=seed, extra={"quant_recipe": RECIPES[recipe_name]})
+                            seed=seed, quant_recipe=RECIPES[recipe_name])
     target = ExecuTorchTarget()
     dest = work / f"{checkpoint.stem}_{recipe_name}_{seed}.pte"
     if quantized_pytorch:
         return _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed, calibration_images,
                                         data, x_test, reference, t0, log)
     fields = target.export(built, options, dest, log)
+    q = fields.pop("quantized_model", None)  # the convert_pt2e model lowered into the .pte
     int8 = np.concatenate(target.run(dest, fields, [x[None] for x in x_test]))
 
     # The .pte should match the quantized PyTorch model it was lowered from (one output step).
-    from mobile_export.fsutil import sha256_file
-
-    q = quantized_for(sha256_file(dest))
     pte_vs_q = None
     if q is not None:
         with torch.no_grad():
@@ -186,14 +181,14 @@ def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed
                              x_test, reference, t0, log) -> Measurement:
     import torch
 
-    from mobile_export.quantize import QuantRecipe, load_calibration, quantize_pt2e
-    from mobile_export.executorch.target import with_normalization
+    from mobile_export.executorch.lowering import with_normalization
+    from mobile_export.quantize import load_calibration, quantize_pt2e
 
     model = with_normalization(built.module, built.preprocess.mean, built.preprocess.std)
     calibration = load_calibration(options.calibration, built.preprocess, limit=calibration_images,
                                    normalized=False, log=log)
     q = quantize_pt2e(model, torch.zeros(built.input_shape), calibration.inputs,
-                      QuantRecipe.from_dict(options.extra["quant_recipe"]), log)
+                      options.executorch.recipe, log)
     with torch.no_grad():
         int8 = np.concatenate([q.graph_module(torch.from_numpy(x[None])).numpy() for x in x_test])
     y = data.test_y
@@ -219,7 +214,9 @@ def summarize(rows: list[Measurement]) -> list[dict]:
         groups.setdefault((r.checkpoint, r.recipe, r.calibration_images), []).append(r)
     out = []
     for (ckpt, recipe, n), ms in groups.items():
-        med = lambda f: statistics.median(f(m) for m in ms)  # noqa: E731
+        def med(f, ms=ms):
+            return statistics.median(f(m) for m in ms)
+
         drop, agree = med(lambda m: m.drop), med(lambda m: m.agreement)
         out.append({
             "checkpoint": ckpt, "model": ms[0].model, "dataset": ms[0].dataset, "recipe": recipe,

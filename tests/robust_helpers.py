@@ -24,6 +24,7 @@ def export_small(root: Path) -> Path:
     """Export MODEL at RES to .pte and .mlpackage through the real pipeline, with
     well-conditioned weights (so the intact artifacts pass parity) written to a file."""
     from et_helpers import write_weights
+
     from mobile_export.pipeline import ExportRequest, run_export
     from mobile_export.targets import ExportOptions
 

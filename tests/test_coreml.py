@@ -18,13 +18,19 @@ import shutil
 import numpy as np
 import pytest
 
+from mobile_export.coreml import compress as cq
+from mobile_export.coreml.target import (
+    LABEL_NAME,
+    PROBS_NAME,
+    CoreMLTarget,
+    load_spec,
+    op_types,
+    pitfalls,
+    softmax_input,
+)
 from mobile_export.errors import ArtifactError, UsageError
 from mobile_export.models import BuiltModel, all_specs, create_model, get_spec
 from mobile_export.targets import ExportOptions
-from mobile_export.coreml.target import (
-    CoreMLTarget, LABEL_NAME, PROBS_NAME, load_spec, op_types, pitfalls, softmax_input,
-)
-from mobile_export.coreml import compress as cq
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")

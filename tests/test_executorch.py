@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from et_helpers import photo_folder, write_weights
+
 from mobile_export import manifest as mf
 from mobile_export.errors import ArtifactError, DelegationError
+from mobile_export.executorch.target import MAGIC, ExecuTorchTarget
 from mobile_export.models import all_specs, get_spec
 from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
-from mobile_export.executorch.target import MAGIC, ExecuTorchTarget
 
 # (name, resolution) exported in the default run; every other member runs under -m slow.
 DEFAULT_FP32 = {"mobilenet_v2_100": 224, "mobilenet_v3_small_100": 224, "mobilenet_v3_large_100": 224,
@@ -103,7 +103,7 @@ def test_fp32_export_fully_delegated_and_verified(work, request, name, res):
     deleg = entry["delegation"]
     assert deleg["delegated_ops"] > 10 and deleg["delegated_subgraphs"] >= 1
     if hybrid:  # what is left outside is named, op by op
-        assert deleg["complete"] == (not deleg["outside"])
+        assert sum(deleg["outside"].values()) < deleg["delegated_ops"], deleg["outside"]  # most of it is delegated
         assert all(isinstance(n, int) and n > 0 for n in deleg["outside"].values())
     else:
         assert deleg["complete"] and deleg["outside"] == {}, deleg["outside"]
@@ -197,13 +197,12 @@ def test_int8_family_trained_and_calibrated_on_real_images(work, digits, name, r
 
 
 def test_int8_verify_rebuilds_quantized_reference(v2_int8):
-    """A later `verify` (new process state) rebuilds the quantized model from the manifest
-    (same weights file, recipe, calibration folder) and checks its output scale."""
-    from mobile_export.targets import executorch as et
+    """A later `verify` (no quantized model handed over: there is no module-level cache) rebuilds
+    the quantized model from the manifest (same weights file, recipe, calibration folder) and
+    checks its output scale."""
     from mobile_export.verify import verify_artifact
 
     out, _, entry = v2_int8
-    et._QUANTIZED.clear()
     report = verify_artifact(out / entry["file"], limit=4)
     assert report["quantized_reference"].startswith("rebuilt from the manifest"), report["quantized_reference"]
     assert report["passed"], report["failures"]

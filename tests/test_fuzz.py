@@ -23,9 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from robust_helpers import (PKG, PTE, cli_inprocess, copy_export, damage_file, damage_package, error_lines,
-                            repin, shared_export)
+from robust_helpers import (
+    PKG,
+    PTE,
+    cli_inprocess,
+    copy_export,
+    damage_file,
+    damage_package,
+    error_lines,
+    repin,
+    shared_export,
+)
 
 SEED = 8  # the number; any fixed seed makes every case reproducible
 KINDS = ("checkpoint", "mlpackage", "pte")

@@ -1,6 +1,7 @@
 """The manifest contract: schema, versions, sha256 checks, atomic writes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,33 @@ def test_imagenet_labels_ship_with_the_package():
     labels = imagenet_labels()
     assert len(labels) == 1000 and len(set(labels)) == 1000
     assert labels[0] == "tench" and labels[207] == "golden retriever" and labels[999] == "toilet tissue"
+
+
+# --- ArtifactEntry: typed, and byte-compatible with manifests written before it ----------------
+
+MANIFEST_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "manifests").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", MANIFEST_FIXTURES, ids=lambda p: p.stem)
+def test_artifact_entries_of_older_manifests_round_trip_unchanged(path):
+    from mobile_export.manifest import ArtifactEntry
+
+    text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
+    doc["artifacts"] = [ArtifactEntry.from_dict(a).to_dict() for a in doc["artifacts"]]
+    assert json.dumps(doc, indent=2) + "\n" == text  # the same bytes write_manifest would write
+
+
+def test_artifact_entry_keeps_unknown_keys_in_place_and_reads_typed():
+    from mobile_export.manifest import ArtifactEntry
+
+    raw = {"file": "m.pte", "bytes": 10, "sha256": "ab", "from_the_future": {"x": 1}, "target": "executorch",
+           "quantization": {"mode": "pt2e-int8"}, "input": {"normalized_in_model": True},
+           "export": {"bundled": {"cases": 3}}}
+    entry = ArtifactEntry.from_dict(raw)
+    assert list(entry.to_dict()) == list(raw) and entry.to_dict() == raw
+    assert entry.unknown == {"from_the_future": {"x": 1}}
+    assert entry.quantized and entry.quantization_mode == "pt2e-int8"
+    assert entry.normalized_in_model and entry.output_kind == "logits" and entry.bundled == {"cases": 3}
+    plain = ArtifactEntry.from_dict({"file": "a.mlpackage", "bytes": 1, "sha256": "c", "precision": "fp16"})
+    assert not plain.quantized and not plain.normalized_in_model and plain.bundled == {}

@@ -33,8 +33,8 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
 from mobile_export import preprocess as pp  # noqa: E402
-from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 from mobile_export.coreml.mil import activation_stats, coremltools_calibration, load_program  # noqa: E402
+from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 
 PHOTOS = pp.bundled_photos()
 pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
@@ -363,8 +363,11 @@ def test_w8a8_with_coremltools_calibration_on_linux(v2, tmp_path):
 
 
 def test_per_layer_rows_match_every_conv(v2, tmp_path):
-    from mobile_export.coreml.mil.per_layer import layer_rows
-    from mobile_export.verify.per_layer import write_per_layer_report
+    from mobile_export.coreml.mil.per_layer import layer_values
+    from mobile_export.verify.per_layer import collect, write_per_layer_report
+
+    def layer_rows(program, module, feeds, reference_inputs):
+        return collect(lambda sink: layer_values(program, module, feeds, reference_inputs, sink))[0]
 
     program = load_program(v2.packages["fp16"])
     rows = layer_rows(program, v2.built.module, v2.feeds()[:3], v2.normalized[:3])

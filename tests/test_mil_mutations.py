@@ -15,11 +15,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
 
-from mobile_export.errors import ArtifactError  # noqa: E402
-from mobile_export.verify import metrics, thresholds  # noqa: E402
+from test_mil_executor import PHOTOS, Family, logits_name, run_logits  # noqa: E402
+
 from mobile_export.coreml.mil import load_program  # noqa: E402
 from mobile_export.coreml.mil.program import package_paths, read_spec  # noqa: E402
-from test_mil_executor import PHOTOS, Family, logits_name, run_logits  # noqa: E402
+from mobile_export.errors import ArtifactError  # noqa: E402
+from mobile_export.verify import metrics, thresholds  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
               pytest.mark.usefixtures("one_thread")]

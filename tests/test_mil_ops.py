@@ -21,8 +21,8 @@ import torch.nn.functional as F  # noqa: E402
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import Function, Program, types  # noqa: E402
 
-from mobile_export.errors import ArtifactError, UnsupportedOpError  # noqa: E402
 from mobile_export.coreml.mil import SUPPORTED_OPS, load_program  # noqa: E402
+from mobile_export.errors import ArtifactError, UnsupportedOpError  # noqa: E402
 
 S = (2, 3, 4, 5)
 

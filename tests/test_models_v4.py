@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+import timm_side
 import torch
 
-import timm_side
 from mobile_export.errors import UsageError
 from mobile_export.models import get_spec
 from mobile_export.models.blocks import MultiQueryAttention2d, UniversalInvertedResidual
@@ -68,7 +68,7 @@ def test_unknown_kind_is_a_usage_error():
         mobilenet_v4(kind="conv_tiny")
 
 
-@pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)
+@pytest.mark.sidecar  # skips by itself without a side python (conftest)
 def test_outputs_equal_timm_on_the_same_weights(tmp_path, one_thread):
     """Conv-S and Hybrid-M (MQA with key/value downsampling, layer scale) at 128x128."""
     kinds = ["conv_small", "hybrid_medium"]

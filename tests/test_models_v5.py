@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import timm_side
 import torch
 
-import timm_side
 from mobile_export.errors import UsageError
 from mobile_export.models import create_model, get_spec
 from mobile_export.models.blocks import Conv2dSame, MobileAttention, RmsNormAct2d
@@ -92,7 +92,7 @@ def test_verify_rebuilds_the_encoder_from_its_manifest(one_thread):
         assert built.module(torch.rand(built.input_shape)).shape == (1, 2048, 16, 16)
 
 
-side = pytest.mark.skipif(not timm_side.available(), reason=timm_side.SKIP_REASON)
+side = pytest.mark.sidecar  # skips by itself without a side python (conftest)
 TIMM_NAMES = dict(CASES)
 
 
@@ -165,7 +165,7 @@ def test_exported_graph_has_only_ops_xnnpack_takes():
 
 @pytest.mark.slow
 def test_v5_piece_lowers_whole_to_xnnpack():
-    from mobile_export.executorch.target import lower
+    from mobile_export.executorch.lowering import lower
 
     torch.manual_seed(0)
     _, delegation = lower(_V5Piece().eval(), torch.rand(1, 16, 32, 32))

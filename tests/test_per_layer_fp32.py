@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from et_helpers import write_weights
+
 from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
 
@@ -35,8 +35,8 @@ def fp32_pte(tmp_path_factory):
 @pytest.fixture(scope="module")
 def verified(fp32_pte, tmp_path_factory):
     """verify --per-layer, keeping the twin's ETRecord and dumps for the mutation test."""
-    from mobile_export.verify import verify_artifact
     from mobile_export.executorch.etdump import KEEP_ENV
+    from mobile_export.verify import verify_artifact
 
     lines: list[str] = []
     kept = tmp_path_factory.mktemp("twin")
@@ -89,12 +89,16 @@ def test_per_op_rows_have_teeth(fp32_pte, verified):
     from executorch.devtools.etrecord import parse_etrecord
 
     from mobile_export import manifest as mf
-    from mobile_export.executorch.etdump import numeric_gap_rows
+    from mobile_export.executorch.etdump import FP32_EXACT_DB, numeric_gap_values
+    from mobile_export.verify.per_layer import collect
     from mobile_export.verify.reference import load_inputs, preprocess_of
 
     path, _ = fp32_pte
     kept = verified[2]
     feed = load_inputs(None, preprocess_of(mf.manifest_for(path)[0]), IMAGES).raw[:1]  # what verify fed image 0 (normalization is in the model)
+    def numeric_gap_rows(record, dumps, feed, in_wrapper):
+        return collect(lambda sink: numeric_gap_values(record, dumps, feed, sink, in_wrapper=in_wrapper), FP32_EXACT_DB)[0]
+
     clean = numeric_gap_rows(kept / "twin.etrecord", kept / "etdump", feed, in_wrapper=True)
     record = parse_etrecord(str(kept / "twin.etrecord"))
     target = "blocks.2.1.conv_pw"
@@ -117,9 +121,10 @@ def test_fallback_to_the_whole_program_row(fp32_pte, verified, tmp_path):
     """A reference the twin cannot be lowered from: one logged line, the single runtime row."""
     import torch
 
+    from mobile_export import manifest as mf
+    from mobile_export.targets import get_target
     from mobile_export.verify.per_layer import per_layer_report
     from mobile_export.verify.reference import load_inputs, rebuild_reference
-    from mobile_export import manifest as mf
 
     class DataDependent(torch.nn.Module):
         def forward(self, x):
@@ -130,7 +135,8 @@ def test_fallback_to_the_whole_program_row(fp32_pte, verified, tmp_path):
     built = dataclasses.replace(rebuild_reference(manifest), module=DataDependent())
     lines: list[str] = []
     inputs = load_inputs(None, built.preprocess, 2)
-    pl = per_layer_report(path, entry, built, inputs, None, verified[0], tmp_path / "fb", log=lines.append)
+    pl = per_layer_report(path, get_target("executorch"), entry, built, inputs, None, verified[0], tmp_path / "fb",
+                          log=lines.append)
     assert pl["layers"] == 1 and pl["source"].startswith("per-op twin of") and "failed (ExportError" in pl["source"]
     assert sum("failed" in line for line in lines) == 1 and "\n" not in lines[0]
     assert _csv_rows(Path(pl["files"]["csv"]))[0]["name"] == "runtime"

@@ -4,13 +4,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mobile_export.preprocess as pp
 from mobile_export.errors import ImageError
 from mobile_export.models.registry import Preprocess
 from mobile_export.preprocess import (
-    bundled_photos, decode, find_images, load_folder, load_input, normalize, resize_crop,
-    resized_size, sample_evenly,
+    bundled_photos,
+    decode,
+    find_images,
+    load_folder,
+    load_input,
+    normalize,
+    resize_crop,
+    resized_size,
+    sample_evenly,
 )
-import mobile_export.preprocess as pp
 
 PRE = Preprocess(crop=224, resize=256)
 

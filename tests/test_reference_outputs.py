@@ -23,6 +23,7 @@ pytestmark = pytest.mark.sidecar
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "reference_fixtures.py"
 from sidecar import SIDE_PYTHON, SKIP_REASON  # noqa: E402
+
 RESOLUTION = 128  # small, but every stage still sees a spatial map (4x4 at stride 32)
 TOLERANCE = 1e-5
 

@@ -20,9 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from robust_helpers import (MODEL, PKG, PTE, RES, WEIGHT_REL, cli_inprocess, cli_subprocess, copy_export,
-                            flip, listing, one_line_error, repin, set_blob_offset, shared_export, truncate)
+from robust_helpers import (
+    MODEL,
+    PKG,
+    PTE,
+    RES,
+    WEIGHT_REL,
+    cli_inprocess,
+    cli_subprocess,
+    copy_export,
+    flip,
+    listing,
+    one_line_error,
+    repin,
+    set_blob_offset,
+    shared_export,
+    truncate,
+)
 
 SMALL = ["v1-025", "--weights", "random", "--resolution", str(RES)]
 

@@ -39,7 +39,7 @@ def _spec_or_skip(name: str):
         pytest.skip(f"{name} has no counterpart registered in the family yet")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _meta_shapes(spec_name: str, num_classes: int) -> dict:
     """Our state-dict names and shapes, without allocating the parameters."""
     spec = get_spec(spec_name)

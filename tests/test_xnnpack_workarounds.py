@@ -18,9 +18,8 @@ import torch
 
 pytest.importorskip("executorch")
 
+from mobile_export.executorch.lowering import TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu  # noqa: E402
 from mobile_export.models.blocks import RmsNormAct2d  # noqa: E402
-from mobile_export.executorch.target import (  # noqa: E402
-    TANH_GELU_EXACT, TANH_GELU_FAST, lower, spell_out_tanh_gelu)
 
 
 class _ConvActConv(torch.nn.Module):
@@ -110,7 +109,8 @@ def test_exact_gelu_stays_one_op():
 def test_per_op_twin_handles_non_persistent_buffers(one_thread):
     """RmsNormAct2d keeps its 1/C kernel out of the state dict (timm checkpoints load as they
     are); the twin must still give per-op rows, and leave the model as it found it."""
-    from mobile_export.executorch.etdump import twin_rows
+    from mobile_export.executorch.etdump import twin_values
+    from mobile_export.verify.per_layer import collect
 
     torch.manual_seed(0)
     model = _ConvActConv(torch.nn.GELU(approximate="tanh"), norm=True).eval()
@@ -118,7 +118,7 @@ def test_per_op_twin_handles_non_persistent_buffers(one_thread):
     assert not any(k.endswith("channel_mean") for k in keys)
     built = types.SimpleNamespace(module=model, preprocess=None, input_shape=(1, 3, 24, 24))
     feed = [np.random.default_rng(i).random((1, 3, 24, 24), dtype=np.float32) for i in range(2)]
-    rows = twin_rows(built, {"input": {"normalized_in_model": False}}, feed)
+    rows, _ = collect(lambda sink: twin_values(built, {"input": {"normalized_in_model": False}}, feed, sink))
     ops = {op for row in rows for op in row.op.split("+")}
     assert {"conv2d", "rsqrt", "sigmoid"} <= ops, ops
     assert any(row.module == "norm" for row in rows)

@@ -41,8 +41,13 @@ class CompressionMode:
     weights: str  # for the manifest and the model description
     activations: str | None = None
     nbits: int | None = None  # palettization
-    needs_calibration: bool = False
+    needs_calibration: bool = False  # activation ranges (W8A8)
+    data_aware: bool = False  # palette sizes per layer from measured sensitivity (calibration images)
     why_min_ios: str = ""
+
+    @property
+    def palettizes(self) -> bool:
+        return self.nbits is not None or self.data_aware
 
 
 MODES: dict[str, CompressionMode] = {
@@ -54,6 +59,10 @@ MODES: dict[str, CompressionMode] = {
         CompressionMode("palettize6", "pal6", 18, "6-bit palette (1-D k-means) per group of output channels", nbits=6,
                         why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
         CompressionMode("palettize4", "pal4", 18, "4-bit palette (1-D k-means) per group of output channels", nbits=4,
+                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
+        CompressionMode("palettize-auto", "palauto", 18,
+                        "2-8-bit palettes per group of output channels; bits per layer from measured sensitivity "
+                        "on the calibration images under a size budget", data_aware=True,
                         why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
         CompressionMode("w8a8", "w8a8", 17, "int8 linear symmetric, one scale per output channel",
                         activations="int8 linear symmetric, min/max over the calibration images",
@@ -112,19 +121,32 @@ def palette_group_size(channels: int) -> int:
     return next(g for g in PALETTE_GROUPS if channels % g == 0)
 
 
-def _weight_config(mlmodel, mode: CompressionMode):
-    """OptimizationConfig for the weights: per-layer palette groups for palettization."""
+def palettized_weights(mlmodel) -> dict[str, tuple[int, ...]]:
+    """The weights palettization compresses (name -> shape): those of WEIGHT_THRESHOLD elements or more."""
     import coremltools.optimize.coreml as cto
 
-    if mode.nbits is None:
+    return {name: tuple(meta.val.shape) for name, meta in
+            cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()}
+
+
+def _weight_config(mlmodel, mode: CompressionMode, bits: dict[str, int] | None = None):
+    """OptimizationConfig for the weights: per-layer palette groups (and, data-aware, per-layer
+    palette sizes from `bits`) for palettization."""
+    import coremltools.optimize.coreml as cto
+
+    if not mode.palettizes:
         return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+    if mode.data_aware and not bits:
+        raise ExportError(f"{mode.name} needs palette sizes from the sensitivity pass; none were computed (internal error)")
     per_weight = {}
-    lut_function = kmeans_lut(mode.nbits)
-    for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items():
+    luts = {}
+    for name, shape in palettized_weights(mlmodel).items():
+        nbits = bits[name] if mode.data_aware else mode.nbits
+        lut_function = luts.setdefault(nbits, kmeans_lut(nbits))
         per_weight[name] = cto.OpPalettizerConfig(
             mode="custom", lut_function=lut_function, granularity="per_grouped_channel",
-            group_size=palette_group_size(meta.val.shape[0]), channel_axis=0,
+            group_size=palette_group_size(shape[0]), channel_axis=0,
             enable_per_channel_scale=False, weight_threshold=WEIGHT_THRESHOLD)
     return cto.OptimizationConfig(op_name_configs=per_weight)
 
@@ -187,10 +209,11 @@ def activation_config():
         mode="linear_symmetric", dtype="int8", weight_threshold=0))
 
 
-def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = None):
+def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = None, bits: dict[str, int] | None = None):
     """Apply `mode_name` to a converted ML Program; returns a new MLModel (not loaded).
 
-    `activation_stats` ({tensor name: {"rmin", "rmax"}}, inputs included) is required for w8a8."""
+    `activation_stats` ({tensor name: {"rmin", "rmax"}}, inputs included) is required for w8a8;
+    `bits` (weight name -> palette bits, from coreml.sensitivity) for palettize-auto."""
     mode = get_mode(mode_name)
     if mode.name == "none":
         return mlmodel
@@ -209,8 +232,8 @@ def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = 
             p.set_options([PassOption("config", config), PassOption("activation_stats", activation_stats)])
             passes.append(p)
         passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
-    weight_pass = PASS_REGISTRY["compression::palettize_weights" if mode.nbits else "compression::linear_quantize_weights"]
-    weight_pass.set_options([PassOption("config", _weight_config(mlmodel, mode)), PassOption("joint_compression", False)])
+    weight_pass = PASS_REGISTRY["compression::palettize_weights" if mode.palettizes else "compression::linear_quantize_weights"]
+    weight_pass.set_options([PassOption("config", _weight_config(mlmodel, mode, bits)), PassOption("joint_compression", False)])
     passes.append(weight_pass)
     return apply_passes(mlmodel, passes, ios)
 

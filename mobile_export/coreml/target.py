@@ -33,21 +33,34 @@ read from the executor) for classifiers, the features otherwise; see `output_qua
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
 import os
 import sys
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError, ExportError, UsageError
+from ..manifest import ArtifactEntry
+from ..targets.base import ExportOptions, OpInfo, PerOpValues, Target
 from . import compress as cq
-from ..targets.base import ExportOptions, Target
+from .quiet import quiet as _quiet
+from .spec import (
+    PACKAGE_MANIFEST,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    argument_names,
+    blob_files,
+    load_spec,
+    op_types,
+    operations,
+    opset,
+    producers,
+)
+
+__all__ = ["CoreMLTarget", "LABEL_NAME", "PROBS_NAME", "load_spec", "op_types", "pitfalls", "softmax_input"]
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"  # what the Neural Engine runs
@@ -58,10 +71,6 @@ LABEL_NAME = "classLabel"
 PROBS_NAME = "classLabel_probs"
 AUTHOR = "mobile-export"
 
-SPEC_FILE = "Data/com.apple.CoreML/model.mlmodel"
-WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
-WEIGHTS_FILE = WEIGHTS_DIR + "/weight.bin"
-PACKAGE_MANIFEST = "Manifest.json"
 _DATE_KEY = "com.github.apple.coremltools.conversion_date"
 _DEBUG_FILE = "executorch_debug_handle_mapping.json"
 _UUID_NAMESPACE = uuid.UUID("6b1f0a43-6f25-4d7a-9c55-3d0b9d0c1e77")  # any fixed namespace
@@ -79,7 +88,7 @@ class CoreMLTarget(Target):
 
     def variant_tag(self, options: ExportOptions) -> str:
         mode = cq.MODES.get(options.compress)
-        parts = [options.precision or DEFAULT_PRECISION, mode.tag if mode else options.compress]
+        parts = [str(options.precision or DEFAULT_PRECISION), mode.tag if mode else options.compress]
         if options.input_kind == "tensor":
             parts.append("tensor")
         if not options.classifier:
@@ -89,7 +98,7 @@ class CoreMLTarget(Target):
         return "_".join(p for p in parts if p)
 
     def validate(self, built, options: ExportOptions) -> None:
-        precision = options.precision or DEFAULT_PRECISION
+        precision = str(options.precision or DEFAULT_PRECISION)
         if precision not in PRECISIONS:
             raise UsageError(f"Core ML precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}")
         cq.deployment_target(options.compress, options.deployment_target)  # raises with what works
@@ -105,7 +114,7 @@ class CoreMLTarget(Target):
     # --- export ----------------------------------------------------------------------
 
     def export(self, built, options: ExportOptions, dest: Path, log) -> dict:
-        precision = options.precision or DEFAULT_PRECISION
+        precision = str(options.precision or DEFAULT_PRECISION)
         mode = cq.get_mode(options.compress)
         ios = cq.deployment_target(options.compress, options.deployment_target)
         plan = _Plan(built, options)
@@ -118,14 +127,15 @@ class CoreMLTarget(Target):
         log(f"coreml: converting ({precision}, iOS{ios}, {plan.input_kind} input, std "
             f"{'folded into the first conv' if folded else 'as an in-model multiply'})")
         mlmodel = _convert(exported, built, plan, precision, ios)
+        stats, calib, choice = None, None, None
         if mode.needs_calibration:
             stats, calib = _activation_stats(mlmodel, built, options, plan, dest, log)
-        else:
-            stats, calib = None, None
+        if mode.data_aware:
+            choice, calib = _palette_bits(mlmodel, built, options, plan, dest, log)
         if mode.name != "none":
             log(f"coreml: compressing weights ({mode.name})")
             with _quiet():
-                mlmodel = cq.compress(mlmodel, mode.name, ios, stats)
+                mlmodel = cq.compress(mlmodel, mode.name, ios, stats, bits=choice.bits if choice else None)
         _describe(mlmodel, built, plan, precision, mode, ios)
         with _quiet():
             mlmodel.save(str(dest))
@@ -139,8 +149,11 @@ class CoreMLTarget(Target):
         quant = {"mode": mode.name, "weights": mode.weights}
         if mode.activations:
             quant["activations"] = mode.activations
-        if mode.nbits:
+        if mode.palettizes:
             quant["palette_groups"] = list(cq.PALETTE_GROUPS)
+        if choice is not None:
+            quant["size_budget"] = options.size_budget
+            quant["palette_bits"] = choice.record()
         if calib is not None:
             quant["calibration"] = calib
         quant["guarded_passes_removed"] = list(cq.UNSAFE_PASSES)
@@ -154,7 +167,7 @@ class CoreMLTarget(Target):
             "coreml": {
                 "deployment_target": f"iOS{ios}",
                 "compute_precision": precision,
-                "opset": _opset(spec),
+                "opset": opset(spec),
                 "std_folded_into_first_conv": folded,
                 "files": {rel: (dest / rel).stat().st_size for rel in (SPEC_FILE, WEIGHTS_FILE) if (dest / rel).exists()},
                 "ops": ops,
@@ -183,7 +196,7 @@ class CoreMLTarget(Target):
         if not spec.description.input or not spec.description.output or function is None \
                 or function.opset not in function.block_specializations:
             raise ArtifactError(f"{artifact.name}: {SPEC_FILE} lacks its inputs, outputs or main function; the file is damaged, export it again")
-        blobs = _blob_files(spec)
+        blobs = blob_files(spec)
         for name in blobs:
             rel = name.replace("@model_path/", "Data/com.apple.CoreML/")
             if not (artifact / rel).is_file():
@@ -193,12 +206,58 @@ class CoreMLTarget(Target):
         """What `run` returns for this artifact: "logits" (classifiers and logits artifacts on
         Linux), "log_probabilities" (classifiers under Core ML's own predict on macOS, which only
         exposes probabilities) or "features". The verifier compares the reference accordingly."""
-        kind = entry.get("output", {}).get("kind")
+        kind = ArtifactEntry.from_dict(entry).output_kind
         if kind == "features":
             return "features"
         if kind in ("classifier", "probabilities") and _use_coreml_predict():
             return "log_probabilities"
         return "logits"
+
+    def per_op_values(self, artifact: Path, entry: dict, built, inputs, quantized, sink, log) -> PerOpValues:
+        """Executor values of every conv/linear vs the PyTorch model's layers on the verification
+        images (coreml/mil/per_layer.py), each row's loss against the row before it."""
+        from .mil import load_program
+        from .mil.per_layer import layer_values
+
+        artifact = Path(artifact)
+        program = load_program(artifact)
+        info = program.inputs[0]
+        in_model = ArtifactEntry.from_dict(entry).normalized_in_model
+        raw = inputs.raw if in_model else inputs.normalized
+        scale = 255.0 if info.kind == "image" else 1.0
+        feeds = [{info.name: np.asarray(x, np.float32) * scale} for x in raw]
+        ops = layer_values(program, built.module, feeds, inputs.normalized, sink)
+        return PerOpValues(ops=ops, title=f"{artifact.name}: per-layer error ({len(feeds)} real images, Linux executor)",
+                           source="Linux ML Program executor vs the PyTorch layers, conv/linear by conv/linear",
+                           whole=OpInfo("output", "mlpackage vs PyTorch", "(whole program, Linux ML Program executor)"))
+
+    def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
+        """Size, op counts and output precisions of the package: what Linux can tell (Core ML
+        runs only on Apple platforms)."""
+        from ..fsutil import size_bytes
+
+        artifact = Path(artifact)
+        self.check_file(artifact)
+        spec = load_spec(artifact)
+        with _quiet():
+            from coremltools.proto import MIL_pb2
+        ops: dict[str, int] = {}
+        dtypes: dict[str, int] = {}
+        for op in operations(spec):
+            ops[op.type] = ops.get(op.type, 0) + 1
+            for out in op.outputs:
+                code = out.type.tensorType.dataType
+                name = MIL_pb2.DataType.Name(code) if code else "unknown"
+                dtypes[name] = dtypes.get(name, 0) + 1
+        weight = artifact / WEIGHTS_FILE
+        return {
+            "bytes": size_bytes(artifact),
+            "weight_bin_bytes": weight.stat().st_size if weight.exists() else 0,
+            "opset": opset(spec),
+            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+            "output_dtypes": dtypes,
+            "latency": "Core ML runs only on macOS; measure there (Xcode performance report)",
+        }
 
     def run(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
         artifact = Path(artifact)
@@ -227,7 +286,7 @@ class _Plan:
     """The input/output contract of one export, decided once from the options."""
 
     def __init__(self, built, options: ExportOptions):
-        self.input_kind = options.input_kind
+        self.input_kind = str(options.input_kind)
         self.input_name = INPUT_NAMES[options.input_kind]
         self.normalize = options.normalize_in_model
         self.features = built.spec.output == "features"
@@ -406,13 +465,9 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
     saved beside `dest` through the Linux executor."""
     import tempfile
 
-    from ..quantize.calibration import load_calibration
     from . import mil
 
-    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
-                             normalized=not plan.normalize, log=log)
-    scale = 255.0 if plan.input_kind == "image" else 1.0
-    samples = ({plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs)  # streamed, one at a time
+    calib, samples = _calibration_samples(built, options, plan, log)
     with tempfile.TemporaryDirectory(prefix=".calib.", dir=dest.parent) as tmp:
         float_pkg = Path(tmp) / "float.mlpackage"
         with _quiet():
@@ -420,6 +475,55 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
         log(f"coreml: calibrating activations on {len(calib.inputs)} image(s) with the ML Program executor")
         stats = mil.activation_stats(float_pkg, samples)
     return stats, calib.record()
+
+
+def _calibration_samples(built, options: ExportOptions, plan: _Plan, log):
+    from ..quantize.calibration import load_calibration
+
+    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
+                             normalized=not plan.normalize, log=log)
+    scale = 255.0 if plan.input_kind == "image" else 1.0
+    return calib, [{plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs]
+
+
+#: Calibration images the sensitivity pass runs per weight and palette size (it runs the
+#: program weights x 5 x this many times; the noise ranking is stable from ~8 images on).
+SENSITIVITY_IMAGES = 16
+
+
+def _palette_bits(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Path, log):
+    """Palette size per weight for palettize-auto: each weight's output noise at 2-8 bits,
+    measured by running the float program on calibration images, then the least noisy
+    choice that fits `options.size_budget` x the fp32 weights' bytes (coreml.sensitivity)."""
+    import tempfile
+
+    from . import mil
+    from .sensitivity import WeightInfo, plan_bits
+
+    calib, samples = _calibration_samples(built, options, plan, log)
+    samples = samples[:SENSITIVITY_IMAGES]
+    with _quiet():
+        shapes = cq.palettized_weights(mlmodel)
+    weights = [WeightInfo(name, shape, cq.palette_group_size(shape[0])) for name, shape in shapes.items()]
+    with tempfile.TemporaryDirectory(prefix=".palette.", dir=dest.parent) as tmp:
+        float_pkg = Path(tmp) / "float.mlpackage"
+        with _quiet():
+            mlmodel.save(str(float_pkg))
+        program = mil.load_program(float_pkg)
+        floats = {n: np.asarray(v) for n, v in program.consts.items()
+                  if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        missing = [w.name for w in weights if w.name not in floats]
+        if missing:
+            raise ExportError(f"{built.spec.name}: weight {missing[0]!r} is not a constant of the program; "
+                              "use --compress palettize4 or palettize6")
+        fp32_bytes = 4.0 * sum(v.size for v in floats.values())
+        fixed = 2.0 * sum(v.size for n, v in floats.items() if n not in shapes)  # stays fp16
+        log(f"coreml: measuring the sensitivity of {len(weights)} weights on {len(samples)} calibration image(s)")
+        choice = plan_bits(program, samples, weights, cq.kmeans_lut, options.size_budget * fp32_bytes, fixed,
+                           fp32_bytes, output=softmax_input(program.spec), log=log)
+    log(f"coreml: palette bits {choice.record()['layers_per_bits']} (layers per bits), "
+        f"{choice.compressed_bytes / fp32_bytes:.3f}x the fp32 weights, predicted {choice.predicted_sqnr_db:.1f} dB")
+    return choice, calib.record()
 
 
 def _describe(mlmodel, built, plan: _Plan, precision: str, mode, ios: int) -> None:
@@ -468,24 +572,6 @@ def _describe(mlmodel, built, plan: _Plan, precision: str, mode, ios: int) -> No
 # --- package files ---------------------------------------------------------------------
 
 
-def load_spec(package: Path):
-    """The protobuf `Model` of a saved package; ArtifactError if it does not parse."""
-    package = Path(package)
-    path = package / SPEC_FILE
-    with _quiet():
-        from coremltools.proto import Model_pb2
-    from google.protobuf.message import DecodeError
-
-    spec = Model_pb2.Model()
-    try:
-        spec.ParseFromString(path.read_bytes())
-    except FileNotFoundError:
-        raise ArtifactError(f"{package.name}: {SPEC_FILE} is missing; the package is incomplete, export it again") from None
-    except (DecodeError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{package.name}: {SPEC_FILE} does not parse ({exc.__class__.__name__}); the file is damaged, export it again") from None
-    return spec
-
-
 def _make_reproducible(package: Path) -> None:
     """Same inputs -> same bytes: no date, deterministic protobuf, UUIDs from the item paths."""
     package = Path(package)
@@ -505,89 +591,28 @@ def _make_reproducible(package: Path) -> None:
     manifest_path.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _main_block(spec):
-    function = spec.mlProgram.functions["main"]
-    opset = function.opset
-    return function.block_specializations[opset]
-
-
-def _opset(spec) -> str:
-    return spec.mlProgram.functions["main"].opset
-
-
-def operations(spec):
-    """Top-level operations of the main function, in program order."""
-    return list(_main_block(spec).operations)
-
-
-def op_types(spec) -> list[str]:
-    """Sorted distinct MIL op types of the program (nested blocks included)."""
-    found: set[str] = set()
-
-    def walk(ops):
-        for op in ops:
-            found.add(op.type)
-            for block in op.blocks:
-                walk(block.operations)
-
-    walk(operations(spec))
-    return sorted(found)
-
-
-def _blob_files(spec) -> set[str]:
-    files = set()
-
-    def visit_value(value):
-        if value.HasField("blobFileValue"):
-            files.add(value.blobFileValue.fileName)
-
-    def walk(ops):
-        for op in ops:
-            for attr in op.attributes.values():
-                visit_value(attr)
-            for arg in op.inputs.values():
-                for binding in arg.arguments:
-                    if binding.HasField("value"):
-                        visit_value(binding.value)
-            for block in op.blocks:
-                walk(block.operations)
-
-    walk(operations(spec))
-    return files
-
-
-def _producers(spec) -> dict:
-    return {out.name: op for op in operations(spec) for out in op.outputs}
-
-
-def _argument_names(op, param: str) -> list[str]:
-    if param not in op.inputs:
-        return []
-    return [b.name for b in op.inputs[param].arguments if b.name]
-
-
 def softmax_input(spec) -> str | None:
     """Name of the logits: the input of the softmax that feeds the classify op (None if the
     program has no classify op)."""
-    producers = _producers(spec)
+    producers_of = producers(spec)
     for op in operations(spec):
         if op.type != "classify":
             continue
-        name = (_argument_names(op, "probabilities") or [None])[0]
-        while name in producers and producers[name].type == "cast":  # fp16 -> fp32 before classify
-            name = _argument_names(producers[name], "x")[0]
-        if name in producers and producers[name].type == "softmax":
-            return _argument_names(producers[name], "x")[0]
+        name = (argument_names(op, "probabilities") or [None])[0]
+        while name in producers_of and producers_of[name].type == "cast":  # fp16 -> fp32 before classify
+            name = argument_names(producers_of[name], "x")[0]
+        if name in producers_of and producers_of[name].type == "softmax":
+            return argument_names(producers_of[name], "x")[0]
     return None
 
 
 def pitfalls(spec) -> list[str]:
     """Known Neural Engine fp16 pitfalls present in a converted program (empty = none):
     a `linear` whose output feeds a hardswish/hardsigmoid, a `batch_norm` right after a conv."""
-    producers = _producers(spec)
+    producers_of = producers(spec)
     found = []
     for op in operations(spec):
-        sources = [producers.get(n) for n in _argument_names(op, "x")]
+        sources = [producers_of.get(n) for n in argument_names(op, "x")]
         for src in sources:
             if src is None:
                 continue
@@ -657,33 +682,3 @@ def _labels(spec) -> list[str]:
             arg = op.inputs["classes"].arguments[0]
             return [v.immediateValue.tensor.strings.values[0] for v in arg.value.immediateValue.list.values]
     return []
-
-
-@contextlib.contextmanager
-def _quiet():
-    """coremltools and torch.export print progress bars, version warnings and load failures on
-    stderr (some through handlers that hold the original stream); the library never prints, so
-    file descriptors 1 and 2 point at /dev/null while they work. Errors still propagate."""
-    ct_logger = logging.getLogger("coremltools")
-    level = ct_logger.level
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = []
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            with contextlib.suppress(OSError):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(devnull, fd)
-        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ct_logger.setLevel(logging.ERROR)
-            yield
-    finally:
-        ct_logger.setLevel(level)
-        for fd, copy_fd in saved:
-            os.dup2(copy_fd, fd)
-            os.close(copy_fd)
-        os.close(devnull)

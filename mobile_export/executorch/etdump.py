@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..fsutil import atomic_path, ensure_writable_dir
-from ..verify.per_layer import LayerRow, LayerStats, module_path, upstream_sqnr
+from ..fxgraph import measured_inputs, module_path, short_op_name
+from ..manifest import ArtifactEntry
+from ..targets.base import OpInfo, ValueSink
 from .runtime import run_isolated
 
 TWIN_IMAGES = 3  # per-op dumps are large and each image is one child-side program load
@@ -31,10 +33,12 @@ FP32_EXACT_DB = 150.0  # above float32 rounding (~138 dB): an input this clean c
 KEEP_ENV = "MOBILE_EXPORT_KEEP_TWIN"  # a folder: keep the twin's program, ETRecord and dumps there
 
 
-def twin_rows(built, entry: dict, feed: Sequence[np.ndarray], log: Callable[[str], None] = lambda _m: None) -> list[LayerRow]:
+def twin_values(built, entry: dict, feed: Sequence[np.ndarray], sink: ValueSink,
+                log: Callable[[str], None] = lambda _m: None) -> list[OpInfo]:
     """Lower the per-op twin into a temp dir (or the folder named by $MOBILE_EXPORT_KEEP_TWIN,
     kept for opening the Inspector by hand), run it with ETDump on `feed` (the images in the
-    artifact's input contract), and return one row per op, in graph order."""
+    artifact's input contract), pass every op's values to `sink` and return the ops in graph
+    order."""
     from executorch.devtools.etrecord import parse_etrecord
 
     keep = os.environ.get(KEEP_ENV)
@@ -46,7 +50,7 @@ def twin_rows(built, entry: dict, feed: Sequence[np.ndarray], log: Callable[[str
         run_isolated(program, feed, etdump_dir=dumps, debug_buffer_bytes=debug_buffer_bytes(record))
         if keep:
             log(f"per-op twin kept in {work}: twin.pte, twin.etrecord, etdump/etdump_N.etdp + debug_N.bin")
-        return numeric_gap_rows(record, dumps, feed, in_wrapper=_normalized_in_model(entry))
+        return numeric_gap_values(record, dumps, feed, sink, in_wrapper=_normalized_in_model(entry))
 
 
 def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
@@ -54,12 +58,12 @@ def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
     twin .pte and its ETRecord."""
     import torch
 
-    from .target import TANH_GELU_FAST, lower, with_normalization
+    from .lowering import TANH_GELU_FAST, lower, with_normalization
 
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
     model.eval()
-    fast_gelu = ((entry.get("delegation") or {}).get("tanh_gelu") or {}).get("runs_as") == TANH_GELU_FAST
+    fast_gelu = ((ArtifactEntry.from_dict(entry).delegation or {}).get("tanh_gelu") or {}).get("runs_as") == TANH_GELU_FAST
     with _buffers_persistent(model):
         manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
                            per_op=True, etrecord=True, exact_tanh_gelu=not fast_gelu)
@@ -104,18 +108,19 @@ def debug_buffer_bytes(record) -> int:
     return 2 * total + (16 << 20)
 
 
-def numeric_gap_rows(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], in_wrapper: bool = False) -> list[LayerRow]:
-    """Inspector.calculate_numeric_gap per image (image i: dump_dir/etdump_i.etdp + debug_i.bin),
-    accumulated into one row per AOT op (or fused group of ops). `etrecord`: a path or a parsed
-    ETRecord (a test may alter its reference weights). `in_wrapper`: module paths carry the
-    normalization wrapper's "model." prefix, dropped so they match the model's own names."""
+def numeric_gap_values(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], sink: ValueSink,
+                       in_wrapper: bool = False) -> list[OpInfo]:
+    """Inspector.calculate_numeric_gap per image (image i: dump_dir/etdump_i.etdp + debug_i.bin):
+    the values of each AOT op (or fused group of ops) go to `sink`, one call per image; returns
+    the ops in graph order. `etrecord`: a path or a parsed ETRecord (a test may alter its
+    reference weights). `in_wrapper`: module paths carry the normalization wrapper's "model."
+    prefix, dropped so they match the model's own names."""
     from executorch.devtools import Inspector
     from executorch.devtools.etrecord import ETRecord, parse_etrecord
 
     from ..quantize.calibration import to_tensor
 
     record = etrecord if isinstance(etrecord, ETRecord) else parse_etrecord(str(etrecord))
-    stats: dict[tuple, LayerStats] = {}
     names: dict[tuple, list[str]] = {}
     for i, x in enumerate(feed):
         record.update_representative_inputs([(to_tensor(x),)])
@@ -132,13 +137,11 @@ def numeric_gap_rows(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], in_wr
             if aot is None or runtime is None or aot.size != runtime.size:
                 continue
             key = tuple(handle)
-            st = stats.setdefault(key, LayerStats())
-            st.add(aot, runtime.reshape(aot.shape))
-            st.shape = "x".join(str(d) for d in aot.shape)
-            names[key] = list(ops)
-    if not stats:
+            names.setdefault(key, list(ops))
+            sink("+".join(names[key]), aot, runtime.reshape(aot.shape))
+    if not names:
         raise ValueError("the Inspector matched no runtime output to an op of the exported graph")
-    return _rows(_reference_nodes(record), stats, names, in_wrapper)
+    return _ops(_reference_nodes(record), names, in_wrapper)
 
 
 def _tensor(value) -> np.ndarray | None:
@@ -162,34 +165,24 @@ def _reference_nodes(record) -> list:
     return nodes
 
 
-def _rows(graph_nodes: list, stats: dict, names: dict, in_wrapper: bool) -> list[LayerRow]:
-    """Rows in graph order; loss = the SQNR of the op's inputs (the ops feeding it, through
-    unmeasured nodes; exact for the graph input) minus its own, both capped at FP32_EXACT_DB."""
+def _ops(graph_nodes: list, names: dict, in_wrapper: bool) -> list[OpInfo]:
+    """Ops in graph order; each is fed by the measured ops reached from its inputs through
+    unmeasured nodes (none for the graph input: exact), losses capped at FP32_EXACT_DB."""
     order = {n.name: i for i, n in enumerate(graph_nodes)}
     nodes = {n.name: n for n in graph_nodes}
     groups = {key: [nodes[name] for name in sorted(names[key], key=lambda n: order.get(n, math.inf)) if name in nodes]
-              for key in stats}
-    sqnr = {node.name: stats[key].sqnr for key, members in groups.items() for node in members}
-    rows = []
-    for index, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: order.get(kv[1][0].name, math.inf) if kv[1] else math.inf)):
-        st = stats[key]
-        up = math.inf
+              for key in names}
+    group_of = {node.name: "+".join(names[key]) for key, members in groups.items() for node in members}
+    ops = []
+    for key, members in sorted(groups.items(), key=lambda kv: order.get(kv[1][0].name, math.inf) if kv[1] else math.inf):
         seen = {m.name for m in members}
+        feeds: dict[str, None] = {}
         for m in members:
-            up = min(up, upstream_sqnr(m, sqnr, seen))
-        loss = min(up, FP32_EXACT_DB) - min(st.sqnr, FP32_EXACT_DB)
+            measured_inputs(m, group_of, seen, feeds)
         first = members[0] if members else None
-        rows.append(LayerRow(
-            name="+".join(names[key]), op="+".join(_op(m) for m in members) or "?",
-            sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs, cosine=round(st.cos_sum / st.n, 8),
-            sqnr_loss_db=round(loss, 4), module=_module(first, in_wrapper) if first is not None else "",
-            shape=st.shape, index=index))
-    return rows
-
-
-def _op(node) -> str:
-    target = getattr(node.target, "__name__", None) or str(node.target)
-    return target.replace("aten.", "").split(".")[0]
+        ops.append(OpInfo(name="+".join(names[key]), op="+".join(short_op_name(m) for m in members) or "?",
+                          module=_module(first, in_wrapper) if first is not None else "", feeds=tuple(feeds)))
+    return ops
 
 
 def _module(node, in_wrapper: bool) -> str:
@@ -200,4 +193,4 @@ def _module(node, in_wrapper: bool) -> str:
 
 
 def _normalized_in_model(entry: dict) -> bool:
-    return bool(entry["input"].get("normalized_in_model"))
+    return ArtifactEntry.from_dict(entry).normalized_in_model

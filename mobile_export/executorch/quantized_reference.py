@@ -2,39 +2,38 @@
 reference of an int8 parity check: the runtime must match it to ~1 output step, while the
 float model shows what quantization itself costs.
 
-Right after an export it is the exact model that was lowered (kept in memory, keyed by the
-.pte's sha256). Otherwise it is rebuilt: same weights, same recipe, same calibration images
-(the bundled photos, or the recorded folder if it is still there); quantization is
-deterministic, and the rebuilt output scale must equal the recorded one, else it is not
-used."""
+Right after an export the caller hands verify the exact model that was lowered (the export's
+"quantized_model"). Otherwise it is rebuilt here: same weights, same recipe, same calibration
+images (the bundled photos, or the recorded folder if it is still there); quantization is
+deterministic, and the rebuilt output scale must equal the recorded one, else it is not used."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..manifest import ArtifactEntry
+from ..targets.base import QuantizedReference
 
-def obtain(path: Path, entry: dict, built, manifest: dict):
-    """(QuantizedModel or None, one sentence saying where it came from or why it is missing)."""
-    from .target import quantized_for
 
-    cached = quantized_for(entry["sha256"])
-    if cached is not None:
-        return cached, "the model lowered into this .pte (same process)"
-    quant = entry.get("quantization") or {}
+def rebuild(entry: dict, built) -> QuantizedReference:
+    """The model, or None and why it cannot be rebuilt."""
+    entry = ArtifactEntry.from_dict(entry)
+    quant = entry.quantization or {}
     cal = quant.get("calibration") or {}
     folder = cal.get("folder")
     if cal.get("source") == "folder" and (not folder or not Path(folder).is_dir()):
-        return None, f"unavailable: the calibration folder {folder!r} is not here to rebuild it"
-    return _rebuild(entry, built, quant, cal, folder)
+        return QuantizedReference(None, f"unavailable: the calibration folder {folder!r} is not here to rebuild it")
+    model, how = _rebuild(entry, built, quant, cal, folder)
+    return QuantizedReference(model, how)
 
 
 def _rebuild(entry, built, quant, cal, folder):
     import torch
 
     from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
-    from .target import with_normalization
+    from .lowering import with_normalization
 
-    in_model = bool(entry["input"].get("normalized_in_model"))
+    in_model = entry.normalized_in_model
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if in_model else built.module
     calibration = load_calibration(folder if cal.get("source") == "folder" else None, pre,
@@ -42,7 +41,7 @@ def _rebuild(entry, built, quant, cal, folder):
                                    progress=False)
     if cal.get("files") and [p.name for p in calibration.paths] != list(cal["files"]):
         return None, "unavailable: the calibration images differ from the ones recorded at export"
-    shape = tuple(entry["input"]["shape"])
+    shape = tuple(entry.input["shape"])
     quantized = quantize_pt2e(model, torch.zeros(shape), calibration.inputs, QuantRecipe.from_dict(quant))
     recorded = quant.get("output_scale")
     if recorded is not None and quantized.output_scale is not None and abs(quantized.output_scale - recorded) > 1e-9 * max(1.0, abs(recorded)):

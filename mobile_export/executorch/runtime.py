@@ -5,8 +5,13 @@ path is not always survivable from Python), so the CLI never loads one itself: t
 writes the inputs to an .npz, starts `python -m mobile_export.executorch.runtime`, and turns any
 failure of the child into a one-line ArtifactError.
 
-Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR [--debug-buffer BYTES]];
+Child protocol: argv = PROGRAM INPUTS.npz OUTPUTS.npz [--threads N] [--etdump DIR [--debug-buffer BYTES]]
+[--time RUNS --warmup N] [--profile RUNS --etdump DIR];
 inputs are arrays in0, in1, ... (each 1x3xHxW float32); outputs are out0, out1, ...
+With --time (bench), input 0 runs on a program loaded once: first call, N untimed calls, RUNS
+timed calls; load_ms, first_ms and times_ms (one per timed call) come back beside out0.
+With --profile (per-operator times), input 0 runs RUNS times with ETDump profiling events and
+no debug buffer; the dump goes to DIR/etdump_profile.etdp.
 With --etdump, input i runs on a freshly loaded program and its ETDump and debug buffer go to
 DIR/etdump_i.etdp and DIR/debug_i.bin: the Inspector keeps one value per op, so one dump per
 image is what lets every image be compared.
@@ -45,10 +50,13 @@ def run_isolated(
     debug_buffer_bytes: int | None = None,
     bundled_cases: int | None = None,
     bundled_tolerance: tuple[float, float] | None = None,
+    time_runs: int | None = None,
+    warmup: int = 0,
+    profile_runs: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Execute `program` on every input in a child process; return the child's arrays
-    (out0, out1, ..., and for a .bpte bundled_ok). Any crash, abort, timeout or runtime
-    error becomes an ArtifactError naming the file."""
+    (out0, out1, ..., for a .bpte bundled_ok, with `time_runs` load_ms/first_ms/times_ms).
+    Any crash, abort, timeout or runtime error becomes an ArtifactError naming the file."""
     program = Path(program)
     with tempfile.TemporaryDirectory(prefix="mobile-export-run-") as tmp:
         in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
@@ -61,10 +69,13 @@ def run_isolated(
             cmd += ["--bundled-cases", str(int(bundled_cases))]
         if bundled_tolerance is not None:
             cmd += ["--bundled-rtol", repr(float(bundled_tolerance[0])), "--bundled-atol", repr(float(bundled_tolerance[1]))]
+        if time_runs is not None:
+            cmd += ["--time", str(int(time_runs)), "--warmup", str(int(warmup))]
+        if profile_runs is not None:
+            cmd += ["--profile", str(int(profile_runs))]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  timeout=timeout, env=env)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise ArtifactError(f"{program.name}: the ExecuTorch runtime did not finish within {timeout:.0f}s; the file may be damaged, export it again") from None
         if proc.returncode != 0 or not out_path.exists():
@@ -105,6 +116,9 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--bundled-cases", type=int, default=None)
     parser.add_argument("--bundled-rtol", type=float, default=BUNDLED_RTOL)
     parser.add_argument("--bundled-atol", type=float, default=BUNDLED_ATOL)
+    parser.add_argument("--time", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         import torch
@@ -115,7 +129,11 @@ def _child(argv: list[str]) -> int:
         with np.load(args.inputs, allow_pickle=False) as npz:
             inputs = [torch.from_numpy(npz[f"in{i}"]) for i in range(len(npz.files))]
         results: dict[str, np.ndarray] = {}
-        if Path(args.program).suffix.lower() == ".bpte":
+        if args.time is not None:
+            outputs = _time_program(data, inputs[0], args.time, args.warmup, results)
+        elif args.profile is not None:
+            outputs = _profile_program(data, inputs[0], args.profile, Path(args.etdump))
+        elif Path(args.program).suffix.lower() == ".bpte":
             outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs, args.bundled_cases, args.bundled_rtol, args.bundled_atol)
         else:
             outputs = _run_program(data, inputs, args.etdump, args.debug_buffer)
@@ -146,6 +164,51 @@ def _forward(program):
     if method is None:
         raise RuntimeError("the program has no forward method")
     return method
+
+
+def load_forward(data: bytes, threads: int | None = None, **load_options):
+    """Child side: (program, forward method, load milliseconds). The caller keeps `data` and the
+    program alive while it uses the method (the method points into both). Also what
+    scripts/bench_peers.py's ExecuTorch worker loads its program with."""
+    import time
+
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    if threads is not None:
+        portable_lib._unsafe_reset_threadpool(max(1, threads))
+    t0 = time.perf_counter()
+    program = Runtime.get().load_program(data, **load_options)
+    method = _forward(program)
+    return program, method, (time.perf_counter() - t0) * 1000
+
+
+def _time_program(data: bytes, x, runs: int, warmup: int, results: dict) -> list[np.ndarray]:
+    import time
+
+    _program, method, load_ms = load_forward(data)
+    t0 = time.perf_counter()
+    out = method.execute((x,))[0].detach().numpy().copy()
+    first_ms = (time.perf_counter() - t0) * 1000
+    for _ in range(warmup):
+        method.execute((x,))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        method.execute((x,))
+        times.append((time.perf_counter() - t0) * 1000)
+    results.update(load_ms=np.float64(load_ms), first_ms=np.float64(first_ms), times_ms=np.asarray(times, np.float64))
+    return [out]
+
+
+def _profile_program(data: bytes, x, runs: int, etdump_dir: Path) -> list[np.ndarray]:
+    program, method, _ = load_forward(data, enable_etdump=True, debug_buffer_size=0)
+    out = None
+    for _ in range(runs):
+        out = method.execute((x,))[0]
+    etdump_dir.mkdir(parents=True, exist_ok=True)
+    program.write_etdump_result_to_file(str(etdump_dir / "etdump_profile.etdp"), str(etdump_dir / "debug_profile.bin"))
+    return [out.detach().numpy().copy()]
 
 
 def _run_with_etdump(runtime, data: bytes, x, etdump_dir: Path, index: int, debug_buffer: int) -> np.ndarray:

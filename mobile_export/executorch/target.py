@@ -13,15 +13,27 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import ArtifactError, DelegationError, ExportError, UsageError, first_line
-from ..targets.base import ExportOptions, Target
+from ..errors import ArtifactError, DelegationError, ExportError, MobileExportError, UsageError, first_line
+from ..manifest import ArtifactEntry
+from ..targets.base import ExportOptions, Gelu, OpInfo, PerOpValues, QuantizedReference, QuantizeMode, Target
+from .lowering import (
+    TANH_GELU_EXACT,
+    TANH_GELU_FAST,
+    lower,
+    runtime_record,
+    uses_tanh_gelu,
+    with_normalization,
+)
+
+__all__ = ["ExecuTorchTarget", "MAGIC", "BUNDLED_MAGIC", "TANH_GELU_EXACT", "TANH_GELU_FAST", "lower",
+           "with_normalization", "input_contract", "write_bundled"]
 
 MAGIC = b"ET12"  # flatbuffer file identifier of an ExecuTorch program, bytes 4..8
 BUNDLED_MAGIC = b"BP08"  # the same for a BundledProgram
 MIN_BYTES = 64  # smaller than any real program: header + one empty plan
 BUNDLED_CASES = 3  # real photos embedded in a .bpte for the on-device self-check
-BOOKKEEPING = {"getitem", "alloc", "executorch_call_delegate"}  # never delegated, no compute
 QUANT_MODE = "pt2e-int8"
+BENCH_TIMEOUT_S = 900.0
 
 
 class ExecuTorchTarget(Target):
@@ -30,23 +42,16 @@ class ExecuTorchTarget(Target):
     description: ClassVar[str] = "ExecuTorch .pte, XNNPACK (Android)"
 
     def variant_tag(self, options: ExportOptions) -> str:
-        return "int8" if options.quantize == "int8" else "fp32"
+        return "int8" if options.executorch.quantize == QuantizeMode.INT8 else "fp32"
 
     def validate(self, built, options: ExportOptions) -> None:
-        if options.quantize not in ("none", "int8"):
-            raise UsageError(f"--quantize {options.quantize!r} is not supported for ExecuTorch; use none or int8")
-        if options.extra.get("fast_gelu") and not uses_tanh_gelu(built.module):
+        opts = options.executorch  # modes and the recipe's observer are checked when it is built
+        if opts.gelu == Gelu.FAST and not uses_tanh_gelu(built.module):
             raise UsageError(f"--fast-gelu changes only tanh GELU, which {built.spec.name} does not use (V5 does); drop the flag")
-        recipe = options.extra.get("quant_recipe")
-        if recipe is not None:
-            from ..quantize.pt2e import OBSERVERS, QuantRecipe
-
-            r = QuantRecipe.from_dict(recipe)
-            if r.observer not in OBSERVERS:
-                raise UsageError(f"unknown activation observer {r.observer!r}; choose one of {', '.join(OBSERVERS)}")
+        if opts.recipe is not None:
             from ..quantize.pt2e import unmatched_modules
 
-            missing = unmatched_modules(built.module, r.fp32_modules)
+            missing = unmatched_modules(built.module, opts.recipe.fp32_modules)
             if missing:
                 raise UsageError(f"fp32 module(s) {', '.join(missing)} match no module of {built.spec.name}; "
                                  "name them as in its state dict (e.g. conv_stem, blocks.0, *.se)")
@@ -64,12 +69,13 @@ class ExecuTorchTarget(Target):
         with torch.no_grad():
             out_shape = list(model(example).shape)
 
+        opts = options.executorch
         quantization: dict = {"mode": "none"}
         quantized = None
-        if options.quantize == "int8":
+        if opts.quantize == QuantizeMode.INT8:
             from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
 
-            recipe = QuantRecipe.from_dict(options.extra.get("quant_recipe"))
+            recipe = opts.recipe or QuantRecipe()
             calibration = load_calibration(options.calibration, pre, limit=options.calibration_limit,
                                            normalized=not options.normalize_in_model, log=log)
             quantized = quantize_pt2e(model, example, calibration.inputs, recipe, log)
@@ -86,18 +92,15 @@ class ExecuTorchTarget(Target):
         else:
             program_source = model
 
-        manager, delegation = lower(program_source, example, log, exact_tanh_gelu=not options.extra.get("fast_gelu"))
+        manager, delegation = lower(program_source, example, log, exact_tanh_gelu=opts.gelu == Gelu.EXACT)
         outside = delegation["outside"]
-        if outside and not options.allow_partial:
+        if outside and not opts.allow_partial:
             named = ", ".join(f"{op} x{n}" for op, n in sorted(outside.items()))
             raise DelegationError(
                 f"{sum(outside.values())} compute op(s) left outside the XNNPACK delegate ({named}); "
                 "rewrite them in delegable form (e.g. float constants, mean with keepdim) or pass --allow-partial"
             )
-        buffer = manager.buffer
-        dest.write_bytes(buffer)
-        if quantized is not None:
-            remember_quantized(buffer, quantized)
+        dest.write_bytes(manager.buffer)
 
         fields = {
             "target": self.name,
@@ -107,6 +110,7 @@ class ExecuTorchTarget(Target):
             "input": input_contract(built, options.normalize_in_model),
             "output": {"name": built.spec.output, "kind": built.spec.output, "shape": out_shape, "dtype": "float32"},
             "delegation": delegation,
+            "runtime": runtime_record("XnnpackBackend"),
             "export": {
                 "lowering": "torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch",
                 "backend": "XnnpackBackend",
@@ -114,11 +118,13 @@ class ExecuTorchTarget(Target):
                 "lower_seconds": round(time.perf_counter() - t0, 2),
             },
         }
-        if options.bundled:
+        if opts.bundled:
             side = dest.with_suffix(".bpte")
             cases = write_bundled(manager, dest, built, options, side, quantized.output_scale if quantized else None)
             fields["export"]["bundled"] = cases
             fields["side_files"] = [side]
+        if quantized is not None:  # handed to verify by the caller, never written to the manifest
+            fields["quantized_model"] = quantized
         return fields
 
     # --- checking and running -----------------------------------------------------------
@@ -152,7 +158,7 @@ class ExecuTorchTarget(Target):
         from .runtime import run_isolated
 
         self.check_file(Path(artifact))
-        bundled = ((entry.get("export") or {}).get("bundled") or {}) if Path(artifact).suffix == ".bpte" else {}
+        bundled = ArtifactEntry.from_dict(entry).bundled if Path(artifact).suffix == ".bpte" else {}
         tolerance = (bundled["rtol"], bundled["atol"]) if "rtol" in bundled else None
         results = run_isolated(artifact, inputs, threads=threads, etdump_dir=etdump_dir,
                                bundled_cases=bundled.get("cases"), bundled_tolerance=tolerance)
@@ -161,143 +167,61 @@ class ExecuTorchTarget(Target):
         return outputs, extras
 
 
-# --- building blocks (also used by verify's per-layer report) ---------------------------
+    # --- what verify and bench ask besides ----------------------------------------------
 
+    def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
+        """Latency in the ExecuTorch runtime (the same child process verify uses): load time,
+        first call, and one time per timed call, on a fixed random input of the entry's shape."""
+        from .runtime import run_isolated
 
-def with_normalization(module, mean, std):
-    """Wrap `module` so it takes RGB in [0, 1]: (x - mean) / std as x * (1/std) + (-mean/std),
-    one multiply and one add that XNNPACK fuses cheaply, in float constants (integer
-    scalars would leave copies outside the delegate)."""
-    import torch
+        self.check_file(Path(artifact))
+        log(f"timing {Path(artifact).name} in the ExecuTorch runtime ({threads} thread(s), {runs} runs)...")
+        x = np.random.default_rng(0).random(tuple(ArtifactEntry.from_dict(entry).input["shape"]), dtype=np.float32)
+        results = run_isolated(artifact, [x], threads=threads, time_runs=runs, warmup=warmup, timeout=BENCH_TIMEOUT_S)
+        return {"load_ms": round(float(results["load_ms"]), 3), "first_run_ms": round(float(results["first_ms"]), 3),
+                "times_ms": [float(t) for t in results["times_ms"]]}
 
-    class NormalizedInput(torch.nn.Module):
-        def __init__(self, model, mean, std):
-            super().__init__()
-            std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
-            mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-            self.register_buffer("inv_std", 1.0 / std_t)
-            self.register_buffer("shift", -mean_t / std_t)
-            self.model = model
+    # --- what verify asks besides ------------------------------------------------------
 
-        def forward(self, x):
-            return self.model(x * self.inv_std + self.shift)
+    def quantized_reference(self, artifact: Path, entry: dict, built, manifest: dict) -> QuantizedReference | None:
+        if not ArtifactEntry.from_dict(entry).quantized:
+            return None
+        from .quantized_reference import rebuild
 
-    return NormalizedInput(module, mean, std).eval()
+        return rebuild(entry, built)
 
+    def per_op_values(self, artifact: Path, entry: dict, built, inputs, quantized: QuantizedReference | None,
+                      sink, log) -> PerOpValues:
+        """int8: the quantized PyTorch model vs its float twin, layer by layer (where quantization
+        error enters). fp32: the shipped .pte is one XNNPACK delegate and cannot give per-op
+        values, so its per-op twin (etdump.py: the same model lowered one delegate per op) runs
+        with ETDump and the Inspector compares every op with PyTorch; if that fails, the reason is
+        logged and only the whole-program row is written."""
+        artifact = Path(artifact)
+        feed = inputs.raw if ArtifactEntry.from_dict(entry).normalized_in_model else inputs.normalized
+        whole = OpInfo("runtime", f"{artifact.suffix.lstrip('.')} vs PyTorch", "(whole program, XNNPACK kernels)")
+        if quantized is not None and quantized.model is not None:
+            from .quantized_layers import EXACT_DB, quantized_layer_values
 
-def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: bool = False,
-          exact_tanh_gelu: bool = True):
-    """torch.export + XNNPACK lowering; returns (ExecutorchProgramManager, delegation summary).
-    `per_op`: one delegate per op (for per-layer numerics); `etrecord`: keep an ETRecord;
-    `exact_tanh_gelu`: False lets XNNPACK run tanh GELU as its erf GELU (faster, see
-    `spell_out_tanh_gelu`)."""
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.backends.xnnpack.utils.configs import get_transform_passes
-    from executorch.exir import to_edge_transform_and_lower
+            return PerOpValues(ops=quantized_layer_values(quantized.model, feed, sink),
+                               title=f"{artifact.name}: per-layer error ({len(feed)} real images)",
+                               source="quantized PyTorch model vs its float twin, layer by layer", whole=whole,
+                               exact_db=EXACT_DB)
+        if quantized is not None:
+            raise MobileExportError(f"--per-layer needs the quantized PyTorch model, which is {quantized.how}")
+        from .etdump import FP32_EXACT_DB, TWIN_IMAGES, twin_values
 
-    t0 = time.perf_counter()
-    try:
-        with torch.no_grad():
-            exported = torch.export.export(module, (example,), strict=False)
-            tanh_gelus = count_tanh_gelu(exported)
-            if tanh_gelus and exact_tanh_gelu:
-                exported = spell_out_tanh_gelu(exported)
-            edge = to_edge_transform_and_lower(
-                exported, partitioner=[XnnpackPartitioner(per_op_mode=per_op)],
-                transform_passes=get_transform_passes(), generate_etrecord=etrecord,
-            )
-        delegation = delegation_summary(edge.exported_program().graph_module)
-        if tanh_gelus:
-            delegation["tanh_gelu"] = {"count": tanh_gelus, "runs_as": TANH_GELU_EXACT if exact_tanh_gelu else TANH_GELU_FAST}
-        manager = edge.to_executorch()
-    except (ExportError, MemoryError):
-        raise
-    except Exception as exc:  # torch.export / exir raise many types; keep one line
-        raise ExportError(f"ExecuTorch lowering failed ({first_line(exc)}); the model uses an op torch.export/XNNPACK cannot take") from None
-    log(f"lowered to XNNPACK in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) delegated in "
-        f"{delegation['delegated_subgraphs']} subgraph(s), {sum(delegation['outside'].values())} outside"
-        + (f"; {tanh_gelus} tanh GELU run as {delegation['tanh_gelu']['runs_as']}" if tanh_gelus else ""))
-    return manager, delegation
-
-
-GELU_SIGMOID_C0 = 1.5957691216057308  # 2 * sqrt(2 / pi): 0.5 * (1 + tanh(z)) = sigmoid(2 z)
-GELU_SIGMOID_C1 = 0.07135481627260025  # 2 * sqrt(2 / pi) * 0.044715
-
-
-TANH_GELU_EXACT = "tanh GELU, written out"
-TANH_GELU_FAST = "erf GELU (XNNPACK's op, --fast-gelu)"
-
-
-def uses_tanh_gelu(module) -> bool:
-    import torch
-
-    return any(isinstance(m, torch.nn.GELU) and m.approximate == "tanh" for m in module.modules())
-
-
-def count_tanh_gelu(exported) -> int:
-    import torch
-
-    return sum(1 for n in exported.graph.nodes
-               if n.target == torch.ops.aten.gelu.default and n.kwargs.get("approximate", "none") == "tanh")
-
-
-def spell_out_tanh_gelu(exported):
-    """ExecuTorch 1.5.1's XNNPACK delegate runs every aten.gelu as exact (erf) GELU and ignores
-    approximate="tanh" (fixed upstream after 1.5.1 in pytorch/executorch#22851, which needs a
-    newer runtime). V5 uses tanh GELU: delegated as is, each one is 74 dB off PyTorch (the erf vs
-    tanh gap), and the 31 of v5-base take it under the 60 dB fp32 row at 64 px. Written as
-    x * sigmoid(x * (c0 + c1 x^2)), the same function in 5 ops XNNPACK runs as written, it
-    matches PyTorch to float rounding."""
-    import torch
-
-    gelu = torch.ops.aten.gelu.default
-    if not count_tanh_gelu(exported):
-        return exported
-
-    def tanh_gelu(x, approximate="none"):
-        if approximate != "tanh":
-            return NotImplemented  # exact GELU: XNNPACK's own op is right
-        return x * torch.sigmoid(x * (GELU_SIGMOID_C0 + GELU_SIGMOID_C1 * (x * x)))
-
-    return exported.run_decompositions({gelu: tanh_gelu})
-
-
-def _op_name(node) -> str:
-    """"aten.convolution.default" for aten/edge ops, the function name otherwise."""
-    target = getattr(node.target, "_op", node.target)  # EdgeOpOverload wraps an OpOverload
-    if hasattr(target, "_schema"):
-        return str(target).replace("torch.ops.", "")
-    return getattr(target, "__name__", None) or str(target)
-
-
-def delegation_summary(graph_module) -> dict:
-    """Per-op counts inside and outside the XNNPACK delegate, from the lowered edge graph."""
-    inside: dict[str, int] = {}
-    outside: dict[str, int] = {}
-    subgraphs = 0
-    for node in graph_module.graph.nodes:
-        if node.op == "get_attr" and node.name.startswith("lowered_module"):
-            subgraphs += 1
-            lowered = getattr(graph_module, node.target)
-            for inner in lowered.original_module.graph.nodes:
-                if inner.op == "call_function":
-                    op = _op_name(inner)
-                    if op.split(".")[-1] not in BOOKKEEPING and "getitem" not in op:
-                        inside[op] = inside.get(op, 0) + 1
-        elif node.op == "call_function":
-            op = _op_name(node)
-            if "getitem" in op or "executorch_call_delegate" in op or op.split(".")[-1] in BOOKKEEPING:
-                continue
-            outside[op] = outside.get(op, 0) + 1
-    return {
-        "backend": "XnnpackBackend",
-        "delegated_subgraphs": subgraphs,
-        "delegated_ops": sum(inside.values()),
-        "outside": dict(sorted(outside.items())),
-        "complete": not outside,
-        "by_operator": dict(sorted(inside.items())),
-    }
+        images = list(feed[:TWIN_IMAGES])
+        try:
+            ops = twin_values(built, entry, images, sink, log)
+        except Exception as exc:  # lowering, the child, ETRecord and the Inspector raise many types
+            why = f"per-op twin of {artifact.name} failed ({first_line(exc)}); whole-program row only"
+            log(why)
+            return PerOpValues(ops=[], title=f"{artifact.name}: whole-program error only ({len(feed)} real images)",
+                               source=why, whole=whole)
+        return PerOpValues(ops=ops, title=(f"{artifact.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump "
+                                           f"on {len(images)} real images) + the shipped .pte as the last row"),
+                           source="per-op twin of the .pte, ETDump + Inspector", whole=whole, exact_db=FP32_EXACT_DB)
 
 
 def input_contract(built, normalized_in_model: bool) -> dict:
@@ -318,7 +242,16 @@ def write_bundled(manager, program_path: Path, built, options: ExportOptions, de
     """A .bpte: the same program plus BUNDLED_CASES real photos and the outputs this program
     gives for them in the desktop runtime (already checked against PyTorch by verify), so
     the app can check the runtime on the device itself. Tolerance: float kernels differ by
-    device (rtol 1e-3); int8 may differ by one requantization step."""
+    device (rtol 1e-3); int8 may differ by one requantization step.
+
+    Why the runtime's outputs and not PyTorch's: the embedded check is an element-wise
+    allclose run on the phone, and its question is "does this device's runtime compute what
+    the desktop runtime computed for this very file". Export-vs-PyTorch is verify's question,
+    answered on many images with the precision's statistics (SQNR, agreement), which an
+    element-wise tolerance cannot express: PyTorch outputs would need a tolerance as wide as
+    the int8 error itself (many output steps), and a device kernel that is off by a few
+    steps would then pass. On the desktop the check is equal by construction; what proves it
+    can fail is tests/test_bundled_self_check.py (an edited expected output is reported)."""
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.core import BundledProgram
     from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
@@ -341,22 +274,3 @@ def write_bundled(manager, program_path: Path, built, options: ExportOptions, de
     rtol, atol = (0.0, 1.01 * output_scale) if output_scale else (1e-3, 1e-4)
     return {"file": dest.name, "cases": len(cases), "images": [p.name for p in batch.paths[:BUNDLED_CASES]],
             "expected": "desktop ExecuTorch runtime outputs of this program", "rtol": rtol, "atol": atol}
-
-
-# --- the quantized PyTorch model of an artifact made in this process --------------------
-
-_QUANTIZED: dict[str, object] = {}
-
-
-def remember_quantized(buffer: bytes, quantized) -> None:
-    """Keep the convert_pt2e model of the last int8 exports, keyed by the .pte's sha256,
-    so verify right after export compares against exactly the model that was lowered."""
-    import hashlib
-
-    _QUANTIZED[hashlib.sha256(buffer).hexdigest()] = quantized
-    while len(_QUANTIZED) > 4:
-        _QUANTIZED.pop(next(iter(_QUANTIZED)))
-
-
-def quantized_for(sha256: str):
-    return _QUANTIZED.get(sha256)

@@ -119,7 +119,7 @@ def run_cell(spec: CellSpec, work: Path, baseline: Path | None, key: str, timeou
     )
     artifact = out / entry["file"]
     if FORMATS[spec.format].runs_on_host:
-        row.update(_latency(artifact, entry["input"]["shape"], baseline if spec.format != BASELINE else None, bench_runs))
+        row.update(_latency(artifact, entry, baseline if spec.format != BASELINE else None, bench_runs))
     if spec.format == BASELINE:
         row["baseline_file"] = str(artifact)  # the next cells of this model time against it
     elif not keep_artifact:
@@ -136,18 +136,24 @@ def _entry(out: Path, target: str) -> dict | None:
     return entries[0] if entries else None
 
 
-def _latency(artifact: Path, shape: list[int], baseline: Path | None, runs: int) -> dict:
+def _latency(artifact: Path, entry: dict, baseline: Path | None, runs: int) -> dict:
     """Median latency (1 thread) of the file, and of the fp32 .pte in the same worker,
     alternating so that a drift of the machine's speed hits both alike."""
-    from ..bench import bench_pte_isolated
     from ..errors import MobileExportError
+    from ..targets import get_target
+
+    target = get_target("executorch")
+
+    def median_ms(path: Path) -> float:
+        times = target.benchmark(path, entry, 1, runs, 3, lambda _m: None)["times_ms"]
+        return statistics.median(times)
 
     mine, theirs = [], []
     try:
         for _ in range(BENCH_ROUNDS):
-            mine.append(bench_pte_isolated(artifact, shape, 1, runs, 3)["latency_ms"]["median"])
+            mine.append(median_ms(artifact))
             if baseline is not None:
-                theirs.append(bench_pte_isolated(baseline, shape, 1, runs, 3)["latency_ms"]["median"])
+                theirs.append(median_ms(baseline))
     except MobileExportError as exc:
         return {"latency_error": str(exc)}
     median = statistics.median(mine)

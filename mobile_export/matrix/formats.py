@@ -26,6 +26,7 @@ FORMATS: dict[str, Format] = {f.key: f for f in (
     Format("coreml-int8", "coreml", ("--compress", "int8"), "Core ML int8 weights", False),
     Format("coreml-palettize6", "coreml", ("--compress", "palettize6"), "Core ML 6-bit palettes", False),
     Format("coreml-palettize4", "coreml", ("--compress", "palettize4"), "Core ML 4-bit palettes", False),
+    Format("coreml-palettize-auto", "coreml", ("--compress", "palettize-auto"), "Core ML data-aware palettes (0.15x)", False),
     Format("coreml-w8a8", "coreml", ("--compress", "w8a8"), "Core ML W8A8", False),
     Format("et-coreml-fp16", "executorch-coreml", ("--precision", "fp16"), "ExecuTorch Core ML delegate fp16", False),
 )}

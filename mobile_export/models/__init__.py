@@ -20,7 +20,7 @@ __all__ = ["BuiltModel", "ModelSpec", "Preprocess", "all_specs", "get_spec", "cr
 class BuiltModel:
     """A model ready to export, with everything the manifest needs to describe it."""
 
-    module: "object"  # torch.nn.Module in eval mode
+    module: object  # torch.nn.Module in eval mode
     spec: ModelSpec
     preprocess: Preprocess  # the contract of the loaded weights at the chosen resolution
     num_classes: int

@@ -223,8 +223,8 @@ def build_blocks(rows: Sequence[Row], in_chs: int, block: Callable[[Row, int], t
 # (V4 / V5 section: UIB, Mobile MQA, RMSNorm, layer scale, TF 'same' padding, stage rows.
 #  Attribute names are timm's (`dw_start.conv`, `attn.key.down_conv`, `layer_scale.gamma`, ...),
 #  so mobilenetv4_* / mobilenetv5_* checkpoints load with no renaming.)
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass  # noqa: E402  (this section reads as its own module)
+from typing import NamedTuple  # noqa: E402
 
 ACTIVATIONS.update({
     "gelu": nn.GELU,  # exact erf GELU: V4 Hybrid-Large

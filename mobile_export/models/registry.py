@@ -35,7 +35,7 @@ class Preprocess:
     def crop_pct(self) -> float:
         return self.crop / self.resize
 
-    def at_resolution(self, crop: int) -> "Preprocess":
+    def at_resolution(self, crop: int) -> Preprocess:
         """Same crop fraction at another input size."""
         if crop == self.crop:
             return self

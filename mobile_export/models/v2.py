@@ -6,7 +6,15 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .blocks import BatchNormAct2d, DepthwiseSeparable, InvertedResidual, MobileNet, build_blocks, conv2d, make_divisible
+from .blocks import (
+    BatchNormAct2d,
+    DepthwiseSeparable,
+    InvertedResidual,
+    MobileNet,
+    build_blocks,
+    conv2d,
+    make_divisible,
+)
 
 
 class BottleneckRow(NamedTuple):

@@ -10,7 +10,16 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .blocks import BatchNormAct2d, ConvBnAct, DepthwiseSeparable, InvertedResidual, MobileNetEfficientHead, build_blocks, conv2d, make_divisible
+from .blocks import (
+    BatchNormAct2d,
+    ConvBnAct,
+    DepthwiseSeparable,
+    InvertedResidual,
+    MobileNetEfficientHead,
+    build_blocks,
+    conv2d,
+    make_divisible,
+)
 
 
 class BneckRow(NamedTuple):

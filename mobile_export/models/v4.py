@@ -10,8 +10,18 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 from ..errors import UsageError
-from .blocks import (MQA, UIB, BatchNormAct2d, BlockStyle, Conv, FusedIB, MobileNetEfficientHead, StageRow,
-                     build_stages, conv2d)
+from .blocks import (
+    MQA,
+    UIB,
+    BatchNormAct2d,
+    BlockStyle,
+    Conv,
+    FusedIB,
+    MobileNetEfficientHead,
+    StageRow,
+    build_stages,
+    conv2d,
+)
 
 HEAD_IN, HEAD_OUT = 960, 1280
 TO_960 = (Conv(1, 1, HEAD_IN),)  # the last stage of every variant

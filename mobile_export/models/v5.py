@@ -16,8 +16,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UsageError
-from .blocks import (MQA, UIB, BlockStyle, ConvNormAct, FusedIB, RmsNormAct2d, StageRow,
-                     UniversalInvertedResidual, build_stages, classifier, round_channels)
+from .blocks import (
+    MQA,
+    UIB,
+    BlockStyle,
+    ConvNormAct,
+    FusedIB,
+    RmsNormAct2d,
+    StageRow,
+    UniversalInvertedResidual,
+    build_stages,
+    classifier,
+    round_channels,
+)
 
 STEM = 64
 MSFA_CHANNELS = 2048

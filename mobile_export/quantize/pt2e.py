@@ -42,7 +42,7 @@ class QuantRecipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "QuantRecipe":
+    def from_dict(cls, d: dict | None) -> QuantRecipe:
         d = dict(d or {})
         return cls(observer=d.get("observer", "histogram"), per_channel=bool(d.get("per_channel", True)),
                    fp32_modules=tuple(d.get("fp32_modules", ())),

@@ -32,8 +32,11 @@ def sqnr_db(reference, test) -> float:
     ref, tst = _rows(reference), _rows(test)
     if not np.all(np.isfinite(tst)):
         return -math.inf  # NaN or inf in the artifact's output: no signal survives
-    noise = float(np.sum((ref - tst) ** 2))
-    signal = float(np.sum(ref**2))
+    return sqnr_from_powers(float(np.sum(ref**2)), float(np.sum((ref - tst) ** 2)))
+
+
+def sqnr_from_powers(signal: float, noise: float) -> float:
+    """SQNR in dB from summed squares (for running sums over images); inf when noise is 0."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:

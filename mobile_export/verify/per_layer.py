@@ -1,12 +1,14 @@
-"""Where the error enters, layer by layer: a target-neutral row type, one writer (Markdown +
-CSV table, self-contained HTML picture with inline SVG), and the ExecuTorch producer.
+"""Where the error enters, layer by layer: a target-neutral row type, the rows made from the
+raw per-op values a target measures (`Target.per_op_values`), and one writer (Markdown + CSV
+table, self-contained HTML picture with inline SVG).
 
 Rows are sorted by SQNR loss: the SQNR of a layer's input minus the SQNR of its output,
 i.e. how many dB of fidelity this layer itself costs. A layer with a low SQNR but no loss
 only inherits the damage from above; the top rows of the table are where to act (e.g. keep
 them in fp32 via QuantRecipe.fp32_modules).
 
-Core ML produces its rows elsewhere (coreml/mil) and calls `write_per_layer_report`."""
+Backends produce values (executorch/etdump.py, executorch/quantized_layers.py, coreml/mil/
+per_layer.py); they never import this module."""
 
 from __future__ import annotations
 
@@ -19,11 +21,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import MobileExportError, first_line
 from ..fsutil import atomic_path, ensure_writable_dir
-from .metrics import SQNR_CAP_DB
-
-EXACT_DB = 100.0  # an input this clean counts as exact when computing a layer's loss
+from .metrics import SQNR_CAP_DB, sqnr_from_powers
 
 
 @dataclass
@@ -117,10 +116,7 @@ def _html(by_loss: Sequence[LayerRow], by_order: Sequence[LayerRow], title: str)
             "</body></html>\n")
 
 
-# --- ExecuTorch producer: float graph vs quantized graph, node by node ---------------------
-
-_SKIP = ("getitem", "quantize_per", "dequantize_per", "choose_qparams", "view", "reshape", "flatten",
-         "permute", "transpose", "squeeze", "unsqueeze", "expand", "contiguous", "clone", "_assert")
+# --- rows from the values a target measured ----------------------------------------------
 
 
 class LayerStats:
@@ -147,160 +143,56 @@ class LayerStats:
 
     @property
     def sqnr(self) -> float:
-        if self.noise == 0.0:
-            return SQNR_CAP_DB
-        if self.signal == 0.0:
-            return -SQNR_CAP_DB
-        return max(-SQNR_CAP_DB, min(SQNR_CAP_DB, 10.0 * math.log10(self.signal / self.noise)))
+        return max(-SQNR_CAP_DB, min(SQNR_CAP_DB, sqnr_from_powers(self.signal, self.noise)))
 
 
-def _short(target) -> str:
-    name = getattr(target, "__name__", None) or str(target)
-    return name.replace("aten.", "").split(".")[0]
-
-
-def _tracked(node) -> bool:
-    if node.op == "placeholder":
-        return True
-    if node.op != "call_function":
-        return False
-    return not any(k in str(node.target) for k in _SKIP)
-
-
-def _after_qdq(node):
-    """The dequantize that re-expresses `node`'s output in int8, if there is one: what the
-    next layer really receives."""
-    for user in node.users:
-        if "quantize_per_tensor" in str(user.target) and "dequantize" not in str(user.target):
-            deq = [u for u in user.users if "dequantize_per_tensor" in str(u.target)]
-            if deq:
-                return deq[0]
-    return node
-
-
-def _capture(graph_module, inputs: Sequence[np.ndarray], wanted: dict) -> list[dict]:
-    """Run `graph_module` on each input with an fx Interpreter; keep the values of the
-    nodes named in `wanted` (name -> the node whose value stands for it)."""
-    import torch
-
-    from ..quantize.calibration import to_tensor
-
-    keep = {v for v in wanted.values()}
-    results = []
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if n.name in keep and isinstance(value, torch.Tensor):
-                self.seen[n.name] = value.detach().numpy().copy()
-            return value
-
-    for x in inputs:
-        rec = Recorder(graph_module)
-        rec.seen = {}
-        with torch.no_grad():
-            rec.run(to_tensor(x))
-        results.append({name: rec.seen.get(src) for name, src in wanted.items()})
-    return results
-
-
-def module_path(node) -> str:
-    """The innermost module an exported graph node was traced in ("" outside any)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return str(list(stack.values())[-1][0]) if stack else ""
-
-
-def upstream_sqnr(node, sqnr: dict[str, float], seen: set | None = None) -> float:
-    """Lowest SQNR among the measured nodes (names in `sqnr`) feeding `node`, looking through
-    the unmeasured ones (views, q/dq); inf when only constants and graph inputs feed it."""
-    seen = seen if seen is not None else set()
-    best = math.inf
-    for arg in node.all_input_nodes:
-        if arg.name in seen:
-            continue
-        seen.add(arg.name)
-        if arg.name in sqnr:
-            best = min(best, sqnr[arg.name])
-        elif arg.op not in ("get_attr", "placeholder"):
-            best = min(best, upstream_sqnr(arg, sqnr, seen))
-    return best
-
-
-def quantized_layer_rows(quantized, inputs: Sequence[np.ndarray]) -> list[LayerRow]:
-    """Compare the convert_pt2e graph with its float twin (the prepared graph: same node
-    names, BN folded, observers pass-through) on real inputs, layer by layer."""
-    qgm, fgm = quantized.graph_module, quantized.float_graph_module
-    fnodes = {n.name: n for n in fgm.graph.nodes}
-    order = [n for n in qgm.graph.nodes if _tracked(n) and n.name in fnodes]
-    q_wanted = {n.name: _after_qdq(n).name for n in order}
-    f_wanted = {n.name: n.name for n in order}
-    q_vals = _capture(qgm, inputs, q_wanted)
-    f_vals = _capture(fgm, inputs, f_wanted)
-    stats = {n.name: LayerStats() for n in order}
-    for qv, fv in zip(q_vals, f_vals):
-        for name, st in stats.items():
-            if qv.get(name) is not None and fv.get(name) is not None and qv[name].shape == fv[name].shape:
-                st.add(fv[name], qv[name])
-                st.shape = "x".join(str(d) for d in fv[name].shape)
+def layer_rows(ops: Sequence, stats: dict[str, LayerStats], exact_db: float | None = None) -> list[LayerRow]:
+    """One row per op (targets.base.OpInfo) that has values: its SQNR, and its loss, the lowest
+    SQNR among the ops feeding it minus its own (both capped at `exact_db` when given); an op
+    fed only by exact values loses all its error itself, one whose feeds are unknown gets no loss."""
     sqnr = {name: st.sqnr for name, st in stats.items() if st.n}
-
     rows = []
-    for i, node in enumerate(order):
-        st = stats[node.name]
-        if not st.n:
-            continue
-        up = upstream_sqnr(node, sqnr) if node.op != "placeholder" else math.inf
-        loss = min(up, EXACT_DB) - min(st.sqnr, EXACT_DB)  # fed by exact values: all its error is its own
-        module = module_path(node)
-        if module.startswith("model."):
-            module = module[len("model."):]
-        rows.append(LayerRow(name=node.name, op="input" if node.op == "placeholder" else _short(node.target),
-                             sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs, cosine=round(st.cos_sum / st.n, 8),
-                             sqnr_loss_db=round(loss, 4), module=module,
-                             shape=st.shape, index=i))
+    for position, info in enumerate(o for o in ops if o.name in sqnr):
+        st = stats[info.name]
+        if info.feeds is None:
+            loss = None
+        else:
+            up = min((sqnr[f] for f in info.feeds if f in sqnr), default=math.inf)
+            loss = min(up, exact_db) - min(st.sqnr, exact_db) if exact_db is not None else up - st.sqnr
+        rows.append(LayerRow(name=info.name, op=info.op, sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs,
+                             cosine=round(st.cos_sum / st.n, 8), sqnr_loss_db=None if loss is None else round(loss, 4),
+                             module=info.module, shape=st.shape,
+                             index=info.index if info.index is not None else position))
     return rows
 
 
-def per_layer_report(path: Path, entry: dict, built, inputs, quantized, report: dict, report_dir,
+def collect(produce: Callable, exact_db: float | None = None) -> tuple[list[LayerRow], object]:
+    """Run a producer `produce(sink)` (a backend's per-op values: returns a list of OpInfo, or a
+    PerOpValues whose exact_db wins) with a sink that accumulates LayerStats; returns (rows,
+    what it returned)."""
+    stats: dict[str, LayerStats] = {}
+
+    def sink(name: str, reference: np.ndarray, value: np.ndarray) -> None:
+        st = stats.setdefault(name, LayerStats())
+        st.add(reference, value)
+        st.shape = "x".join(str(d) for d in np.shape(reference))
+
+    result = produce(sink)
+    ops = result if isinstance(result, list) else result.ops
+    exact = exact_db if isinstance(result, list) else result.exact_db
+    return layer_rows(ops, stats, exact), result
+
+
+def per_layer_report(path: Path, target, entry: dict, built, inputs, quantized, report: dict, report_dir,
                      log: Callable[[str], None] = lambda _m: None) -> dict:
-    """Rows for an ExecuTorch artifact, written next to it (or into `report_dir`).
-
-    int8: the quantized PyTorch model vs its float twin, layer by layer (where quantization
-    error enters). fp32: the shipped .pte is one XNNPACK delegate and cannot give per-op
-    values, so its per-op twin (executorch/etdump: the same model lowered one delegate per op)
-    runs with ETDump and the Inspector compares every op with PyTorch; if that fails, the
-    reason is logged and only the whole-program row is written. Both end with one row for
-    the shipped runtime itself (the .pte vs the quantized / float model)."""
-    in_model = bool(entry["input"].get("normalized_in_model"))
-    feed = inputs.raw if in_model else inputs.normalized
-    rows: list[LayerRow] = []
-    title = f"{path.name}: per-layer error ({len(feed)} real images)"
-    source = "quantized PyTorch model vs its float twin, layer by layer"
-    if quantized is not None:
-        rows = quantized_layer_rows(quantized, feed)
-    elif (entry.get("quantization") or {}).get("mode", "none") != "none":
-        raise MobileExportError(f"--per-layer needs the quantized PyTorch model, which is {report.get('quantized_reference')}")
-    else:
-        rows, title, source = _fp32_twin_rows(path, entry, built, feed, log)
-    runtime = report.get("vs_quantized") or report["vs_float"]
-    rows.append(whole_program_row("runtime", f"{path.suffix.lstrip('.')} vs PyTorch", runtime,
-                                  "(whole program, XNNPACK kernels)", len(rows)))
-    return {**publish(rows, path, report_dir, title, log), "source": source}
-
-
-def _fp32_twin_rows(path: Path, entry: dict, built, feed, log) -> tuple[list[LayerRow], str, str]:
-    """Per-op rows from the per-op twin, or none (and why) when ETRecord/ETDump/Inspector fail."""
-    from ..executorch.etdump import TWIN_IMAGES, twin_rows
-
-    images = list(feed[:TWIN_IMAGES])
-    try:
-        rows = twin_rows(built, entry, images, log)
-    except Exception as exc:  # lowering, the child, ETRecord and the Inspector raise many types
-        why = f"per-op twin of {path.name} failed ({first_line(exc)}); whole-program row only"
-        log(why)
-        return [], f"{path.name}: whole-program error only ({len(feed)} real images)", why
-    return rows, (f"{path.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump on {len(images)} "
-                  f"real images) + the shipped .pte as the last row"), "per-op twin of the .pte, ETDump + Inspector"
+    """Rows from the target's per-op values (`Target.per_op_values`), plus one row for the
+    artifact as a whole (vs the quantized model when there is one, else vs float), written next
+    to the artifact (or into `report_dir`)."""
+    rows, values = collect(lambda sink: target.per_op_values(path, entry, built, inputs, quantized, sink, log))
+    if values.whole is not None:
+        whole = report.get("vs_quantized") or report["vs_float"]
+        rows.append(whole_program_row(values.whole.name, values.whole.op, whole, values.whole.module, len(rows)))
+    return {**publish(rows, path, report_dir, values.title, log), "source": values.source}
 
 
 def whole_program_row(name: str, op: str, metrics: dict, module: str, index: int) -> LayerRow:

@@ -16,21 +16,24 @@ from . import metrics, thresholds
 from .reference import load_inputs, preprocess_of, rebuild_reference, run_module, softmax
 
 Log = Callable[[str], None]
+LOWERED_HERE = "the model lowered into this .pte (same process)"
+NO_QUANTIZED_MODEL = "none: this target has no quantized PyTorch model to compare with"
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, log: Log = lambda _m: None, min_agreement: float | None = None,
+                    reference=None, quantized=None, log: Log = lambda _m: None, min_agreement: float | None = None,
                     accept_input_independent: bool = False, overrides: dict | None = None) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
-    `weights` overrides the recorded weights). `overrides` (metric -> limit) and
-    `min_agreement` (top-1 agreement) replace the threshold row's numbers.
-    `accept_input_independent`: pass even when the reference outputs barely depend on the
-    image (the check then cannot see image-dependent errors; it is reported as a warning).
+    `weights` overrides the recorded weights). `quantized`: the quantized PyTorch model that
+    export lowered into the artifact (else the target rebuilds it from the manifest's recipe).
+    `overrides` (metric -> limit) and `min_agreement` (top-1 agreement) replace the threshold
+    row's numbers. `accept_input_independent`: pass even when the reference outputs barely
+    depend on the image (the check then cannot see image-dependent errors; reported as a warning).
     Returns metrics, thresholds, "passed" and "failures"; raises typed errors only when the
     check cannot be made at all."""
-    from ..targets import target_for_artifact
+    from ..targets import QuantizedReference, target_for_artifact
 
     t0 = time.perf_counter()
     path = Path(artifact)
@@ -38,7 +41,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; check the path or export again")
     target.check_file(path)
-    manifest, entry = mf.manifest_for(path)
+    manifest, entry = mf.entry_for(path)
     mf.check_sha256(path, entry)
 
     built = reference if reference is not None else rebuild_reference(manifest, weights)
@@ -46,22 +49,15 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     inputs = load_inputs(images, pre, limit)
     log(f"verify {path.name}: {len(inputs.raw)} real image(s) ({inputs.source})")
 
-    in_model = bool(entry["input"].get("normalized_in_model"))
+    in_model = entry.normalized_in_model
     artifact_inputs = inputs.raw if in_model else inputs.normalized
     ref = run_module(built.module, inputs.normalized)
-    extras: dict = {}
-    if hasattr(target, "run_with_extras"):
-        outs, extras = target.run_with_extras(path, entry, artifact_inputs)
-    else:
-        outs = target.run(path, entry, artifact_inputs)
+    outs, extras = target.run_with_extras(path, entry, artifact_inputs)
     test = np.concatenate([np.asarray(o, dtype=np.float64).reshape(1, -1) for o in outs], axis=0)
-    kind = entry["output"].get("kind", "logits")
+    kind = entry.output_kind
     # What `run` returns is the target's call: Core ML gives a classifier's logits on Linux
     # (read before its softmax) and log-probabilities under Core ML's own predict.
-    if hasattr(target, "output_quantity"):
-        quantity = target.output_quantity(entry)
-    else:
-        quantity = "probabilities" if kind in ("probabilities", "classifier") else kind
+    quantity = target.output_quantity(entry)
     if quantity == "probabilities":
         ref = softmax(ref)
     elif quantity == "log_probabilities":
@@ -70,7 +66,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
 
     if min_agreement is not None:
         overrides = {**(overrides or {}), "top1_agreement": min_agreement}
-    key, limits = thresholds.limits_for(entry, overrides)
+    key, limits = thresholds.limits_for(entry.to_dict(), overrides)
     vs_float = metrics.compare(ref, test, topk=topk, tie_tolerance=limits.get("tie_tolerance", 0.0))
     warnings = []
     independence = min(metrics.input_dependence_db(ref), metrics.SQNR_CAP_DB)  # NaN stays NaN
@@ -88,18 +84,21 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         values["input_independence_db"] = independence
     report: dict = {
         "artifact": path.name,
-        "target": entry.get("target"),
-        "precision": entry.get("precision"),
-        "quantization": (entry.get("quantization") or {}).get("mode", "none"),
+        "target": entry.target,
+        "precision": entry.precision,
+        "quantization": entry.quantization_mode,
         "images": {"count": len(inputs.raw), "source": inputs.source, "skipped": inputs.skipped},
         "reference": "the exported model (this process)" if reference is not None else "rebuilt from the manifest",
         "vs_float": vs_float,
         "input_dependence": dependence,
     }
 
-    quant = entry.get("quantization") or {}
-    if quant.get("mode", "none") != "none" and path.suffix == ".pte":  # the PT2E model is ExecuTorch's
-        report.update(_int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref))
+    quant = entry.quantization or {}
+    qref = None
+    if entry.quantized:
+        qref = (QuantizedReference(quantized, LOWERED_HERE) if quantized is not None
+                else target.quantized_reference(path, entry, built, manifest))
+        report.update(_int8_part(quant, qref, in_model, inputs, test, ref))
         if report.get("vs_quantized"):
             values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
             values["steps_vs_quantized"] = report.get("steps_vs_quantized")
@@ -117,31 +116,23 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     report["passed"] = not failures
     report["failures"] = failures
 
-    quantized = report.pop("_quantized", None)
-    if per_layer and path.suffix == ".mlpackage":  # executor values vs the PyTorch layers (coreml/mil)
-        from ..coreml.mil.per_layer import per_layer_report as mil_per_layer_report
-
-        report["per_layer"] = mil_per_layer_report(path, entry, built, inputs, report, report_dir, log=log)
-    elif per_layer:
+    if per_layer:
         from .per_layer import per_layer_report
 
-        report["per_layer"] = per_layer_report(path, entry, built, inputs, quantized, report, report_dir, log=log)
+        report["per_layer"] = per_layer_report(path, target, entry, built, inputs, qref, report, report_dir, log=log)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"verify {path.name}: {'passed' if report['passed'] else 'FAILED'} (SQNR {vs_float['sqnr_db']:.1f} dB)")
     return report
 
 
-def _int8_part(path, entry, quant, built, manifest, in_model, inputs, test, ref) -> dict:
+def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
     """Error in output-quantization steps against the float model and against the quantized
     PyTorch model (the convert_pt2e result), which the runtime should match to ~1 step."""
-    from ..executorch import quantized_reference
-
     scale = quant.get("output_scale")
     part: dict = {"output_scale": scale}
     part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale, thresholds.STEP_PERCENTILE)) if scale else None
-    quantized, how = quantized_reference.obtain(path, entry, built, manifest)
-    part["quantized_reference"] = how
-    part["_quantized"] = quantized  # for the per-layer report; removed before returning
+    part["quantized_reference"] = qref.how if qref is not None else NO_QUANTIZED_MODEL
+    quantized = qref.model if qref is not None else None
     if quantized is None:
         part["vs_quantized"] = None
         part["steps_vs_quantized"] = None

@@ -5,17 +5,17 @@ Anchors: the converter keeps one MIL `conv` per nn.Conv2d (BatchNorm folded in) 
 program is matched with the k-th Conv2d/Linear the PyTorch forward executes, and compared
 with that module's effective output (the BatchNorm right after it, if the conv feeds one).
 When the counts differ (a graph the converter restructured), ops are matched greedily in
-order by output shape. Rows go to the shared writer (mobile_export.verify.per_layer)."""
+order by output shape. The values go to verify's sink (Target.per_op_values), which makes the
+rows and writes them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ...verify.per_layer import LayerRow, LayerStats, publish, whole_program_row
-from .program import Program, load_program
+from ...targets.base import OpInfo, ValueSink
+from .program import Program
 
 ANCHOR_OPS = ("conv", "linear", "matmul")
 
@@ -76,12 +76,12 @@ def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) 
     return pairs
 
 
-def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], reference_inputs: Sequence[np.ndarray]):
-    """LayerRows (mobile_export.verify.per_layer) for each matched conv/linear, accumulated
-    over the images: artifact_feeds[i] feeds the program, reference_inputs[i] the module."""
-
-    stats: dict[str, LayerStats] = {}
-    meta: dict[str, tuple[str, str, str]] = {}
+def layer_values(program: Program, module, artifact_feeds: Sequence[dict], reference_inputs: Sequence[np.ndarray],
+                 sink: ValueSink) -> list[OpInfo]:
+    """Each matched conv/linear's (PyTorch, executor) values go to `sink`, image by image:
+    artifact_feeds[i] feeds the program, reference_inputs[i] the module. Returns the ops in
+    program order; each is fed by the one before it (the first: unknown, no loss)."""
+    meta: dict[str, tuple[str, str]] = {}
     order: list[str] = []
     for feeds, x in zip(artifact_feeds, reference_inputs):
         layers = _torch_layers(module, x)
@@ -94,35 +94,11 @@ def layer_rows(program: Program, module, artifact_feeds: Sequence[dict], referen
             got = np.asarray(result[name])
             if got.size != ref.size:
                 continue
-            stats.setdefault(name, LayerStats()).add(ref, got.reshape(ref.shape))
-            meta[name] = (op_type, layers[j][0], "x".join(str(d) for d in ref.shape))
-    rows, previous = [], None
-    for index, name in enumerate(n for n in order if n in stats):
-        st = stats[name]
-        sqnr = st.sqnr
-        loss = None if previous is None else previous - sqnr
-        op_type, module_name, shape = meta[name]
-        rows.append(LayerRow(name=name, op=op_type, sqnr_db=round(sqnr, 4), max_abs=st.max_abs,
-                             cosine=st.cos_sum / max(st.n, 1), sqnr_loss_db=None if loss is None else round(loss, 4),
-                             module=module_name, shape=shape, index=index))
-        previous = sqnr
-    return rows
-
-
-def per_layer_report(path: Path, entry: dict, built, inputs, report: dict, report_dir=None,
-                     log: Callable[[str], None] = lambda _m: None) -> dict:
-    """The .mlpackage counterpart of verify.per_layer.per_layer_report: executor values vs
-    the PyTorch model's layers on the verification images, written with the shared writer."""
-    path = Path(path)
-    program = load_program(path)
-    info = program.inputs[0]
-    in_model = bool(entry.get("input", {}).get("normalized_in_model"))
-    raw = inputs.raw if in_model else inputs.normalized
-    scale = 255.0 if info.kind == "image" else 1.0
-    feeds = [{info.name: np.asarray(x, np.float32) * scale} for x in raw]
-    rows = layer_rows(program, built.module, feeds, inputs.normalized)
-    whole = report.get("vs_float") or {}
-    if whole:
-        rows.append(whole_program_row("output", "mlpackage vs PyTorch", whole,
-                                      "(whole program, Linux ML Program executor)", len(rows)))
-    return publish(rows, path, report_dir, f"{path.name}: per-layer error ({len(feeds)} real images, Linux executor)", log)
+            sink(name, ref, got.reshape(ref.shape))
+            meta[name] = (op_type, layers[j][0])
+    ops, previous = [], None
+    for name in (n for n in order if n in meta):
+        op_type, module_name = meta[name]
+        ops.append(OpInfo(name=name, op=op_type, module=module_name, feeds=None if previous is None else (previous,)))
+        previous = name
+    return ops

@@ -9,7 +9,6 @@ an fp16 ML Program promises; it is not a model of the Neural Engine's internal a
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,11 +18,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ...errors import ArtifactError, UnsupportedOpError, UsageError
+from ..spec import main_function, package_paths, read_spec
 from .constexpr import CONSTEXPR_OPS
 from .values import TYPE_NAME, Blobs, parse_value, tensor_shape
-
-SPEC_RELPATH = Path("Data/com.apple.CoreML/model.mlmodel")
-WEIGHTS_RELPATH = Path("Data/com.apple.CoreML/weights")
 
 
 def supported_ops() -> frozenset[str]:
@@ -68,15 +65,8 @@ class Program:
         # more, and on a shared CPU extra threads spin against other processes (measured 0.05 s
         # on one thread vs 2-6 s on two under load). Results do not depend on it.
         self.threads = threads or int(os.environ.get("MOBILE_EXPORT_MIL_THREADS", "1"))
-        if spec.WhichOneof("Type") != "mlProgram":
-            raise ArtifactError(f"{source} holds a {spec.WhichOneof('Type')} model, not an ML Program; re-export with convert_to='mlprogram'")
-        program = spec.mlProgram
-        if "main" not in program.functions:
-            raise ArtifactError(f"{source}: the ML Program has no 'main' function; re-export the model")
-        function = program.functions["main"]
+        function = main_function(spec, source)
         self.opset = function.opset
-        if self.opset not in function.block_specializations:
-            raise ArtifactError(f"{source}: function 'main' has no block for its opset {self.opset}; re-export the model")
         block = function.block_specializations[self.opset]
         self._blobs = Blobs(weights_dir)
         self._types: dict[str, int] = {}  # value name -> MIL DataType code
@@ -424,45 +414,10 @@ def image_to_tensor(value, info: InputInfo) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def package_paths(path: str | Path) -> tuple[Path, Path | None]:
-    """(model.mlmodel, weights folder) of an .mlpackage (Manifest.json's root item), or of
-    a bare .mlmodel file."""
-    p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"{str(p)!r} does not exist; pass the path of an .mlpackage")
-    if p.is_file():
-        return p, p.parent / "weights" if (p.parent / "weights").is_dir() else None
-    spec_path = p / SPEC_RELPATH
-    manifest = p / "Manifest.json"
-    if manifest.is_file():
-        try:
-            doc = json.loads(manifest.read_text())
-            root = doc["itemInfoEntries"][doc["rootModelIdentifier"]]["path"]
-            spec_path = p / "Data" / root
-        except (ValueError, KeyError, TypeError):
-            raise ArtifactError(f"{p.name}/Manifest.json is not a valid package manifest; re-export the .mlpackage") from None
-    if not spec_path.is_file():
-        raise ArtifactError(f"{p.name} has no {spec_path.relative_to(p)}; it is not a complete .mlpackage, re-export it")
-    return spec_path, spec_path.parent / "weights"
-
-
-def read_spec(spec_path: Path):
-    from google.protobuf.message import DecodeError
-
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    try:
-        spec.ParseFromString(Path(spec_path).read_bytes())
-    except (DecodeError, OSError) as exc:
-        raise ArtifactError(f"{spec_path} is not a readable Core ML model ({exc.__class__.__name__}); re-export the .mlpackage") from None
-    return spec
-
-
 def load_program(path: str | Path, threads: int | None = None) -> Program:
     """Load an .mlpackage (or a bare model.mlmodel beside its weights/) from disk."""
     spec_path, weights = package_paths(path)
-    return Program(read_spec(spec_path), weights, source=Path(path).name, threads=threads)
+    return Program(read_spec(spec_path, Path(path).name), weights, source=Path(path).name, threads=threads)
 
 
 def program_from_spec(spec, weights_dir: str | Path | None) -> Program:
