@@ -182,20 +182,13 @@ def _rng():
 
 
 def quantized_of(pte: Path):
-    """The convert_pt2e model an int8 .pte was lowered from, while it is still cached (right
-    after its export), so tests can keep it across later exports."""
-    from mobile_export.executorch.target import quantized_for
-    from mobile_export.fsutil import sha256_file
-
-    return quantized_for(sha256_file(pte))
+    """verify rebuilds the quantized PyTorch model from the manifest's recipe when none is
+    passed in (the pipeline passes the lowered one), so the tests need not keep it."""
+    return None
 
 
 def keep_quantized(pte: Path, quantized) -> None:
-    """Register `quantized` as the model behind `pte` (the in-process cache holds 4 entries)."""
-    from mobile_export.executorch.target import remember_quantized
-
-    if quantized is not None:
-        remember_quantized(Path(pte).read_bytes(), quantized)
+    """Nothing to keep: see quantized_of."""
 
 
 def _bytes_of(buffer) -> bytes:
@@ -207,11 +200,7 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     named data: fp32 weights, or int8 weights with float32 per-channel scales)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    from mobile_export.executorch.target import quantized_for, remember_quantized
-    from mobile_export.fsutil import sha256_file
-
     data = bytearray(pte.read_bytes())
-    old_sha = sha256_file(pte)
     named = deserialize_pte_binary(bytes(data)).named_data
     keys = sorted(named.pte_data, key=lambda k: named.pte_data[k].buffer_index)
     int8 = any(k.startswith("scale_") for k in keys)
@@ -234,9 +223,6 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
         raise ValueError(mutation)
     data[at:at + len(buf)] = values.tobytes()
     pte.write_bytes(bytes(data))
-    quantized = quantized if quantized is not None else quantized_for(old_sha)
-    if quantized is not None:  # what a rebuild from the manifest would give: the correct quantized model
-        remember_quantized(bytes(data), quantized)
 
 
 def _spec_path(package: Path) -> Path:
@@ -244,9 +230,9 @@ def _spec_path(package: Path) -> Path:
 
 
 def _ops(spec):
-    from mobile_export.coreml.target import _main_block
+    from mobile_export.coreml.spec import main_block
 
-    return list(_main_block(spec).operations)
+    return list(main_block(spec).operations)
 
 
 def _save_spec(package: Path, spec) -> None:
