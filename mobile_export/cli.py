@@ -272,6 +272,10 @@ def info(model, as_json):
 @coreml_options
 @click.option("--no-verify", is_flag=True, help="Skip the parity check after export.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, help="Images for the parity check (default: bundled photos).")
+@click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Parity: lowest top-1 agreement with PyTorch to accept (0-1; default: the precision's row).")
+@click.option("--accept-input-independent", is_flag=True,
+              help="Parity: pass even if the reference outputs barely depend on the image (e.g. random weights).")
 @click.option("--bundle", "bundle_app", type=click.Choice(["android", "ios"]), default=None, help="Copy the result into a demo app.")
 @click.option("--mean", default=None, metavar="R,G,B",
               help="Preprocessing the weights were trained with (timm pretrained_cfg 'mean'), e.g. 0.485,0.456,0.406.")
@@ -281,7 +285,8 @@ def info(model, as_json):
 @click.option("--crop-pct", type=float, default=None, help="Center-crop fraction (crop / resize, e.g. 0.875).")
 @json_option("Print the manifest as JSON on stdout.")
 def export(model, target, build, out, force, executorch, calibration, calibration_limit, normalize_outside, coreml,
-           no_verify, images, bundle_app, mean, std, interpolation, crop_pct, as_json):
+           no_verify, images, min_agreement, accept_input_independent, bundle_app, mean, std, interpolation, crop_pct,
+           as_json):
     """Export MODEL (name or alias; see `list`) to .pte and/or .mlpackage."""
     from dataclasses import asdict
 
@@ -294,7 +299,9 @@ def export(model, target, build, out, force, executorch, calibration, calibratio
     options = _run(ExportOptions.of, executorch, coreml, calibration=calibration, calibration_limit=calibration_limit,
                    normalize_in_model=not normalize_outside, seed=build.seed)
     request = ExportRequest(model=spec.name, target=target, out=out or Path("exports") / spec.name, force=force,
-                            verify=not no_verify, images=images, options=options, contract=contract, **asdict(build))
+                            verify=not no_verify, images=images, options=options, contract=contract,
+                            min_agreement=min_agreement, accept_input_independent=accept_input_independent,
+                            **asdict(build))
     manifest = _run(run_export, request, log=_log)
     if bundle_app:
         from .bundle import bundle_artifacts
@@ -331,12 +338,14 @@ def export(model, target, build, out, force, executorch, calibration, calibratio
 @click.option("--min-agreement", type=float, default=None, help="Minimum top-1 agreement vs float (0-1).")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), default=None,
               help="Also write a JUnit XML file, one test case per artifact (for CI).")
+@click.option("--accept-input-independent", is_flag=True,
+              help="Pass even if the reference outputs barely depend on the image (e.g. random weights).")
 @click.option("--cpu", "cpus", default=None, metavar="CPUS",
               help="Also run each .pte on these emulated ARM CPUs (comma-separated, e.g. cortex-a55,cortex-a76,"
                    "cortex-a710; needs `mobile-export setup-arm`).")
 @json_option("One JSON report on stdout (a list for several artifacts).")
 def verify(artifacts, images, limit, per_layer, report_dir, weights, config_file, min_sqnr, min_cosine, min_agreement,
-           junit_file, cpus, as_json):
+           junit_file, accept_input_independent, cpus, as_json):
     """Prove each ARTIFACT (.pte or .mlpackage) computes what the PyTorch model computes.
 
     Limits: the built-in table, overridden by the project's [tool.mobile-export] table
@@ -356,7 +365,7 @@ def verify(artifacts, images, limit, per_layer, report_dir, weights, config_file
             config = config_for(artifact, config_file)
             report = check_artifact(artifact, config=config, cli_limits=cli_limits, images=images, limit=limit,
                                     weights=weights, per_layer=per_layer, report_dir=report_dir, cpus=arm_cpus,
-                                    log=_log)
+                                    accept_input_independent=accept_input_independent, log=_log)
         except ConfigError as exc:
             raise CliError(str(exc).splitlines()[0], exc.exit_code) from None
         except MobileExportError as exc:

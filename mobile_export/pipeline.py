@@ -46,6 +46,8 @@ class ExportRequest:
     images: Path | None = None
     options: ExportOptions | None = None
     contract: ContractOverride | None = None  # --mean/--std/--interpolation/--crop-pct
+    min_agreement: float | None = None  # parity: overrides the threshold row's top-1 agreement
+    accept_input_independent: bool = False  # parity: pass even if the outputs barely depend on the image
 
 
 def build(request: ExportRequest) -> BuiltModel:
@@ -117,7 +119,9 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         from .verify import verify_artifact
 
         for dest in written:
-            report = verify_artifact(dest, images=request.images, reference=built, quantized=quantized.get(dest), log=log)
+            report = verify_artifact(dest, images=request.images, reference=built, quantized=quantized.get(dest), log=log,
+                                     min_agreement=request.min_agreement,
+                                     accept_input_independent=request.accept_input_independent)
             _, entry = mf.manifest_for(dest)
             manifest = mf.read_manifest(out)
             entry = next(a for a in manifest["artifacts"] if a["file"] == dest.name)

@@ -114,7 +114,9 @@ def test_fp32_export_fully_delegated_and_verified(work, request, name, res):
     vs = entry["parity"]["vs_float"]
     assert vs["sqnr_db"] >= 60 and vs["cosine"] >= 0.99999
     if manifest["model"]["output"] == "logits":
-        assert vs["top1_agreement_decided"] == 1.0 and vs["top5_overlap"] >= 0.9
+        # plain agreement; a flip is excused only where the reference's top-2 margin is within
+        # fp32's expected error (the row's tie tolerance), never by the observed error
+        assert vs["top1_flips"] == vs["top1_flips_on_ties"] and vs["top5_overlap"] >= 0.9
         assert entry["output"]["shape"] == [1, manifest["model"]["num_classes"]]
 
 
@@ -133,7 +135,7 @@ def _check_int8(entry, photos_count):
     assert parity["quantized_reference"].startswith("the model lowered into this .pte")
     # the runtime reproduces the quantized PyTorch model much better than int8 matches float
     assert parity["vs_quantized"]["sqnr_db"] > parity["vs_float"]["sqnr_db"] + 6
-    assert parity["steps_vs_quantized"] <= 16
+    assert parity["steps_vs_quantized"] <= parity["thresholds"]["steps_vs_quantized"]
 
 
 def test_int8_v2_calibrated_on_real_photos(v2_int8, photos):
@@ -191,7 +193,7 @@ def test_int8_family_trained_and_calibrated_on_real_images(work, digits, name, r
     assert parity["passed"] and parity["failures"] == [] and parity["warnings"] == [], parity
     assert parity["images"]["count"] == 48 and parity["images"]["source"] == "folder"
     assert parity["vs_float"]["sqnr_db"] >= 15.0 and parity["vs_quantized"]["sqnr_db"] >= 20.0
-    assert parity["vs_float"]["top1_agreement_decided"] >= 0.9
+    assert parity["vs_float"]["top1_agreement"] >= 0.9
 
 
 def test_int8_verify_rebuilds_quantized_reference(v2_int8):

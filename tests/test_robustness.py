@@ -232,10 +232,18 @@ def test_odd_images_are_handled_for_verify(exported, tmp_path):
     _odd_photos(odd)
     Image.open(odd / "huge.jpg").resize((400, 300)).save(tmp_path / "upright.png")
     _exif_rotated(tmp_path / "upright.png", odd / "exif_rotated.png", tagged=True)
+    # Six copies of one photo would make the reference (nearly) the same for every image, so the
+    # parity check could not see a colour or normalisation error (issue 21): add other photos.
+    from mobile_export.preprocess import bundled_photos
+
+    others = [p for p in bundled_photos() if p.name != "chelsea.png"][:4]
+    for photo in others:
+        shutil.copy(photo, odd / photo.name)
     code, out, err, escaped = cli_inprocess("verify", exported / PKG, "--images", odd, "--json")
     assert escaped is None and code == 0, err[-2000:]
     report = json.loads(out)
-    assert report["images"]["count"] == 6 and report["images"]["skipped"] == 0, report["images"]
+    assert report["images"]["count"] == 6 + len(others) and report["images"]["skipped"] == 0, report["images"]
+    assert report["input_dependence"]["sqnr_db_vs_own_mean"] < report["thresholds"]["max_input_independence_db"]
 
     # The orientation itself, in the function verify and calibration both call: the tagged
     # file gives the upright photo's input exactly, the same pixels without the tag do not.

@@ -33,6 +33,7 @@ def check_artifact(
     per_layer: bool = False,
     report_dir: str | Path | None = None,
     cpus=None,
+    accept_input_independent: bool = False,
     log: Log = lambda _m: None,
 ) -> dict:
     """verify_artifact under the project's limits. A skipped artifact returns a report with
@@ -63,6 +64,7 @@ def check_artifact(
         report_dir=report_dir,
         weights=weights,
         cpus=cpus,
+        accept_input_independent=accept_input_independent,
         log=log,
         overrides=verify_overrides(project),
     )

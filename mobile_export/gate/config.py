@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..verify import thresholds
 
 PYPROJECT = "pyproject.toml"
 STANDALONE = "mobile-export.toml"
@@ -38,17 +37,6 @@ LIMIT_KEYS: dict[str, str | None] = {
     "min-agreement": "top1_agreement",
     "max-top1-drop": None,
 }
-# Top-1 agreement has had two spellings in the threshold table; a project's min-agreement
-# sets the one the table uses and drops the other, so loosening it is not undone by the row.
-AGREEMENT_NAMES = ("top1_agreement", "top1_agreement_decided")
-
-
-def agreement_name() -> str:
-    """The top-1 agreement limit's name in the built-in table."""
-    rows = getattr(thresholds, "THRESHOLDS", {}).values()
-    return next((n for n in AGREEMENT_NAMES if any(n in row for row in rows)), AGREEMENT_NAMES[0])
-
-
 _RANGES = {
     "min-sqnr": (-math.inf, math.inf),
     "min-cosine": (-1.0, 1.0),
@@ -123,10 +111,6 @@ def verify_overrides(limits: dict[str, Limit]) -> dict[str, tuple[float | None, 
         name = LIMIT_KEYS[key]
         if name is None:
             continue
-        if name in AGREEMENT_NAMES:
-            for other in AGREEMENT_NAMES:
-                overrides[other] = (None, limit.source)
-            name = agreement_name()
         overrides[name] = (limit.value, limit.source)
     return overrides
 

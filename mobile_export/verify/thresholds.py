@@ -1,55 +1,86 @@
 """Pass/fail limits for a parity check: ONE table, one row per precision (and quantization
-mode where it changes what to expect). Core ML rows live here too, so every target is
-judged by the same book.
+mode where it changes what to expect), for every target, so every file is judged by the same
+book. The API is three functions: `limits_for(entry, overrides)` -> (key, limits),
+`check(values, limits, key)` -> failure lines, and `apply_overrides(limits, overrides)` (the
+project's own limits, e.g. `--min-agreement`, a CI config).
 
-Why these numbers:
-- fp32: the artifact runs the same float arithmetic with other kernels (XNNPACK, Core ML
-  fp32); only summation order differs, so ~1e-6 relative error, i.e. SQNR well above 60 dB.
-  top-1 must agree wherever the reference's top-2 margin exceeds the error (ties excluded).
-- fp16: 10-bit mantissa, errors accumulate over ~50 layers: ~40-60 dB on real images.
-- int8 (PT2E, XNNPACK): the runtime must reproduce the quantized PyTorch model (the
-  convert_pt2e graph) far better than quantization matches float: XNNPACK requantizes in
-  fixed point where PyTorch rounds in float, so single elements differ by one step per
-  layer and that propagates with depth (measured with synthetic well-conditioned weights at
-  64 px: 5 steps / 28 dB for V1 0.25, 9 steps for V2); more than 16 steps (6% of the
-  output range) or under 20 dB means a different computation (wrong scale, op, layout).
-  Against the float model the loss is quantization itself; those limits catch a broken
-  export (uncalibrated ranges), not a small accuracy loss: the accuracy bar (top-1 within
-  0.3 points) is measured on trained models (README), and top-1 limits would be noise on
-  untrained weights.
-- Core ML weight compression (fp16 compute, compressed weights): the artifact computes with
-  approximated weights, so these rows, like int8 against float, catch a broken export (a wrong
-  palette, scale or layout gives ~0 dB) and accept the compression's own loss, measured on V2 /
-  V3-Small: int8 weights 30-47 dB, 6-bit palettes 22-35 dB, 4-bit palettes 12-23 dB.
+What a row must do: on TRAINED colour models with outputs that depend on the image (V2 1.0 on
+the photo task, 64 px, held-out photo crops; V3-Small not yet measured, see docs), every row accepts the correct file of its mode and rejects each
+known bug class: R/B swapped, the mean or the 1/std missing, one activation dropped, one
+layer's weights scrambled or sign-flipped. Limits are statistics that do not drift with the
+number of images: SQNR (an energy ratio), agreement fractions, and a high percentile of the
+int8 step error, never a maximum over the set (a correct int8 V2 measured a max of 20 steps on
+560 photos against 16 allowed, issue 21).
+
+Measured on trained V2 1.0 (scripts/threshold_measurements.py, 2026-12-02, 16 held-out
+crops; docs/thresholds.md has every row): the correct file of each mode against the mildest
+bug that must fail. The mildest is a dropped activation (fp16: 16.4 dB, top-1 0.94) or a
+scrambled layer (fp16: 7.3 dB with top-1 still 1.0): SQNR catches what top-1 misses, and top-1
+catches large-logit flips SQNR averages away. R/B swap, a missing mean or 1/std, and a
+sign-flipped layer give -3..+1 dB on every mode measured. Each SQNR floor sits between the
+correct file and the mildest bug; the top-1 floors below the correct file's agreement.
+
+`tie_tolerance` is not a limit: it is the precision's expected error relative to the logit
+scale (metrics.logit_scale), used to COUNT near-ties for the report. It never excuses a flip.
+
+`max_input_independence_db`: the reference's SQNR against its own mean over images (metrics.
+input_dependence_db). Above it, a file that ignores the image would score nearly as well as a
+correct one, so the check proves nothing: verify fails unless the caller accepts it knowingly
+(`--accept-input-independent`). Measured: trained photo models 0.1-0.4 dB, BN-woken synthetic
+weights (tests/et_helpers.py) 0.5-1.8 dB, untrained random weights 85 dB (V4-Conv-Small, issue
+21) to 140-230 dB (V1/V2/V3) or +inf; 20 dB = the image-dependent part is 1% of the energy.
+
 Keys: precision, or "precision/mode" when the quantization mode matters."""
 
 from __future__ import annotations
 
+from ..errors import UsageError
+
+INPUT_INDEPENDENCE_DB = 20.0  # see the module docstring; the same for every row
+
 THRESHOLDS: dict[str, dict[str, float]] = {
-    # key              vs the float reference model                                        vs the quantized PyTorch model
-    "fp32":           {"sqnr_db": 60.0, "cosine": 0.99999, "top1_agreement_decided": 1.0, "top5_overlap": 0.9},
-    "fp16":           {"sqnr_db": 30.0, "cosine": 0.999, "top1_agreement_decided": 0.9, "top5_overlap": 0.8},
-    "int8/pt2e-int8": {"sqnr_db": 10.0, "cosine": 0.9, "sqnr_db_vs_quantized": 20.0, "steps_vs_quantized": 16.0},
-    "int8":           {"sqnr_db": 10.0, "cosine": 0.9},
-    "fp16/int8":       {"sqnr_db": 25.0, "cosine": 0.99},
-    "fp32/int8":       {"sqnr_db": 25.0, "cosine": 0.99},  # int8 weights, fp32 compute: the weights dominate
-    "fp16/palettize6": {"sqnr_db": 18.0, "cosine": 0.98},
-    "fp16/palettize4": {"sqnr_db": 10.0, "cosine": 0.9},
+    # .pte fp32 and Core ML fp32: only summation order differs. Correct 124.9 dB (.pte), the
+    # mildest bug (activation dropped) 16.4 dB.
+    "fp32": {"sqnr_db": 60.0, "top1_agreement": 0.99, "top5_overlap": 0.95, "tie_tolerance": 1e-5},
+    # Core ML fp16 compute: correct 59.2-65.3 dB, top-1 1.0; activation dropped 16.4 dB (top-1
+    # 0.94), a scrambled layer 7.3 dB with top-1 still 1.0 (so SQNR, not top-1, catches it)
+    "fp16": {"sqnr_db": 30.0, "top1_agreement": 0.95, "top5_overlap": 0.9, "tie_tolerance": 1e-3},
+    # .pte int8 (PT2E, XNNPACK): correct 32.1 dB vs float, top-1 0.979 on 48 crops; 36.5 dB and
+    # p99.9 3 steps vs the quantized PyTorch model; an R/B swap ~11 dB (issue 21)
+    "int8/pt2e-int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "sqnr_db_vs_quantized": 25.0,
+                       "steps_vs_quantized": 8.0, "tie_tolerance": 0.05},
+    "int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    # Core ML weight compression (fp16 compute, compressed weights) and W8A8
+    "fp16/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "top5_overlap": 0.85, "tie_tolerance": 0.01},
+    "fp16/palettize6": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.03},
+    # 4-bit palettes: correct 16.1 dB, top-1 1.0, top-5 0.86; scrambled layer 5.9 dB, sign-flipped
+    # 0.0 dB; a dropped activation 15.4 dB / top-1 0.94 is NOT separable here (docs/thresholds.md)
+    "fp16/palettize4": {"sqnr_db": 12.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    # W8A8 calibrated on 32 photo crops: correct 23.8 dB, top-1 1.0, top-5 0.975; R/B swap 0.0 dB
+    "fp16/w8a8": {"sqnr_db": 19.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    "mixed": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
+    "fp32/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "tie_tolerance": 0.01},  # int8 weights, fp32 compute
     # palettize-auto (data-aware 2-8-bit palettes at 0.15x): V2 1.0 photo model 24.6 dB / 99.3% agreement on 1,020
     # held-out crops; V2 0.35 digit model 16.2 dB on the bundled photos; an R/B swap of a trained colour model ~11 dB.
-    "fp16/palettize-auto": {"sqnr_db": 14.0, "cosine": 0.95},
-    "mixed":          {"sqnr_db": 20.0, "cosine": 0.99, "top1_agreement_decided": 0.5, "top5_overlap": 0.5},
+    "fp16/palettize-auto": {"sqnr_db": 14.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
 }
+for _row in THRESHOLDS.values():
+    _row.setdefault("max_input_independence_db", INPUT_INDEPENDENCE_DB)
 
 # How each limit reads in a failure message, and whether higher is better.
-_LABELS = {
+LABELS = {
     "sqnr_db": ("SQNR vs float", "dB", True),
     "cosine": ("cosine vs float", "", True),
-    "top1_agreement_decided": ("top-1 agreement vs float (ties excluded)", "", True),
+    "top1_agreement": ("top-1 agreement vs float", "", True),
     "top5_overlap": ("top-5 overlap vs float", "", True),
-    "steps_vs_quantized": ("max error vs the quantized PyTorch model", "output steps", False),
+    "steps_vs_quantized": ("p99.9 error vs the quantized PyTorch model", "output steps", False),
     "sqnr_db_vs_quantized": ("SQNR vs the quantized PyTorch model", "dB", True),
+    "max_input_independence_db": ("the reference's SQNR against its own mean over images", "dB", False),
 }
+PARAMETERS = {"tie_tolerance"}  # row constants that are not pass/fail limits
+# the value each limit is compared with, when its name differs
+VALUE_OF = {"max_input_independence_db": "input_independence_db"}
+STEP_PERCENTILE = 99.9
 
 
 def key_for(entry: dict) -> str:
@@ -64,9 +95,25 @@ def key_for(entry: dict) -> str:
     return "mixed"
 
 
-def limits_for(entry: dict) -> tuple[str, dict[str, float]]:
+def apply_overrides(limits: dict[str, float], overrides: dict | None) -> dict[str, float]:
+    """`limits` with `overrides` (metric -> value) on top; an unknown metric name is a usage
+    error naming the known ones (a typo in a CI config must not silently drop a limit). A value
+    of None removes the limit."""
+    out = dict(limits)
+    for name, value in (overrides or {}).items():
+        if name not in LABELS and name not in PARAMETERS:
+            known = ", ".join(sorted(set(LABELS) | PARAMETERS))
+            raise UsageError(f"unknown parity limit {name!r}; use one of {known}")
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = float(value)
+    return out
+
+
+def limits_for(entry: dict, overrides: dict | None = None) -> tuple[str, dict[str, float]]:
     key = key_for(entry)
-    return key, dict(THRESHOLDS[key])
+    return key, apply_overrides(THRESHOLDS[key], overrides)
 
 
 def check(values: dict, limits: dict[str, float], key: str, against: str | None = None) -> list[str]:
@@ -75,17 +122,25 @@ def check(values: dict, limits: dict[str, float], key: str, against: str | None 
     `against` names another comparison than the label's (e.g. "the x86 runtime")."""
     failures = []
     for name, limit in limits.items():
-        value = values.get(name)
+        if name in PARAMETERS:
+            continue
+        value = values.get(VALUE_OF.get(name, name))
         if value is None:
             continue
-        label, unit, higher = _LABELS[name]
+        label, unit, higher = LABELS[name]
         if against:
             label = f"{label.split(' vs ')[0]} vs {against}"
         ok = value >= limit if higher else value <= limit
-        if not ok:
-            sign = "<" if higher else ">"
-            u = f" {unit}" if unit else ""
-            failures.append(f"{label} {_fmt(value)}{u} {sign} {_fmt(limit)}{u} ({key})")
+        if ok:
+            continue
+        sign = "<" if higher else ">"
+        u = f" {unit}" if unit else ""
+        line = f"{label} {_fmt(value)}{u} {sign} {_fmt(limit)}{u} ({key})"
+        if name == "max_input_independence_db":
+            line = ("the reference outputs barely depend on the image (" + line + "), so this check cannot see "
+                    "input-dependent errors; verify with trained weights and varied real images, or pass "
+                    "--accept-input-independent to accept it knowingly")
+        failures.append(line)
     return failures
 
 

@@ -21,16 +21,19 @@ NO_QUANTIZED_MODEL = "none: this target has no quantized PyTorch model to compar
 
 
 def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, quantized=None, cpus=None, log: Log = lambda _m: None, overrides: dict | None = None) -> dict:
+                    reference=None, quantized=None, cpus=None, log: Log = lambda _m: None, overrides: dict | None = None,
+                    min_agreement: float | None = None, accept_input_independent: bool = False) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
     `weights` overrides the recorded weights). `quantized`: the quantized PyTorch model that
     export lowered into the artifact (else the target rebuilds it from the manifest's recipe).
-    `overrides`: {limit name: (value, where it came from)} merged onto the threshold row (value
-    None drops that limit), e.g. a project's [tool.mobile-export] table (mobile_export/gate).
-    `cpus` (ArmCpu rows, .pte only): also run the file on those emulated ARM CPUs, one report
-    row each (verify/arm.py).
+    `overrides`: {limit name: value or (value, where it came from)} on top of the threshold row
+    (value None drops that limit), e.g. a project's [tool.mobile-export] table (mobile_export/gate);
+    `min_agreement` (top-1 agreement) overrides that one limit. `accept_input_independent`: pass
+    even when the reference outputs barely depend on the image (the check then cannot see
+    image-dependent errors; reported as a warning). `cpus` (ArmCpu rows, .pte only): also run the
+    file on those emulated ARM CPUs, one report row each (verify/arm.py).
     Returns metrics, thresholds and their sources, "passed" and "failures"; raises typed errors
     only when the check cannot be made at all."""
     from ..targets import QuantizedReference, target_for_artifact
@@ -65,23 +68,32 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         ref = np.log(np.maximum(softmax(ref), 1e-45))
     topk = kind != "features" and manifest["model"].get("output", "logits") != "features"
 
-    vs_float = metrics.compare(ref, test, topk=topk)
+    plain, given_by = {}, {}
+    for name, given in (overrides or {}).items():
+        value, source = given if isinstance(given, tuple) else (given, "override")
+        plain[name], given_by[name] = value, source
+    if min_agreement is not None:
+        plain["top1_agreement"], given_by["top1_agreement"] = min_agreement, "--min-agreement"
+    key, limits = thresholds.limits_for(entry.to_dict(), plain)
+    sources = {name: given_by.get(name, f"builtin {key}") for name in limits}
+    vs_float = metrics.compare(ref, test, topk=topk, tie_tolerance=limits.get("tie_tolerance", 0.0))
     warnings = []
-    if metrics.input_independent(ref):
-        warnings.append("the reference outputs are the same for every image (untrained random weights?), so this "
-                        "check cannot see input-dependent errors; verify with trained weights")
     if manifest["preprocess"].get("assumed"):  # version 2: a wrong contract passes parity, so say it
         warnings.append(f"the preprocessing contract was assumed ({manifest['preprocess'].get('source')}); this check "
                         "feeds the reference the same input, so it cannot see a wrong contract")
-    key, limits = thresholds.limits_for(entry.to_dict())
-    sources = {name: f"builtin {key}" for name in limits}
-    for name, (value, source) in (overrides or {}).items():
-        if value is None:
-            limits.pop(name, None)
-            sources.pop(name, None)
-        else:
-            limits[name], sources[name] = value, source
+    independence = min(metrics.input_dependence_db(ref), metrics.SQNR_CAP_DB)  # NaN stays NaN
+    dependence = {"sqnr_db_vs_own_mean": _finite(independence), "limit_db": limits.get("max_input_independence_db"),
+                  "accepted": bool(accept_input_independent)}
     values = dict(vs_float)
+    if math.isnan(independence):
+        warnings.append("one image cannot show whether the outputs depend on the image; verify on several")
+    elif accept_input_independent:
+        if independence > limits.get("max_input_independence_db", math.inf):
+            warnings.append(f"the reference outputs barely depend on the image (SQNR against their own mean "
+                            f"{independence:.1f} dB), accepted with --accept-input-independent: this check cannot "
+                            "see input-dependent errors")
+    else:
+        values["input_independence_db"] = independence
     report: dict = {
         "artifact": path.name,
         "target": entry.target,
@@ -90,6 +102,7 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         "images": {"count": len(inputs.raw), "source": inputs.source, "skipped": inputs.skipped},
         "reference": "the exported model (this process)" if reference is not None else "rebuilt from the manifest",
         "vs_float": vs_float,
+        "input_dependence": dependence,
     }
 
     quant = entry.quantization or {}
@@ -164,17 +177,20 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
     PyTorch model (the convert_pt2e result), which the runtime should match to ~1 step."""
     scale = quant.get("output_scale")
     part: dict = {"output_scale": scale}
-    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale)) if scale else None
+    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale, thresholds.STEP_PERCENTILE)) if scale else None
     part["quantized_reference"] = qref.how if qref is not None else NO_QUANTIZED_MODEL
     quantized = qref.model if qref is not None else None
     if quantized is None:
         part["vs_quantized"] = None
         part["steps_vs_quantized"] = None
+        part["max_steps_vs_quantized"] = None
         return part
     qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
     part["_qref_outputs"] = qref  # for the ARM rows; removed before returning
     part["vs_quantized"] = metrics.compare(qref, test, topk=False)
-    part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
+    pct = thresholds.STEP_PERCENTILE
+    part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale, pct)) if scale else None
+    part["max_steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
     return part
 
 
