@@ -46,8 +46,6 @@ def cli_args(spec: CellSpec, out: Path) -> list[str]:
             "--resolution", str(spec.resolution), "--out", str(out), "--force", "--json"]
     if spec.images:
         args += ["--images", spec.images]
-    if spec.weights == "random":  # outputs that ignore the image: parity is a smoke test here, said so
-        args.append("--accept-input-independent")
     if spec.calibration and ("--quantize" in fmt.flags or "w8a8" in fmt.flags):
         args += ["--calibration", spec.calibration]
     return args
