@@ -119,15 +119,21 @@ def peak_gmacs(threads: int, dtype: str = "fp32", cpu: dict | None = None) -> di
         how_unit = "1 fp32 MAC per lane (FMA)"
     cores = min(threads, cpu["cores"] or threads)
     gmacs = cores * ghz * lanes * pipes * per_lane
-    how = (f"{cores} core(s) x {ghz:.2f} GHz ({'measured' if cpu['clock_ghz_measured'] else 'reported'}) x "
-           f"{lanes} lanes x {pipes} FMA pipe(s) x {how_unit}")
+    how = (
+        f"{cores} core(s) x {ghz:.2f} GHz ({'measured' if cpu['clock_ghz_measured'] else 'reported'}) x "
+        f"{lanes} lanes x {pipes} FMA pipe(s) x {how_unit}"
+    )
     return {"gmacs": round(gmacs, 1), "how": how}
 
 
 def _percentiles(times_ms: list[float]) -> dict:
     qs = statistics.quantiles(times_ms, n=10, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 9
-    return {"median": round(statistics.median(times_ms), 4), "p10": round(qs[0], 4), "p90": round(qs[-1], 4),
-            "runs": len(times_ms)}
+    return {
+        "median": round(statistics.median(times_ms), 4),
+        "p10": round(qs[0], 4),
+        "p90": round(qs[-1], 4),
+        "runs": len(times_ms),
+    }
 
 
 def bench_eager(module, shape, threads: int, runs: int, warmup: int) -> dict:
@@ -173,7 +179,9 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
         from .targets import target_for_artifact
 
         if not path.exists():
-            raise MobileExportError(f"{str(path)!r} does not exist; pass an exported .pte or .mlpackage or a model name")
+            raise MobileExportError(
+                f"{str(path)!r} does not exist; pass an exported .pte or .mlpackage or a model name"
+            )
         tgt = target_for_artifact(path)
         tgt.check_file(path)
         manifest, entry = mf.entry_for(path)
@@ -183,8 +191,12 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
         # Latency does not depend on the weights' values: time the same architecture with
         # random weights, so a benchmark never needs the checkpoint (or the network).
         built = create_from_manifest(manifest["model"], weights="random")
-        result.update(artifact=path.name, bytes=entry.bytes, precision=entry.precision,
-                      quantization=entry.quantization_mode)
+        result.update(
+            artifact=path.name,
+            bytes=entry.bytes,
+            precision=entry.precision,
+            quantization=entry.quantization_mode,
+        )
         result[tgt.name] = timing(tgt.benchmark(path, entry, threads, runs, warmup, log))
     else:
         from .models import create_model
@@ -210,30 +222,39 @@ def bench_target(target: str, threads: int = 1, runs: int = 50, warmup: int = 5,
 
 
 def format_bench(r: dict) -> str:
-    lines = [f"{r['model']} @ {r['resolution']}px  params {r['params']:,}  MACs {r['macs'] / 1e6:,.1f}M  threads {r['threads']}"]
+    lines = [
+        f"{r['model']} @ {r['resolution']}px  params {r['params']:,}  MACs {r['macs'] / 1e6:,.1f}M  threads {r['threads']}"
+    ]
     if r.get("artifact"):
-        lines.append(f"artifact {r['artifact']}  {r['bytes']:,} bytes  {r['precision']} / {r['quantization']}")
+        lines.append(
+            f"artifact {r['artifact']}  {r['bytes']:,} bytes  {r['precision']} / {r['quantization']}"
+        )
     for key, label in (("executorch", "ExecuTorch"), ("eager", "PyTorch eager")):
         if key in r:
             b = r[key]
             lat = b["latency_ms"]
             extra = f"  load {b['load_ms']:.1f} ms" if "load_ms" in b else ""
             frac = f" ({b['fraction_of_peak'] * 100:.1f}% of peak)" if "fraction_of_peak" in b else ""
-            lines.append(f"{label:<14} median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}  "
-                         f"first {b['first_run_ms']:.1f} ms{extra}  {b['gmacs_per_s']:.1f} GMAC/s{frac}")
+            lines.append(
+                f"{label:<14} median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}  "
+                f"first {b['first_run_ms']:.1f} ms{extra}  {b['gmacs_per_s']:.1f} GMAC/s{frac}"
+            )
     if "executorch-coreml" in r:
         c = r["executorch-coreml"]
-        lines.append(f"Core ML delegate .pte {c['bytes']:,} bytes (payload {c['payload_bytes']:,}), opset {c['opset']}, "
-                     f"compile specs {', '.join(f'{k}={v}' for k, v in c['compile_specs'].items())}")
+        lines.append(
+            f"Core ML delegate .pte {c['bytes']:,} bytes (payload {c['payload_bytes']:,}), opset {c['opset']}, "
+            f"compile specs {', '.join(f'{k}={v}' for k, v in c['compile_specs'].items())}"
+        )
         lines.append("ops per backend: " + ", ".join(f"{k} {v}" for k, v in c["ops_by_backend"].items()))
         lines.append("Core ML ops: " + ", ".join(f"{k} {v}" for k, v in c["core_ml_ops"].items()))
         lines.append(f"payload load (unflatten + parse) median {c['payload_load_ms']:.1f} ms")
         lines.append(f"latency: {c['latency']}")
     if "coreml" in r:
         c = r["coreml"]
-        lines.append(f"Core ML package {c['bytes']:,} bytes (weights {c['weight_bin_bytes']:,}), opset {c['opset']}")
+        lines.append(
+            f"Core ML package {c['bytes']:,} bytes (weights {c['weight_bin_bytes']:,}), opset {c['opset']}"
+        )
         lines.append("ops: " + ", ".join(f"{k} {v}" for k, v in c["ops"].items()))
         lines.append(f"latency: {c['latency']}")
     lines.append(f"peak {r['peak']['gmacs']} GMAC/s = {r['peak']['how']}")
     return "\n".join(lines)
-

@@ -25,11 +25,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # formats it can run, and the file that pins the ExecuTorch runtime it links. Facts as data:
 # the apps' READMEs repeat these paths.
 APPS = {
-    "android": {"project": "android_demo", "assets": Path("app/src/main/assets"), "formats": ("pte", "bpte"),
-                "runtime_pin": Path("gradle/libs.versions.toml"),
-                "cannot_run_targets": ("executorch-coreml",)},  # a Core ML delegate .pte needs Apple's Core ML
-    "ios": {"project": "ios_demo", "assets": Path("MobileNetDemo/Models"), "formats": ("mlpackage", "pte"),
-            "runtime_pin": Path("project.yml")},
+    "android": {
+        "project": "android_demo",
+        "assets": Path("app/src/main/assets"),
+        "formats": ("pte", "bpte"),
+        "runtime_pin": Path("gradle/libs.versions.toml"),
+        "cannot_run_targets": ("executorch-coreml",),
+    },  # a Core ML delegate .pte needs Apple's Core ML
+    "ios": {
+        "project": "ios_demo",
+        "assets": Path("MobileNetDemo/Models"),
+        "formats": ("mlpackage", "pte"),
+        "runtime_pin": Path("project.yml"),
+    },
 }
 SWIFTPM_BRANCH_PREFIX = "swiftpm-"  # ExecuTorch publishes its Swift package on branches swiftpm-X.Y.Z
 
@@ -55,9 +63,11 @@ def pinned_executorch(app: str, root: Path) -> tuple[str | None, Path]:
             package = ((yaml.safe_load(text) or {}).get("packages") or {}).get("ExecuTorch") or {}
             version = package.get("exactVersion") or package.get("version") or package.get("branch")
             if isinstance(version, str) and version.startswith(SWIFTPM_BRANCH_PREFIX):
-                version = version[len(SWIFTPM_BRANCH_PREFIX):]
+                version = version[len(SWIFTPM_BRANCH_PREFIX) :]
     except Exception as exc:  # tomllib/yaml errors: the app's own file is malformed
-        raise ManifestError(f"{pin_file}: cannot read the ExecuTorch pin ({exc.__class__.__name__}); fix the file") from None
+        raise ManifestError(
+            f"{pin_file}: cannot read the ExecuTorch pin ({exc.__class__.__name__}); fix the file"
+        ) from None
     return (str(version) if version is not None else None), pin_file
 
 
@@ -67,8 +77,9 @@ def writer_version(manifest: dict, entry: dict) -> str | None:
     return runtime.get("version") or (manifest.get("versions") or {}).get("executorch")
 
 
-def check_runtime_pin(app: str, root: Path, manifest: dict, chosen: list[tuple[Path, dict]],
-                      allow_older_runtime: bool, log: Log) -> None:
+def check_runtime_pin(
+    app: str, root: Path, manifest: dict, chosen: list[tuple[Path, dict]], allow_older_runtime: bool, log: Log
+) -> None:
     """Refuse a .pte whose writer is newer than the runtime the app links: ExecuTorch promises
     backward compatibility only (runtime/COMPATIBILITY.md), so such a file may fail to load."""
     from packaging.version import InvalidVersion, Version
@@ -79,18 +90,24 @@ def check_runtime_pin(app: str, root: Path, manifest: dict, chosen: list[tuple[P
     pinned, pin_file = pinned_executorch(app, root)
     if pinned is None:  # a user's own app laid out otherwise: say what to check, do not guess
         needed = max((writer_version(manifest, e) or "?" for _, e in ptes), key=str)
-        log(f"warning: no ExecuTorch pin found in {pin_file}; make sure the app links ExecuTorch {needed} or newer")
+        log(
+            f"warning: no ExecuTorch pin found in {pin_file}; make sure the app links ExecuTorch {needed} or newer"
+        )
         return
     for p, entry in ptes:
         written = writer_version(manifest, entry)
         try:
             older = written is not None and Version(pinned).release < Version(written).release
         except InvalidVersion:
-            raise RuntimeVersionError(f"cannot compare ExecuTorch versions {pinned!r} ({pin_file.name}) and "
-                                      f"{written!r} ({p.name}); fix the pin") from None
+            raise RuntimeVersionError(
+                f"cannot compare ExecuTorch versions {pinned!r} ({pin_file.name}) and "
+                f"{written!r} ({p.name}); fix the pin"
+            ) from None
         if older:
-            message = (f"{p.name} was written by executorch {written} but the {app} app pins {pinned} "
-                       f"({pin_file.name}); raise the pin to {written} or pass --allow-older-runtime")
+            message = (
+                f"{p.name} was written by executorch {written} but the {app} app pins {pinned} "
+                f"({pin_file.name}); raise the pin to {written} or pass --allow-older-runtime"
+            )
             if not allow_older_runtime:
                 raise RuntimeVersionError(message)
             log(f"warning: {message.split(';')[0]}; bundling anyway (--allow-older-runtime)")
@@ -102,7 +119,9 @@ def app_assets_dir(app: str, app_dir: str | Path | None = None) -> tuple[Path, P
         raise UsageError(f"unknown app {app!r}; choose one of: {', '.join(APPS)}")
     root = Path(app_dir) if app_dir is not None else REPO_ROOT / APPS[app]["project"]
     if not root.is_dir():
-        raise UsageError(f"app folder {str(root)!r} does not exist; pass --app-dir pointing to the {APPS[app]['project']} project")
+        raise UsageError(
+            f"app folder {str(root)!r} does not exist; pass --app-dir pointing to the {APPS[app]['project']} project"
+        )
     return root.resolve(), root.resolve() / APPS[app]["assets"]
 
 
@@ -112,7 +131,9 @@ def _safe_name(name: object, what: str) -> str:
         raise ManifestError(f"{what} has an invalid file name {name!r}; re-export to regenerate the manifest")
     pure = PurePath(name)
     if "/" in name or "\\" in name or pure.is_absolute() or len(pure.parts) != 1 or name.startswith("~"):
-        raise ManifestError(f"{what} names {name!r}, which is not a plain file name and could land outside the app; re-export to regenerate the manifest")
+        raise ManifestError(
+            f"{what} names {name!r}, which is not a plain file name and could land outside the app; re-export to regenerate the manifest"
+        )
     return name
 
 
@@ -120,9 +141,13 @@ def _inside(path: Path, root: Path, what: str) -> Path:
     """Refuse a destination that resolves (through symlinks or "..") outside `root`."""
     resolved = path.resolve()
     if resolved != root and root not in resolved.parents:
-        raise UsageError(f"{what} {str(path)!r} resolves to {str(resolved)!r}, outside the app folder {str(root)!r}; remove the symlink or choose another --app-dir")
+        raise UsageError(
+            f"{what} {str(path)!r} resolves to {str(resolved)!r}, outside the app folder {str(root)!r}; remove the symlink or choose another --app-dir"
+        )
     if path.is_symlink():
-        raise UsageError(f"{what} {str(path)!r} is a symlink; remove it so the bundle writes a real file inside the app")
+        raise UsageError(
+            f"{what} {str(path)!r} is a symlink; remove it so the bundle writes a real file inside the app"
+        )
     return path
 
 
@@ -133,7 +158,9 @@ def _check_no_symlinks(src: Path) -> None:
     if src.is_dir():
         for p in src.rglob("*"):
             if p.is_symlink():
-                raise ArtifactError(f"{src.name} contains a symlink ({p.relative_to(src)}); export it again so the package holds only real files")
+                raise ArtifactError(
+                    f"{src.name} contains a symlink ({p.relative_to(src)}); export it again so the package holds only real files"
+                )
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -153,7 +180,15 @@ def _place(src: Path, dest: Path, sha256: str, changes: list, kind: str) -> None
             changes.append({"file": dest.name, "kind": kind, "action": "unchanged", "bytes": new_bytes})
             return
         _copy(src, dest)
-        changes.append({"file": dest.name, "kind": kind, "action": "replaced", "bytes": new_bytes, "old_bytes": old_bytes})
+        changes.append(
+            {
+                "file": dest.name,
+                "kind": kind,
+                "action": "replaced",
+                "bytes": new_bytes,
+                "old_bytes": old_bytes,
+            }
+        )
         return
     _copy(src, dest)
     changes.append({"file": dest.name, "kind": kind, "action": "added", "bytes": new_bytes})
@@ -196,8 +231,13 @@ def _previous_files(assets: Path) -> set[str]:
     return out
 
 
-def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_older_runtime: bool = False,
-                     log: Log = lambda _msg: None) -> dict:
+def bundle_artifacts(
+    paths,
+    app: str,
+    app_dir: str | Path | None = None,
+    allow_older_runtime: bool = False,
+    log: Log = lambda _msg: None,
+) -> dict:
     """Copy `paths` (artifacts of one export folder) with labels and manifest into `app`.
 
     Returns {"app", "app_dir", "destination", "changes": [{file, kind, action, bytes, ...}]};
@@ -240,9 +280,13 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
         name = _safe_name(labels["file"], "the manifest's labels entry")
         labels_src = src_dir / name
         if labels_src.is_symlink() or not labels_src.is_file():
-            raise ArtifactError(f"labels file {str(labels_src)!r} is missing; export again so it sits beside the manifest")
+            raise ArtifactError(
+                f"labels file {str(labels_src)!r} is missing; export again so it sits beside the manifest"
+            )
         if sha256_file(labels_src) != labels["sha256"]:
-            raise ArtifactError(f"{name}: sha256 does not match the manifest; the labels were changed, export again")
+            raise ArtifactError(
+                f"{name}: sha256 does not match the manifest; the labels were changed, export again"
+            )
 
     for part in [*reversed(assets.relative_to(root).parents), assets.relative_to(root)]:
         if part != Path(".") and ((root / part).exists() or (root / part).is_symlink()):
@@ -266,7 +310,9 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
     mf.validate(app_manifest, "bundled manifest")
     text = json.dumps(app_manifest, indent=2) + "\n"
     dest_manifest = assets / mf.FILENAME
-    old_text = dest_manifest.read_text(encoding="utf-8", errors="replace") if dest_manifest.is_file() else None
+    old_text = (
+        dest_manifest.read_text(encoding="utf-8", errors="replace") if dest_manifest.is_file() else None
+    )
     if old_text != text:
         write_text_atomic(dest_manifest, text)
     record = {"file": mf.FILENAME, "kind": "manifest", "bytes": len(text.encode())}
@@ -278,16 +324,28 @@ def bundle_artifacts(paths, app: str, app_dir: str | Path | None = None, allow_o
         record.update(action="replaced", old_bytes=len(old_text.encode()))
     changes.append(record)
 
-    keep = {e["file"] for _, e in chosen} | ({labels_src.name} if labels_src is not None else set()) | {mf.FILENAME}
+    keep = (
+        {e["file"] for _, e in chosen}
+        | ({labels_src.name} if labels_src is not None else set())
+        | {mf.FILENAME}
+    )
     for stale in sorted(previous - keep):
         target = assets / stale
         if target.is_symlink() or not target.exists():
             continue
         old_bytes = size_bytes(target)
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-        changes.append({"file": stale, "kind": "stale", "action": "removed", "bytes": 0, "old_bytes": old_bytes})
+        changes.append(
+            {"file": stale, "kind": "stale", "action": "removed", "bytes": 0, "old_bytes": old_bytes}
+        )
         log(f"removed {stale} (listed by the previous bundle)")
-    return {"app": app, "app_dir": str(root), "destination": str(assets), "model": manifest["model"]["name"], "changes": changes}
+    return {
+        "app": app,
+        "app_dir": str(root),
+        "destination": str(assets),
+        "model": manifest["model"]["name"],
+        "changes": changes,
+    }
 
 
 def format_changes(result: dict) -> str:

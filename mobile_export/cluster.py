@@ -88,9 +88,14 @@ class RayExecutor:
     """An executor for runner.run_eval: `map(plan, reference_module, units)` yields
     (unit, result) as units finish, in any order."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None,
-                 in_flight: int = IN_FLIGHT_PER_WORKER, max_restarts: int = MAX_RESTARTS,
-                 max_task_retries: int = MAX_TASK_RETRIES):
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        in_flight: int = IN_FLIGHT_PER_WORKER,
+        max_restarts: int = MAX_RESTARTS,
+        max_task_retries: int = MAX_TASK_RETRIES,
+    ):
         _ray()  # fail fast, before any image is read
         if workers is not None and workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
@@ -106,15 +111,24 @@ class RayExecutor:
         ray = _ray()
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
-                         log_to_driver=False, configure_logging=True)
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    logging_level="ERROR",
+                    log_to_driver=False,
+                    configure_logging=True,
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-                raise MobileExportError(f"cannot start or reach Ray at {where} ({first_line(exc)}); "
-                                        "check the address (ray status) or drop --ray") from None
+                raise MobileExportError(
+                    f"cannot start or reach Ray at {where} ({first_line(exc)}); "
+                    "check the address (ray status) or drop --ray"
+                ) from None
         return ray
 
-    def map(self, plan: Plan, reference_module, units: Iterable[WorkUnit]) -> Iterator[tuple[WorkUnit, UnitResult]]:
+    def map(
+        self, plan: Plan, reference_module, units: Iterable[WorkUnit]
+    ) -> Iterator[tuple[WorkUnit, UnitResult]]:
         ray = self._connect()
         from ray.util import ActorPool
 
@@ -122,8 +136,12 @@ class RayExecutor:
         module = ray.put(reference_module)
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # max_concurrency 2: pid() answers while a unit runs (the pool gives an actor one unit at a time)
-        worker = ray.remote(num_cpus=1, max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
-                            max_concurrency=2)(EvalWorker)
+        worker = ray.remote(
+            num_cpus=1,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_task_retries,
+            max_concurrency=2,
+        )(EvalWorker)
         self.actors = [worker.remote(plan, module, blobs) for _ in range(count)]
         self._started = count
         pool = ActorPool(self.actors)
@@ -157,8 +175,14 @@ class RayExecutor:
                 raise cause from None
             raise MobileExportError(f"a Ray worker failed: {first_line(cause or exc)}") from None
         except ray.exceptions.RayActorError as exc:
-            raise MobileExportError(f"a Ray worker died and could not be restarted ({first_line(exc)}); "
-                                    "check the cluster (ray status)") from None
+            raise MobileExportError(
+                f"a Ray worker died and could not be restarted ({first_line(exc)}); "
+                "check the cluster (ray status)"
+            ) from None
 
     def describe(self) -> dict:
-        return {"executor": "ray", "workers": self._started, "address": self.address or os.environ.get("RAY_ADDRESS")}
+        return {
+            "executor": "ray",
+            "workers": self._started,
+            "address": self.address or os.environ.get("RAY_ADDRESS"),
+        }

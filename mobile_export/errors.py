@@ -75,6 +75,6 @@ class EmulationError(MobileExportError):
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """"Type: first line of the message", for wrapping a backend's exception in one line."""
+    """ "Type: first line of the message", for wrapping a backend's exception in one line."""
     lines = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {(lines[0] if lines else exc.__class__.__name__)[:limit]}"

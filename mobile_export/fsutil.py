@@ -47,15 +47,21 @@ def ensure_writable_dir(directory: str | Path) -> Path:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MobileExportError(f"cannot create output folder {str(d)!r} ({exc.strerror}); choose another --out") from None
+        raise MobileExportError(
+            f"cannot create output folder {str(d)!r} ({exc.strerror}); choose another --out"
+        ) from None
     if not os.access(d, os.W_OK | os.X_OK):
-        raise MobileExportError(f"output folder {str(d)!r} is not writable; choose another --out or fix its permissions")
+        raise MobileExportError(
+            f"output folder {str(d)!r} is not writable; choose another --out or fix its permissions"
+        )
     return d
 
 
 def check_destination(dest: str | Path, force: bool) -> None:
     if Path(dest).exists() and not force:
-        raise OutputExistsError(f"{str(dest)!r} already exists; pass --force to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{str(dest)!r} already exists; pass --force to replace it or choose another --out"
+        )
 
 
 @contextlib.contextmanager
@@ -74,9 +80,13 @@ def atomic_path(dest: str | Path, force: bool = True) -> Iterator[Path]:
         _replace(tmp, dest)
     except OSError as exc:
         if _write_errno(exc) in (errno.ENOSPC, errno.EDQUOT):
-            raise MobileExportError(f"disk full while writing {str(dest)!r}; free space or choose another --out") from None
+            raise MobileExportError(
+                f"disk full while writing {str(dest)!r}; free space or choose another --out"
+            ) from None
         if _write_errno(exc) in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise MobileExportError(f"cannot write {str(dest)!r} ({os.strerror(_write_errno(exc))}); choose another --out or fix its permissions") from None
+            raise MobileExportError(
+                f"cannot write {str(dest)!r} ({os.strerror(_write_errno(exc))}); choose another --out or fix its permissions"
+            ) from None
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def op_name(node) -> str:
-    """"aten.convolution.default" for aten/edge ops, the function's name otherwise."""
+    """ "aten.convolution.default" for aten/edge ops, the function's name otherwise."""
     target = getattr(node.target, "_op", node.target)  # EdgeOpOverload wraps an OpOverload
     if hasattr(target, "_schema"):
         return str(target).replace("torch.ops.", "")
@@ -13,7 +13,7 @@ def op_name(node) -> str:
 
 
 def short_op_name(node) -> str:
-    """"convolution" for aten.convolution.default: the op without namespace and overload."""
+    """ "convolution" for aten.convolution.default: the op without namespace and overload."""
     target = getattr(node.target, "__name__", None) or str(node.target)
     return target.replace("aten.", "").split(".")[0]
 

@@ -41,7 +41,12 @@ CONTRACTS = {
 }
 
 # Lines that Python's splitlines/strip treat specially; the apps must count labels the same way.
-AWKWARD_LABELS = {3: "  café au lait \t", 5: "日本語 ラベル", 8: "\u00a0non-breaking padded\u00a0", 13: "tab\tinside"}
+AWKWARD_LABELS = {
+    3: "  café au lait \t",
+    5: "日本語 ラベル",
+    8: "\u00a0non-breaking padded\u00a0",
+    13: "tab\tinside",
+}
 
 
 def _b64(array: np.ndarray) -> str:
@@ -62,8 +67,13 @@ def _raw_pixels(path: Path, pre: Preprocess) -> tuple[dict, dict | None]:
         draft = None
         if im.format == "JPEG":
             im.draft("RGB", (pre.resize * 2, pre.resize * 2))
-            draft = {"raw_width": raw_size[0], "raw_height": raw_size[1], "scale": _scale_of(im),
-                     "width": im.size[0], "height": im.size[1]}
+            draft = {
+                "raw_width": raw_size[0],
+                "raw_height": raw_size[1],
+                "scale": _scale_of(im),
+                "width": im.size[0],
+                "height": im.size[1],
+            }
         orientation = int(im.getexif().get(ORIENTATION_TAG, 1))
         if im.mode == "L":
             kind, arr = "gray", np.asarray(im, dtype=np.uint8)
@@ -116,7 +126,11 @@ class _Model:
         torch.set_num_threads(1)  # one image at a time: extra threads only contend on a shared CPU
         try:
             with torch.no_grad():
-                return self.built.module(torch.from_numpy(np.ascontiguousarray(x[None]))).numpy()[0].astype(np.float32)
+                return (
+                    self.built.module(torch.from_numpy(np.ascontiguousarray(x[None])))
+                    .numpy()[0]
+                    .astype(np.float32)
+                )
         finally:
             torch.set_num_threads(threads)
 
@@ -127,10 +141,22 @@ def _case(name: str, path: Path, pre: Preprocess, model: _Model | None, labels: 
     unit = resize_crop(rgb, pre)
     normalized = normalize(unit, pre)
     case = {
-        "name": name, "source": path.name, "note": note, "image": raw, "jpeg": draft,
-        "decoded": {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "sha256": hashlib.sha256(rgb.tobytes()).hexdigest()},
-        "preprocess": pre.to_dict(), "unit": _f32(unit), "normalized": _f32(normalized),
-        "logits": None, "output_kind": "logits", "top5": None,
+        "name": name,
+        "source": path.name,
+        "note": note,
+        "image": raw,
+        "jpeg": draft,
+        "decoded": {
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+            "sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
+        },
+        "preprocess": pre.to_dict(),
+        "unit": _f32(unit),
+        "normalized": _f32(normalized),
+        "logits": None,
+        "output_kind": "logits",
+        "top5": None,
     }
     if model is not None and pre.crop >= 32:
         logits = model.logits(normalized)
@@ -176,7 +202,9 @@ def _sources(tmp: Path, small: bool) -> list[tuple[str, Path, str, str]]:
         out.append(("exif6_small", p, "small_bicubic", "camera-style JPEG rotated by EXIF"))
         return out
 
-    out.append(("astronaut_timm_v1", photos["astronaut.png"], "timm_v1", "RGB PNG, bicubic, Inception mean/std"))
+    out.append(
+        ("astronaut_timm_v1", photos["astronaut.png"], "timm_v1", "RGB PNG, bicubic, Inception mean/std")
+    )
     out.append(("chelsea_torchvision", photos["chelsea.png"], "torchvision", "landscape RGB PNG, bilinear"))
     out.append(("rocket_nearest", photos["rocket.jpg"], "nearest", "portrait JPEG, nearest"))
     out.append(("camera_gray", data / "camera.png", "torchvision", "grayscale PNG"))
@@ -204,27 +232,83 @@ def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tup
         import torch
 
         spec = get_spec(MODEL)
-        built = BuiltModel(module=torch.nn.Linear(1, 1), spec=spec, preprocess=spec.preprocess, num_classes=1000,
-                           resolution=224, weights={"source": "random", "seed": 0})
+        built = BuiltModel(
+            module=torch.nn.Linear(1, 1),
+            spec=spec,
+            preprocess=spec.preprocess,
+            num_classes=1000,
+            resolution=224,
+            weights={"source": "random", "seed": 0},
+        )
     built_labels = built.labels
     built.labels = labels
     doc = mf.new_manifest(built)
     built.labels = built_labels
-    doc["labels"] = {"file": "labels.txt", "count": len(labels), "sha256": hashlib.sha256(labels_text.encode()).hexdigest()}
+    doc["labels"] = {
+        "file": "labels.txt",
+        "count": len(labels),
+        "sha256": hashlib.sha256(labels_text.encode()).hexdigest(),
+    }
     pre = built.preprocess
     lows = [(0.0 - m) / s for m, s in zip(pre.mean, pre.std)]
     highs = [(1.0 - m) / s for m, s in zip(pre.mean, pre.std)]
-    common = {"bytes": 1234567, "precision": "fp32", "quantization": {"mode": "none"},
-              "output": {"name": "logits", "kind": "logits", "shape": [1, built.num_classes], "dtype": "float32"}}
-    tensor_in = {"name": "x", "kind": "tensor", "shape": [1, 3, pre.crop, pre.crop], "layout": "NCHW", "dtype": "float32",
-                 "color": "RGB", "value_range": [round(min(lows), 6), round(max(highs), 6)], "normalized_in_model": False}
+    common = {
+        "bytes": 1234567,
+        "precision": "fp32",
+        "quantization": {"mode": "none"},
+        "output": {"name": "logits", "kind": "logits", "shape": [1, built.num_classes], "dtype": "float32"},
+    }
+    tensor_in = {
+        "name": "x",
+        "kind": "tensor",
+        "shape": [1, 3, pre.crop, pre.crop],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "color": "RGB",
+        "value_range": [round(min(lows), 6), round(max(highs), 6)],
+        "normalized_in_model": False,
+    }
     doc["artifacts"] = [
-        dict(common, file=f"{built.spec.name}_fp32.pte", target="executorch", format="pte", sha256="a" * 64, input=tensor_in),
-        dict(common, file=f"{built.spec.name}_fp32.bpte", target="executorch", format="bpte", sha256="b" * 64, input=tensor_in),
-        dict(common, file=f"{built.spec.name}_fp16.mlpackage", target="coreml", format="mlpackage", sha256="c" * 64,
-             precision="fp16", input={"name": "image", "kind": "image", "shape": [1, 3, pre.crop, pre.crop], "layout": "NCHW",
-                                      "dtype": "uint8", "color": "RGB", "value_range": [0.0, 255.0], "normalized_in_model": True},
-             output={"name": "classLabel_probs", "kind": "classifier", "shape": [1, built.num_classes], "dtype": "float32"}),
+        dict(
+            common,
+            file=f"{built.spec.name}_fp32.pte",
+            target="executorch",
+            format="pte",
+            sha256="a" * 64,
+            input=tensor_in,
+        ),
+        dict(
+            common,
+            file=f"{built.spec.name}_fp32.bpte",
+            target="executorch",
+            format="bpte",
+            sha256="b" * 64,
+            input=tensor_in,
+        ),
+        dict(
+            common,
+            file=f"{built.spec.name}_fp16.mlpackage",
+            target="coreml",
+            format="mlpackage",
+            sha256="c" * 64,
+            precision="fp16",
+            input={
+                "name": "image",
+                "kind": "image",
+                "shape": [1, 3, pre.crop, pre.crop],
+                "layout": "NCHW",
+                "dtype": "uint8",
+                "color": "RGB",
+                "value_range": [0.0, 255.0],
+                "normalized_in_model": True,
+            },
+            output={
+                "name": "classLabel_probs",
+                "kind": "classifier",
+                "shape": [1, built.num_classes],
+                "dtype": "float32",
+            },
+        ),
     ]
     mf.validate(doc)
 
@@ -244,7 +328,11 @@ def _manifests(model: _Model | None, labels_text: str, labels: list[str]) -> tup
         broken("version_0", "version 0 is not supported", lambda d: d.update(version=0)),
         broken("other_format", "not a mobile-export manifest", lambda d: d.update(format="something-else")),
         broken("no_preprocess", "'preprocess'", lambda d: d.pop("preprocess")),
-        broken("unknown_interpolation", "interpolation 'lanczos'", lambda d: d["preprocess"].update(interpolation="lanczos")),
+        broken(
+            "unknown_interpolation",
+            "interpolation 'lanczos'",
+            lambda d: d["preprocess"].update(interpolation="lanczos"),
+        ),
         broken("zero_std", "std must be positive", lambda d: d["preprocess"].update(std=[0.2, 0.0, 0.2])),
         broken("labels_escape", "not a plain file name", lambda d: d["labels"].update(file="../secrets.txt")),
         broken("artifact_escape", "not a plain file name", lambda d: d["artifacts"][0].update(file="..")),
@@ -263,25 +351,42 @@ def write_golden(out: str | Path, small: bool = False, with_model: bool = True) 
         names = []
         for name, path, contract, note in _sources(Path(work), small):
             case = _case(name, path, CONTRACTS[contract], model, labels, note)
-            (tmp / "cases" / f"{name}.json").write_text(json.dumps(case, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / "cases" / f"{name}.json").write_text(
+                json.dumps(case, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             names.append(name)
         (tmp / "labels.txt").write_bytes(labels_text.encode("utf-8"))
         manifest, bad, features = _manifests(model, labels_text, labels)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         sizes = [(4032, 3024), (3024, 4032), (2048, 1536), (1000, 700), (511, 511), (640, 480), (8000, 600)]
         index = {
-            "format": FORMAT, "version": VERSION, "model": MODEL if model else None, "tolerance": 1e-6,
+            "format": FORMAT,
+            "version": VERSION,
+            "model": MODEL if model else None,
+            "tolerance": 1e-6,
             "cases": names,
             "labels": {"file": "labels.txt", "parsed": labels},
-            "manifest": {"file": "manifest.json", "model": manifest["model"]["name"], "crop": manifest["preprocess"]["crop"],
-                         "resize": manifest["preprocess"]["resize"], "labels_count": len(labels),
-                         "artifacts": [a["file"] for a in manifest["artifacts"]]},
+            "manifest": {
+                "file": "manifest.json",
+                "model": manifest["model"]["name"],
+                "crop": manifest["preprocess"]["crop"],
+                "resize": manifest["preprocess"]["resize"],
+                "labels_count": len(labels),
+                "artifacts": [a["file"] for a in manifest["artifacts"]],
+            },
             "bad_manifests": bad,
             "features_manifest": features,
-            "jpeg_draft": [{"width": w, "height": h, "resize": r, "scale": _draft_scale(w, h, r)}
-                           for (w, h) in sizes for r in (224, 256, 64)],
+            "jpeg_draft": [
+                {"width": w, "height": h, "resize": r, "scale": _draft_scale(w, h, r)}
+                for (w, h) in sizes
+                for r in (224, 256, 64)
+            ],
         }
-        (tmp / "index.json").write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "index.json").write_text(
+            json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
     return out
 
 
@@ -297,7 +402,9 @@ def write_photo_cases(out: str | Path, paths: list[Path], pre: Preprocess) -> Pa
             case = _case(name, Path(path), pre, None, [], "photo bundled by the exporter")
             (tmp / "cases" / f"{name}.json").write_text(json.dumps(case) + "\n", encoding="utf-8")
             names.append(name)
-        (tmp / "index.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "tolerance": 1e-6, "cases": names}) + "\n")
+        (tmp / "index.json").write_text(
+            json.dumps({"format": FORMAT, "version": VERSION, "tolerance": 1e-6, "cases": names}) + "\n"
+        )
     return out
 
 

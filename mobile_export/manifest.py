@@ -63,8 +63,11 @@ def new_manifest(built) -> dict:
             "output_shape": out_shape,
             "weights": built.weights,
         },
-        "preprocess": {**built.preprocess.to_dict(), "source": built.contract_source or "unknown",
-                       "assumed": bool(built.contract_assumed)},
+        "preprocess": {
+            **built.preprocess.to_dict(),
+            "source": built.contract_source or "unknown",
+            "assumed": bool(built.contract_assumed),
+        },
         "labels": None,
         "artifacts": [],
         "versions": library_versions(),
@@ -147,7 +150,9 @@ def validate(doc: object, where: str = FILENAME) -> dict:
     if not isinstance(doc, dict):
         raise ManifestError(f"{where}: not a JSON object; re-export to regenerate it")
     if doc.get("format") != FORMAT:
-        raise ManifestError(f"{where}: not a mobile-export manifest (format {doc.get('format')!r}); re-export to regenerate it")
+        raise ManifestError(
+            f"{where}: not a mobile-export manifest (format {doc.get('format')!r}); re-export to regenerate it"
+        )
     version = doc.get("version")
     if isinstance(version, bool) or version not in READS:
         raise ManifestError(
@@ -178,13 +183,19 @@ def read_manifest(path: str | Path) -> dict:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(f"no manifest at {str(p)!r}; export again or keep manifest.json beside the artifact") from None
+        raise ManifestError(
+            f"no manifest at {str(p)!r}; export again or keep manifest.json beside the artifact"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read {str(p)!r} ({exc.__class__.__name__}); re-export to regenerate it") from None
+        raise ManifestError(
+            f"cannot read {str(p)!r} ({exc.__class__.__name__}); re-export to regenerate it"
+        ) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{str(p)!r} is not valid JSON (line {exc.lineno}: {exc.msg}); re-export to regenerate it") from None
+        raise ManifestError(
+            f"{str(p)!r} is not valid JSON (line {exc.lineno}: {exc.msg}); re-export to regenerate it"
+        ) from None
     return validate(doc, str(p))
 
 

@@ -53,8 +53,13 @@ class ExportRequest:
 def build(request: ExportRequest) -> BuiltModel:
     labels = read_labels(request.labels_file) if request.labels_file else None
     return create_model(
-        request.model, weights=request.weights, seed=request.seed, num_classes=request.num_classes,
-        labels=labels, resolution=request.resolution, contract=request.contract,
+        request.model,
+        weights=request.weights,
+        seed=request.seed,
+        num_classes=request.num_classes,
+        labels=labels,
+        resolution=request.resolution,
+        contract=request.contract,
     )
 
 
@@ -69,10 +74,14 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
 
     t0 = time.perf_counter()
     built = build(request)
-    log(f"built {built.spec.name} ({built.weights.get('source')} weights, {built.resolution}px) in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"built {built.spec.name} ({built.weights.get('source')} weights, {built.resolution}px) in {time.perf_counter() - t0:.1f}s"
+    )
     if built.contract_assumed and built.weights.get("source") == "file":
-        log(f"preprocessing assumed: {describe(built.preprocess)}, from {built.contract_source}; if the weights were "
-            "trained otherwise, state it with --mean/--std/--interpolation/--crop-pct or a config.json beside the file")
+        log(
+            f"preprocessing assumed: {describe(built.preprocess)}, from {built.contract_source}; if the weights were "
+            "trained otherwise, state it with --mean/--std/--interpolation/--crop-pct or a config.json beside the file"
+        )
 
     names = {t.name: out / t.artifact_name(built, options) for t in targets}
     for target in targets:  # refuse cheap problems before any heavy work
@@ -84,7 +93,11 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
     if built.labels:
         labels_text = "\n".join(built.labels) + "\n"
         labels_path = write_text_atomic(out / "labels.txt", labels_text)
-        manifest["labels"] = {"file": "labels.txt", "count": len(built.labels), "sha256": sha256_file(labels_path)}
+        manifest["labels"] = {
+            "file": "labels.txt",
+            "count": len(built.labels),
+            "sha256": sha256_file(labels_path),
+        }
 
     written: list[Path] = []
     quantized: dict[Path, object] = {}  # the quantized PyTorch model lowered into an artifact, for verify
@@ -111,7 +124,9 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
             side_fields.pop("delegation", None)
             mf.upsert_artifact(manifest, mf.artifact_record(final, **side_fields))
         written.append(dest)
-        log(f"wrote {dest} ({dest.stat().st_size if dest.is_file() else 'package'}) in {time.perf_counter() - t1:.1f}s")
+        log(
+            f"wrote {dest} ({dest.stat().st_size if dest.is_file() else 'package'}) in {time.perf_counter() - t1:.1f}s"
+        )
     mf.write_manifest(out, manifest)
 
     failed = []
@@ -119,9 +134,15 @@ def run_export(request: ExportRequest, log: Log = lambda _msg: None) -> dict:
         from .verify import verify_artifact
 
         for dest in written:
-            report = verify_artifact(dest, images=request.images, reference=built, quantized=quantized.get(dest), log=log,
-                                     min_agreement=request.min_agreement,
-                                     accept_input_independent=request.accept_input_independent)
+            report = verify_artifact(
+                dest,
+                images=request.images,
+                reference=built,
+                quantized=quantized.get(dest),
+                log=log,
+                min_agreement=request.min_agreement,
+                accept_input_independent=request.accept_input_independent,
+            )
             _, entry = mf.manifest_for(dest)
             manifest = mf.read_manifest(out)
             entry = next(a for a in manifest["artifacts"] if a["file"] == dest.name)
@@ -139,22 +160,31 @@ def _refuse_unread_options(targets, options: ExportOptions) -> None:
     palettized .pte request would come back fp32, an int8 .mlpackage request fp16): refuse it."""
     names = {t.name for t in targets}
     if options.compute_units != "all" and "executorch-coreml" not in names:
-        raise UsageError(f"--compute-units {options.compute_units} is stored only in a Core ML delegate .pte; add --target "
-                         "executorch-coreml (a .mlpackage leaves the compute units to the app)")
+        raise UsageError(
+            f"--compute-units {options.compute_units} is stored only in a Core ML delegate .pte; add --target "
+            "executorch-coreml (a .mlpackage leaves the compute units to the app)"
+        )
     if "executorch-coreml" in names:
         return  # reads --precision, --compress, --ios and refuses --quantize itself (validate)
     if "executorch" not in names and options.quantize != "none":
-        raise UsageError(f"--quantize {options.quantize} applies to ExecuTorch only and --target is coreml; "
-                         "for Core ML use --compress int8|w8a8|palettize4|palettize6, or add --target executorch or all")
+        raise UsageError(
+            f"--quantize {options.quantize} applies to ExecuTorch only and --target is coreml; "
+            "for Core ML use --compress int8|w8a8|palettize4|palettize6, or add --target executorch or all"
+        )
     if "coreml" in names:
         return
-    core_ml_only = (("--precision", options.precision, (None, "fp32")), ("--compress", options.compress, ("none",)),
-                    ("--ios", options.deployment_target, (None,)))
+    core_ml_only = (
+        ("--precision", options.precision, (None, "fp32")),
+        ("--compress", options.compress, ("none",)),
+        ("--ios", options.deployment_target, (None,)),
+    )
     asked = [(flag, value) for flag, value, harmless in core_ml_only if value not in harmless]
     if asked:
         flag, value = asked[0]
-        raise UsageError(f"{flag} {value} applies to Core ML only and --target is executorch; add --target coreml or all, "
-                         f"or drop {flag} (for an int8 .pte use --quantize int8)")
+        raise UsageError(
+            f"{flag} {value} applies to Core ML only and --target is executorch; add --target coreml or all, "
+            f"or drop {flag} (for an int8 .pte use --quantize int8)"
+        )
 
 
 def _existing_or_new(out: Path, built: BuiltModel) -> dict:
@@ -168,7 +198,9 @@ def _existing_or_new(out: Path, built: BuiltModel) -> dict:
         old = mf.read_manifest(path)
     except MobileExportError:
         return fresh
-    same = all(old["model"].get(k) == fresh["model"].get(k) for k in ("name", "resolution", "num_classes", "weights"))
+    same = all(
+        old["model"].get(k) == fresh["model"].get(k) for k in ("name", "resolution", "num_classes", "weights")
+    )
     if same and old["preprocess"] == fresh["preprocess"]:
         fresh["artifacts"] = [a for a in old["artifacts"] if (out / a["file"]).exists()]
     return fresh

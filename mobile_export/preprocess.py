@@ -33,7 +33,8 @@ def _triangle(x: np.ndarray) -> np.ndarray:
 def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     x = np.abs(x)
     return np.where(
-        x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
+        x < 1.0,
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
         np.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0),
     )
 
@@ -41,7 +42,9 @@ def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
 _FILTERS = {"bilinear": (_triangle, 1.0), "bicubic": (_cubic, 2.0)}
 
 
-def resample_weights(in_size: int, out_size: int, interpolation: str, first: int = 0, count: int | None = None) -> np.ndarray:
+def resample_weights(
+    in_size: int, out_size: int, interpolation: str, first: int = 0, count: int | None = None
+) -> np.ndarray:
     """Rows of the (out x in) resampling matrix for outputs first..first+count, in float64.
 
     Output pixel i samples around center (i + 0.5) * in/out; when shrinking, the filter is
@@ -86,7 +89,9 @@ def resize_crop(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     # float32 operands summed in float64 and rounded once: a float32 sum depends on numpy's
     # (unspecified) order and drifts past 1e-6 over many taps; the apps sum the same way.
     f64 = np.float64
-    out = np.einsum("yh,hwc,xw->cyx", wy.astype(f64), img.astype(f64), wx.astype(f64), optimize=True).astype(np.float32)
+    out = np.einsum("yh,hwc,xw->cyx", wy.astype(f64), img.astype(f64), wx.astype(f64), optimize=True).astype(
+        np.float32
+    )
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
@@ -107,7 +112,9 @@ def decode(path: str | Path, max_side_hint: int | None = None) -> np.ndarray:
     try:
         with Image.open(p) as im:
             if im.width * im.height > MAX_PIXELS:
-                raise ImageError(f"{p.name}: {im.width}x{im.height} is too large to decode safely (limit {MAX_PIXELS} pixels); downscale it first")
+                raise ImageError(
+                    f"{p.name}: {im.width}x{im.height} is too large to decode safely (limit {MAX_PIXELS} pixels); downscale it first"
+                )
             if max_side_hint and im.format == "JPEG":
                 im.draft("RGB", (max_side_hint * 2, max_side_hint * 2))
             im = ImageOps.exif_transpose(im)
@@ -161,16 +168,22 @@ def find_images(folder: str | Path) -> list[Path]:
     """All image files below `folder`, recursively, in a stable order."""
     root = Path(folder)
     if not root.exists():
-        raise ImageError(f"image folder {str(root)!r} does not exist; pass a folder of jpg/png/webp/bmp files")
+        raise ImageError(
+            f"image folder {str(root)!r} does not exist; pass a folder of jpg/png/webp/bmp files"
+        )
     if not root.is_dir():
         raise ImageError(f"{str(root)!r} is not a folder; pass a folder of jpg/png/webp/bmp files")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ImageError(f"no images (jpg/png/webp/bmp) in {str(root)!r}; add some or point to another folder")
+        raise ImageError(
+            f"no images (jpg/png/webp/bmp) in {str(root)!r}; add some or point to another folder"
+        )
     return files
 
 
-def iter_inputs(paths: list[Path], pre: Preprocess, normalized: bool = True, skipped: list | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+def iter_inputs(
+    paths: list[Path], pre: Preprocess, normalized: bool = True, skipped: list | None = None
+) -> Iterator[tuple[Path, np.ndarray]]:
     """Stream inputs one image at a time, so memory does not grow with the folder size.
     Unreadable files are appended to `skipped` (path, reason) and passed over."""
     for path in paths:
@@ -189,12 +202,16 @@ def sample_evenly(paths: list[Path], limit: int | None) -> list[Path]:
     return [paths[int(i * step)] for i in range(limit)]
 
 
-def load_folder(folder: str | Path, pre: Preprocess, limit: int | None = None, normalized: bool = True) -> ImageBatch:
+def load_folder(
+    folder: str | Path, pre: Preprocess, limit: int | None = None, normalized: bool = True
+) -> ImageBatch:
     paths = sample_evenly(find_images(folder), limit)
     skipped: list = []
     pairs = list(iter_inputs(paths, pre, normalized, skipped))
     if not pairs:
-        raise ImageError(f"none of the {len(paths)} images in {str(folder)!r} could be read; add readable jpg/png/webp/bmp files")
+        raise ImageError(
+            f"none of the {len(paths)} images in {str(folder)!r} could be read; add readable jpg/png/webp/bmp files"
+        )
     return ImageBatch([x for _, x in pairs], [p for p, _ in pairs], skipped)
 
 
@@ -208,8 +225,18 @@ def bundled_photos() -> list[Path]:
         spec = importlib.util.find_spec("skimage")
         if spec and spec.origin:
             data = Path(spec.origin).parent / "data"
-            for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                         "hubble_deep_field.jpg", "retina.jpg", "color.png", "immunohistochemistry.png", "ihc.png"):
+            for name in (
+                "astronaut.png",
+                "chelsea.png",
+                "coffee.png",
+                "rocket.jpg",
+                "motorcycle_left.png",
+                "hubble_deep_field.jpg",
+                "retina.jpg",
+                "color.png",
+                "immunohistochemistry.png",
+                "ihc.png",
+            ):
                 if (data / name).is_file():
                     found.append(data / name)
         spec = importlib.util.find_spec("sklearn")
@@ -224,7 +251,9 @@ def bundled_photos() -> list[Path]:
 def default_images(pre: Preprocess, normalized: bool = True) -> ImageBatch:
     paths = bundled_photos()
     if not paths:
-        raise ImageError("no --images folder given and no sample photos found (install scikit-image); pass --images DIR")
+        raise ImageError(
+            "no --images folder given and no sample photos found (install scikit-image); pass --images DIR"
+        )
     skipped: list = []
     pairs = list(iter_inputs(paths, pre, normalized, skipped))
     return ImageBatch([x for _, x in pairs], [p for p, _ in pairs], skipped)

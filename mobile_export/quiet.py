@@ -27,10 +27,16 @@ class Noise:
 
 
 NOISE = (
-    Noise("torchao", r"^Failed to load \S*/torchao/_C[^/\s]*\.so: ",
-          "torchao's optional CUDA / other-Python kernels; the CPU export path does not use them"),
-    Noise("torch.utils._pytree", r"is an Enum subclass and is now natively supported by torch\.compile",
-          "a deprecation notice about torchao's own pytree registration, raised on import"),
+    Noise(
+        "torchao",
+        r"^Failed to load \S*/torchao/_C[^/\s]*\.so: ",
+        "torchao's optional CUDA / other-Python kernels; the CPU export path does not use them",
+    ),
+    Noise(
+        "torch.utils._pytree",
+        r"is an Enum subclass and is now natively supported by torch\.compile",
+        "a deprecation notice about torchao's own pytree registration, raised on import",
+    ),
 )
 
 

@@ -41,9 +41,18 @@ def measure(model: str, res: int, precision: str, cpus: list, work: Path, photos
     weights = write_weights(name, res, work)
     out = work / f"{name}_{res}_{precision}"
     quantize = "int8" if precision == "int8" else "none"
-    manifest = run_export(ExportRequest(model=name, target="executorch", out=out, weights=str(weights), resolution=res,
-                                        force=True, verify=False, options=ExportOptions(
-                                            quantize=quantize, calibration=photos if quantize == "int8" else None)))
+    manifest = run_export(
+        ExportRequest(
+            model=name,
+            target="executorch",
+            out=out,
+            weights=str(weights),
+            resolution=res,
+            force=True,
+            verify=False,
+            options=ExportOptions(quantize=quantize, calibration=photos if quantize == "int8" else None),
+        )
+    )
     pte = out / next(a["file"] for a in manifest["artifacts"] if a["format"] == "pte")
     t0 = time.perf_counter()
     report = verify_artifact(pte, cpus=cpus, log=lambda m: print(m, file=sys.stderr))
@@ -51,11 +60,20 @@ def measure(model: str, res: int, precision: str, cpus: list, work: Path, photos
     kit = find_kit()
     image = np.random.default_rng(0).random((1, 3, res, res), dtype=np.float32)
     counts = {cpu.name: instructions_per_inference(kit, pte, image, cpu) for cpu in cpus}
-    return {"model": name, "alias": model, "resolution": res, "precision": precision, "passed": report["passed"],
-            "failures": report["failures"], "x86_vs_float_db": report["vs_float"]["sqnr_db"],
-            "vs_quantized_db": (report.get("vs_quantized") or {}).get("sqnr_db"),
-            "arm": {row["cpu"]: row for row in report["arm"]["rows"]}, "counts": counts,
-            "verify_seconds": round(verify_s, 1), "kit": report["arm"]["kit"]}
+    return {
+        "model": name,
+        "alias": model,
+        "resolution": res,
+        "precision": precision,
+        "passed": report["passed"],
+        "failures": report["failures"],
+        "x86_vs_float_db": report["vs_float"]["sqnr_db"],
+        "vs_quantized_db": (report.get("vs_quantized") or {}).get("sqnr_db"),
+        "arm": {row["cpu"]: row for row in report["arm"]["rows"]},
+        "counts": counts,
+        "verify_seconds": round(verify_s, 1),
+        "kit": report["arm"]["kit"],
+    }
 
 
 def _db(v) -> str:
@@ -72,27 +90,45 @@ def _verdict(row: dict, report_failures: list[str]) -> str:
 
 
 def render(results: dict) -> str:
-    rows = ["| model | px | precision | CPU (kernels) | vs PyTorch | vs x86 runtime | instructions / inference "
-            "(repeat diff) | kernel instructions | verify |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(results, key=lambda k: (MODELS.index(results[k]["alias"]) if results[k]["alias"] in MODELS else 99, k)):
+    rows = [
+        "| model | px | precision | CPU (kernels) | vs PyTorch | vs x86 runtime | instructions / inference "
+        "(repeat diff) | kernel instructions | verify |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(
+        results, key=lambda k: (MODELS.index(results[k]["alias"]) if results[k]["alias"] in MODELS else 99, k)
+    ):
         r = results[key]
         for cpu, row in r["arm"].items():
             count = r["counts"].get(cpu, {})
             if "error" in row:
-                rows.append(f"| {r['model']} | {r['resolution']} | {r['precision']} | {cpu} | ERROR {row['error']} | | | | FAIL |")
+                rows.append(
+                    f"| {r['model']} | {r['resolution']} | {r['precision']} | {cpu} | ERROR {row['error']} | | | | FAIL |"
+                )
                 continue
             vs_float = row["vs_float"]["sqnr_db"]
-            vs_pt = (f"{_db(vs_float)}; int8 PT {_db(row['vs_quantized']['sqnr_db'])}" if row.get("vs_quantized")
-                     else _db(vs_float))
+            vs_pt = (
+                f"{_db(vs_float)}; int8 PT {_db(row['vs_quantized']['sqnr_db'])}"
+                if row.get("vs_quantized")
+                else _db(vs_float)
+            )
             vs_x86 = "bit-exact" if row["bit_exact_vs_x86"] else _db(row["vs_x86"]["sqnr_db"])
-            kernels = ", ".join(f"{m} {n / 1e6:.2f} M" for m, n in count.get("kernel_instructions", {}).items() if n)
-            rows.append(f"| {r['model']} | {r['resolution']} | {r['precision']} | {cpu} ({row['kernels']}) | {vs_pt} | "
-                        f"{vs_x86} | {count.get('instructions', 0) / 1e6:.2f} M ({count.get('relative_difference', 0) * 1e6:.0f} ppm) | "
-                        f"{kernels or '-'} | {_verdict(row, r['failures'])} |")
-    ratio_rows = ["| model | px | " + " | ".join(f"int8/fp32 {c}" for c in CPUS) + " |", "|---|---|" + "---|" * len(CPUS)]
-    models = sorted({(r["model"], r["resolution"], r["alias"]) for r in results.values()},
-                    key=lambda m: MODELS.index(m[2]) if m[2] in MODELS else 99)
+            kernels = ", ".join(
+                f"{m} {n / 1e6:.2f} M" for m, n in count.get("kernel_instructions", {}).items() if n
+            )
+            rows.append(
+                f"| {r['model']} | {r['resolution']} | {r['precision']} | {cpu} ({row['kernels']}) | {vs_pt} | "
+                f"{vs_x86} | {count.get('instructions', 0) / 1e6:.2f} M ({count.get('relative_difference', 0) * 1e6:.0f} ppm) | "
+                f"{kernels or '-'} | {_verdict(row, r['failures'])} |"
+            )
+    ratio_rows = [
+        "| model | px | " + " | ".join(f"int8/fp32 {c}" for c in CPUS) + " |",
+        "|---|---|" + "---|" * len(CPUS),
+    ]
+    models = sorted(
+        {(r["model"], r["resolution"], r["alias"]) for r in results.values()},
+        key=lambda m: MODELS.index(m[2]) if m[2] in MODELS else 99,
+    )
     for model, res, alias in models:
         cells = []
         for cpu in CPUS:
@@ -100,7 +136,11 @@ def render(results: dict) -> str:
             int8 = results.get(f"{alias}@{res}/int8", {}).get("counts", {}).get(cpu, {}).get("instructions")
             cells.append(f"{int8 / fp32:.2f}" if fp32 and int8 else "-")
         ratio_rows.append(f"| {model} | {res} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n\nint8 instructions as a fraction of fp32 ones (lower = int8 gains more):\n\n" + "\n".join(ratio_rows)
+    return (
+        "\n".join(rows)
+        + "\n\nint8 instructions as a fraction of fp32 ones (lower = int8 gains more):\n\n"
+        + "\n".join(ratio_rows)
+    )
 
 
 def write_doc(results: dict) -> None:
@@ -118,8 +158,15 @@ def main() -> None:
     ap.add_argument("--precisions", default="int8,fp32")
     ap.add_argument("--work", type=Path, default=Path("/tmp/arm_table"))
     ap.add_argument("--render-only", action="store_true")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="JSON of measured cells (another one for a parallel run)")
-    ap.add_argument("--merge", type=Path, action="append", default=[], help="add the cells of these JSON files first")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="JSON of measured cells (another one for a parallel run)",
+    )
+    ap.add_argument(
+        "--merge", type=Path, action="append", default=[], help="add the cells of these JSON files first"
+    )
     args = ap.parse_args()
 
     results = json.loads(args.results.read_text()) if args.results.exists() else {}

@@ -69,21 +69,31 @@ def write_jpegs(folder: Path, count: int, side: int, seed: int = 0) -> None:
 
 
 def measure(folder: Path, model: str, limit: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), model, str(limit)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), model, str(limit)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--all-images-up-to", type=int, default=10000,
-                        help="also run with limit = N (every image kept) for N up to this")
+    parser.add_argument(
+        "--all-images-up-to",
+        type=int,
+        default=10000,
+        help="also run with limit = N (every image kept) for N up to this",
+    )
     parser.add_argument("--model", default="v2", help="whose preprocessing to use (v2: resize 256, crop 224)")
     parser.add_argument("--side", type=int, default=128, help="generated JPEG size in pixels")
     parser.add_argument("--limit", type=int, default=64, help="the default --calibration-limit")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the JPEGs (default: a temp folder)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write the JPEGs (default: a temp folder)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -95,15 +105,24 @@ def main() -> None:
             t0 = time.perf_counter()
             write_jpegs(folder, n, args.side)
             made = time.perf_counter() - t0
-            for limit in ([args.limit] + ([n] if n <= args.all_images_up_to and n != args.limit else [])):
+            for limit in [args.limit] + ([n] if n <= args.all_images_up_to and n != args.limit else []):
                 r = measure(folder, args.model, limit)
-                r.update(images_in_folder=n, limit=limit, growth_mb=round(r["hwm_after_mb"] - r["hwm_before_mb"], 1),
-                         jpeg_write_seconds=round(made, 1))
+                r.update(
+                    images_in_folder=n,
+                    limit=limit,
+                    growth_mb=round(r["hwm_after_mb"] - r["hwm_before_mb"], 1),
+                    jpeg_write_seconds=round(made, 1),
+                )
                 rows.append(r)
-                print(f"N={n:>6}  limit={limit:>6}  used={r['images_used']:>6}  peak {r['hwm_after_mb']:7.1f} MB  "
-                      f"(+{r['growth_mb']:6.1f} MB over imports)  {r['seconds']:6.1f} s", flush=True)
+                print(
+                    f"N={n:>6}  limit={limit:>6}  used={r['images_used']:>6}  peak {r['hwm_after_mb']:7.1f} MB  "
+                    f"(+{r['growth_mb']:6.1f} MB over imports)  {r['seconds']:6.1f} s",
+                    flush=True,
+                )
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "side": args.side, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"model": args.model, "side": args.side, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

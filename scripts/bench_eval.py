@@ -38,12 +38,20 @@ def timed(artifacts, dataset, every, batch, executor=None) -> dict:
 
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        outcome = run_eval(artifacts, EvalOptions(dataset=dataset, every=every, batch=batch, cache_dir=Path(cache)),
-                           executor=executor)
+        outcome = run_eval(
+            artifacts,
+            EvalOptions(dataset=dataset, every=every, batch=batch, cache_dir=Path(cache)),
+            executor=executor,
+        )
         seconds = time.perf_counter() - t0
     n = len(outcome.dataset.items)
-    return {"images": n, "batch": batch, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 2),
-            "executor": outcome.executor}
+    return {
+        "images": n,
+        "batch": batch,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(n / seconds, 2),
+        "executor": outcome.executor,
+    }
 
 
 def task_overhead(calls: int = 200) -> dict:
@@ -66,7 +74,10 @@ def task_overhead(calls: int = 200) -> dict:
         ray.get(actor.ping.remote(payload))
     sequential = (time.perf_counter() - t0) / (calls // 4)
     ray.kill(actor)
-    return {"empty_call_ms_pipelined": round(1000 * empty, 2), "64kB_call_ms_sequential": round(1000 * sequential, 2)}
+    return {
+        "empty_call_ms_pipelined": round(1000 * empty, 2),
+        "64kB_call_ms_sequential": round(1000 * sequential, 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -88,8 +99,11 @@ def main(argv=None) -> int:
 
     from mobile_export.cluster import RayExecutor
 
-    results = {"artifacts": [a.name for a in artifacts], "load_average_at_start": os.getloadavg()[0],
-               "in_process": timed(artifacts, dataset, args.every, args.batch)}
+    results = {
+        "artifacts": [a.name for a in artifacts],
+        "load_average_at_start": os.getloadavg()[0],
+        "in_process": timed(artifacts, dataset, args.every, args.batch),
+    }
     print(json.dumps(results["in_process"]), file=sys.stderr)
     if args.address:
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
@@ -101,7 +115,9 @@ def main(argv=None) -> int:
         small = max(1, args.batch // 4)  # 4x the units: the difference is what the per-unit cost adds
         for workers, batch in ((1, args.batch), (2, args.batch), (2, small)):
             key = f"ray_{workers}_workers_batch_{batch}"
-            results[key] = timed(artifacts, dataset, args.every, batch, RayExecutor(args.address, workers=workers))
+            results[key] = timed(
+                artifacts, dataset, args.every, batch, RayExecutor(args.address, workers=workers)
+            )
             print(key, json.dumps(results[key]), file=sys.stderr)
     finally:
         ray.shutdown()

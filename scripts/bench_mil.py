@@ -55,10 +55,12 @@ def main() -> None:
         with torch.no_grad():
             ref = module(torch.from_numpy(x)).numpy()
     rel = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-12))
-    print(f"{built.spec.name} {args.resolution}px {args.precision}: convert {convert_s:.1f}s, load {load_s:.2f}s, "
-          f"first run {times[0]:.3f}s, best {min(times[1:]):.3f}s, median {statistics.median(times[1:]):.3f}s "
-          f"over {args.runs} runs ({program.threads} thread(s)); max rel error vs PyTorch {rel:.2e} (random weights); "
-          f"{len(program.compute_ops())} ops")
+    print(
+        f"{built.spec.name} {args.resolution}px {args.precision}: convert {convert_s:.1f}s, load {load_s:.2f}s, "
+        f"first run {times[0]:.3f}s, best {min(times[1:]):.3f}s, median {statistics.median(times[1:]):.3f}s "
+        f"over {args.runs} runs ({program.threads} thread(s)); max rel error vs PyTorch {rel:.2e} (random weights); "
+        f"{len(program.compute_ops())} ops"
+    )
 
 
 def _convert(module, shape, precision: str, dest: Path) -> None:
@@ -73,9 +75,13 @@ def _convert(module, shape, precision: str, dest: Path) -> None:
         import coremltools as ct
 
         exported = torch.export.export(module, (torch.zeros(shape),)).run_decompositions({})
-        ml = ct.convert(exported, convert_to="mlprogram", inputs=[ct.TensorType(name="x", shape=shape)],
-                        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
-                        minimum_deployment_target=ct.target.iOS17)
+        ml = ct.convert(
+            exported,
+            convert_to="mlprogram",
+            inputs=[ct.TensorType(name="x", shape=shape)],
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            minimum_deployment_target=ct.target.iOS17,
+        )
         ml.save(str(dest))
 
 

@@ -45,20 +45,38 @@ RECIPES: dict[str, dict] = {
     # Round 2: per-group sensitivity (one group kept in fp32) and combinations of the winners.
     "fp32-stem": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1"]},
     "fp32-stem-first-block": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0"]},
-    "fp32-head": {"observer": "histogram", "fp32_modules": ["conv_head", "norm_head", "act2", "bn2", "classifier"]},
+    "fp32-head": {
+        "observer": "histogram",
+        "fp32_modules": ["conv_head", "norm_head", "act2", "bn2", "classifier"],
+    },
     "fp32-se": {"observer": "histogram", "fp32_modules": ["*.se"]},
     "fp32-last-block": {"observer": "histogram", "fp32_modules": ["blocks.5", "blocks.6"]},
-    "fp32-first-block-head": {"observer": "histogram",
-                              "fp32_modules": ["blocks.0", "conv_head", "norm_head", "act2", "bn2", "classifier"]},
+    "fp32-first-block-head": {
+        "observer": "histogram",
+        "fp32_modules": ["blocks.0", "conv_head", "norm_head", "act2", "bn2", "classifier"],
+    },
     "fp32-first-block-se": {"observer": "histogram", "fp32_modules": ["blocks.0", "*.se"]},
     "bias-corr": {"observer": "histogram", "bias_correction": True},
     "fp32-se-bias-corr": {"observer": "histogram", "fp32_modules": ["*.se"], "bias_correction": True},
-    "fp32-first-block-bias-corr": {"observer": "histogram", "fp32_modules": ["blocks.0"], "bias_correction": True},
-    "fp32-stem-first-block-se": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0", "*.se"]},
-    "fp32-stem-first-block-bias-corr": {"observer": "histogram", "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
-                                        "bias_correction": True},
-    "fp32-first-block-se-bias-corr": {"observer": "histogram", "fp32_modules": ["blocks.0", "*.se"],
-                                      "bias_correction": True},
+    "fp32-first-block-bias-corr": {
+        "observer": "histogram",
+        "fp32_modules": ["blocks.0"],
+        "bias_correction": True,
+    },
+    "fp32-stem-first-block-se": {
+        "observer": "histogram",
+        "fp32_modules": ["conv_stem", "bn1", "blocks.0", "*.se"],
+    },
+    "fp32-stem-first-block-bias-corr": {
+        "observer": "histogram",
+        "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
+        "bias_correction": True,
+    },
+    "fp32-first-block-se-bias-corr": {
+        "observer": "histogram",
+        "fp32_modules": ["blocks.0", "*.se"],
+        "bias_correction": True,
+    },
 }
 
 
@@ -107,8 +125,16 @@ def write_calibration_folder(folder: Path, pixels: np.ndarray, count: int, seed:
     return len(picks)
 
 
-def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: int, work: Path,
-            data_cache: dict, log=lambda m: None, quantized_pytorch: bool = False) -> Measurement:
+def measure(
+    checkpoint: Path,
+    recipe_name: str,
+    seed: int,
+    calibration_images: int,
+    work: Path,
+    data_cache: dict,
+    log=lambda m: None,
+    quantized_pytorch: bool = False,
+) -> Measurement:
     """One export + run. `quantized_pytorch`: stop before lowering and score the convert_pt2e
     model instead of the .pte (the same calibration path; minutes faster, for recipe sweeps)."""
     import torch
@@ -126,19 +152,41 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
 
     x_test = rgb01(data.test_x)
     reference = train_small.logits_of(model, train_small.to_inputs(data.test_x, pre))
-    built = BuiltModel(module=model, spec=get_spec(meta["model"]), preprocess=pre,
-                       num_classes=meta["num_classes"], resolution=meta["resolution"],
-                       weights={"source": "file", "detail": checkpoint.name})
+    built = BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file", "detail": checkpoint.name},
+    )
     calib_dir = work / f"calib_{meta['dataset']}_{meta['resolution']}_{seed}_{calibration_images}"
     if not calib_dir.exists():
         write_calibration_folder(calib_dir, data.train_x, calibration_images, seed)
-    options = ExportOptions(quantize="int8", calibration=calib_dir, calibration_limit=calibration_images,
-                            seed=seed, quant_recipe=RECIPES[recipe_name])
+    options = ExportOptions(
+        quantize="int8",
+        calibration=calib_dir,
+        calibration_limit=calibration_images,
+        seed=seed,
+        quant_recipe=RECIPES[recipe_name],
+    )
     target = ExecuTorchTarget()
     dest = work / f"{checkpoint.stem}_{recipe_name}_{seed}.pte"
     if quantized_pytorch:
-        return _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed, calibration_images,
-                                        data, x_test, reference, t0, log)
+        return _score_quantized_pytorch(
+            built,
+            options,
+            checkpoint,
+            meta,
+            recipe_name,
+            seed,
+            calibration_images,
+            data,
+            x_test,
+            reference,
+            t0,
+            log,
+        )
     fields = target.export(built, options, dest, log)
     q = fields.pop("quantized_model", None)  # the convert_pt2e model lowered into the .pte
     int8 = np.concatenate(target.run(dest, fields, [x[None] for x in x_test]))
@@ -152,13 +200,20 @@ def measure(checkpoint: Path, recipe_name: str, seed: int, calibration_images: i
 
     y = data.test_y
     return Measurement(
-        checkpoint=checkpoint.name, model=meta["model"], dataset=meta["dataset"], recipe=recipe_name, seed=seed,
-        calibration_images=calibration_images, held_out=len(y),
+        checkpoint=checkpoint.name,
+        model=meta["model"],
+        dataset=meta["dataset"],
+        recipe=recipe_name,
+        seed=seed,
+        calibration_images=calibration_images,
+        held_out=len(y),
         fp32_top1=100.0 * float((reference.argmax(1) == y).mean()),
         int8_top1=100.0 * float((int8.argmax(1) == y).mean()),
         agreement=100.0 * float((int8.argmax(1) == reference.argmax(1)).mean()),
-        sqnr_db=sqnr_db(reference, int8), pte_vs_quantized_pytorch_agreement=pte_vs_q,
-        pte_bytes=dest.stat().st_size, seconds=round(time.perf_counter() - t0, 1),
+        sqnr_db=sqnr_db(reference, int8),
+        pte_vs_quantized_pytorch_agreement=pte_vs_q,
+        pte_bytes=dest.stat().st_size,
+        seconds=round(time.perf_counter() - t0, 1),
     )
 
 
@@ -169,36 +224,48 @@ def read_runs(paths: list[Path]) -> list[Measurement]:
     rows = []
     for path in paths:
         text = path.read_text()
-        if text.lstrip().startswith('{\n') or text.lstrip().startswith('{"summary"'):  # a --json file
+        if text.lstrip().startswith("{\n") or text.lstrip().startswith('{"summary"'):  # a --json file
             docs = json.loads(text)["runs"]
         else:
-            docs = [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"recipe"' in line]
+            docs = [
+                json.loads(line) for line in text.splitlines() if line.startswith("{") and '"recipe"' in line
+            ]
         rows += [Measurement(**{k: v for k, v in doc.items() if k in names}) for doc in docs]
     return rows
 
 
-def _score_quantized_pytorch(built, options, checkpoint, meta, recipe_name, seed, calibration_images, data,
-                             x_test, reference, t0, log) -> Measurement:
+def _score_quantized_pytorch(
+    built, options, checkpoint, meta, recipe_name, seed, calibration_images, data, x_test, reference, t0, log
+) -> Measurement:
     import torch
 
     from mobile_export.executorch.lowering import with_normalization
     from mobile_export.quantize import load_calibration, quantize_pt2e
 
     model = with_normalization(built.module, built.preprocess.mean, built.preprocess.std)
-    calibration = load_calibration(options.calibration, built.preprocess, limit=calibration_images,
-                                   normalized=False, log=log)
-    q = quantize_pt2e(model, torch.zeros(built.input_shape), calibration.inputs,
-                      options.executorch.recipe, log)
+    calibration = load_calibration(
+        options.calibration, built.preprocess, limit=calibration_images, normalized=False, log=log
+    )
+    q = quantize_pt2e(
+        model, torch.zeros(built.input_shape), calibration.inputs, options.executorch.recipe, log
+    )
     with torch.no_grad():
         int8 = np.concatenate([q.graph_module(torch.from_numpy(x[None])).numpy() for x in x_test])
     y = data.test_y
     return Measurement(
-        checkpoint=checkpoint.name, model=meta["model"], dataset=meta["dataset"], recipe=recipe_name + " (quantized PyTorch)",
-        seed=seed, calibration_images=calibration_images, held_out=len(y),
+        checkpoint=checkpoint.name,
+        model=meta["model"],
+        dataset=meta["dataset"],
+        recipe=recipe_name + " (quantized PyTorch)",
+        seed=seed,
+        calibration_images=calibration_images,
+        held_out=len(y),
         fp32_top1=100.0 * float((reference.argmax(1) == y).mean()),
         int8_top1=100.0 * float((int8.argmax(1) == y).mean()),
         agreement=100.0 * float((int8.argmax(1) == reference.argmax(1)).mean()),
-        sqnr_db=sqnr_db(reference, int8), pte_vs_quantized_pytorch_agreement=None, pte_bytes=0,
+        sqnr_db=sqnr_db(reference, int8),
+        pte_vs_quantized_pytorch_agreement=None,
+        pte_bytes=0,
         seconds=round(time.perf_counter() - t0, 1),
     )
 
@@ -208,24 +275,40 @@ def summarize(rows: list[Measurement]) -> list[dict]:
     groups: dict[tuple, list[Measurement]] = {}
     seen = set()
     for r in rows:
-        if (r.checkpoint, r.recipe, r.calibration_images, r.seed) in seen:  # a repeated run (same bytes) counts once
+        if (
+            r.checkpoint,
+            r.recipe,
+            r.calibration_images,
+            r.seed,
+        ) in seen:  # a repeated run (same bytes) counts once
             continue
         seen.add((r.checkpoint, r.recipe, r.calibration_images, r.seed))
         groups.setdefault((r.checkpoint, r.recipe, r.calibration_images), []).append(r)
     out = []
     for (ckpt, recipe, n), ms in groups.items():
+
         def med(f, ms=ms):
             return statistics.median(f(m) for m in ms)
 
         drop, agree = med(lambda m: m.drop), med(lambda m: m.agreement)
-        out.append({
-            "checkpoint": ckpt, "model": ms[0].model, "dataset": ms[0].dataset, "recipe": recipe,
-            "calibration_images": n, "seeds": len(ms), "held_out": ms[0].held_out,
-            "fp32_top1": ms[0].fp32_top1, "int8_top1": med(lambda m: m.int8_top1), "drop": drop,
-            "agreement": agree, "agreement_min": min(m.agreement for m in ms),
-            "sqnr_db": med(lambda m: m.sqnr_db),
-            "passed": drop <= MAX_DROP_POINTS and agree >= MIN_AGREEMENT_PCT,
-        })
+        out.append(
+            {
+                "checkpoint": ckpt,
+                "model": ms[0].model,
+                "dataset": ms[0].dataset,
+                "recipe": recipe,
+                "calibration_images": n,
+                "seeds": len(ms),
+                "held_out": ms[0].held_out,
+                "fp32_top1": ms[0].fp32_top1,
+                "int8_top1": med(lambda m: m.int8_top1),
+                "drop": drop,
+                "agreement": agree,
+                "agreement_min": min(m.agreement for m in ms),
+                "sqnr_db": med(lambda m: m.sqnr_db),
+                "passed": drop <= MAX_DROP_POINTS and agree >= MIN_AGREEMENT_PCT,
+            }
+        )
     return out
 
 
@@ -257,13 +340,23 @@ def markdown(summary: list[dict], rows: list[Measurement], command: str) -> str:
     lines += ["", "Recipes:", ""]
     for name, fields in RECIPES.items():
         lines.append(f"- `{name}`: {json.dumps(fields)}")
-    lines += ["", "<details><summary>Every run</summary>", "",
-              "| checkpoint | recipe | seed | calib | fp32 | int8 | agreement | SQNR dB | .pte vs quantized PyTorch top-1 agreement | s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "<details><summary>Every run</summary>",
+        "",
+        "| checkpoint | recipe | seed | calib | fp32 | int8 | agreement | SQNR dB | .pte vs quantized PyTorch top-1 agreement | s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        pq = "n/a" if r.pte_vs_quantized_pytorch_agreement is None else f"{r.pte_vs_quantized_pytorch_agreement:.2f}"
-        lines.append(f"| {r.checkpoint} | {r.recipe} | {r.seed} | {r.calibration_images} | {r.fp32_top1:.2f} | "
-                     f"{r.int8_top1:.2f} | {r.agreement:.2f} | {r.sqnr_db:.1f} | {pq} | {r.seconds} |")
+        pq = (
+            "n/a"
+            if r.pte_vs_quantized_pytorch_agreement is None
+            else f"{r.pte_vs_quantized_pytorch_agreement:.2f}"
+        )
+        lines.append(
+            f"| {r.checkpoint} | {r.recipe} | {r.seed} | {r.calibration_images} | {r.fp32_top1:.2f} | "
+            f"{r.int8_top1:.2f} | {r.agreement:.2f} | {r.sqnr_db:.1f} | {pq} | {r.seconds} |"
+        )
     lines += ["", "</details>", ""]
     return "\n".join(lines)
 
@@ -271,14 +364,22 @@ def markdown(summary: list[dict], rows: list[Measurement], command: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="*", type=Path)
-    ap.add_argument("--report-from", nargs="*", type=Path, default=[],
-                    help="rebuild the report from the JSON lines of earlier runs (their stdout) instead of measuring")
+    ap.add_argument(
+        "--report-from",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="rebuild the report from the JSON lines of earlier runs (their stdout) instead of measuring",
+    )
     ap.add_argument("--recipes", default="plain", help=f"comma-separated, from: {', '.join(RECIPES)}")
     ap.add_argument("--seeds", default="0", help="calibration sample seeds, comma-separated")
     ap.add_argument("--calibration-images", default="64", help="comma-separated sizes")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quantized-pytorch", action="store_true",
-                    help="score the convert_pt2e model instead of lowering to .pte (fast recipe sweeps)")
+    ap.add_argument(
+        "--quantized-pytorch",
+        action="store_true",
+        help="score the convert_pt2e model instead of lowering to .pte (fast recipe sweeps)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
     args = ap.parse_args(argv)
@@ -299,11 +400,21 @@ def main(argv=None) -> int:
             for recipe in recipes:
                 for n in sizes:
                     for seed in seeds:
-                        m = measure(ckpt, recipe, seed, n, Path(tmp), cache,
-                                    log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
-                                    quantized_pytorch=args.quantized_pytorch)
+                        m = measure(
+                            ckpt,
+                            recipe,
+                            seed,
+                            n,
+                            Path(tmp),
+                            cache,
+                            log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
+                            quantized_pytorch=args.quantized_pytorch,
+                        )
                         rows.append(m)
-                        print(json.dumps({**m.__dict__, "drop": round(m.drop, 3), "passed": m.passed}), flush=True)
+                        print(
+                            json.dumps({**m.__dict__, "drop": round(m.drop, 3), "passed": m.passed}),
+                            flush=True,
+                        )
     summary = summarize(rows)
     command = "python scripts/int8_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out:
@@ -313,11 +424,16 @@ def main(argv=None) -> int:
     if args.json:
         from mobile_export.fsutil import write_text_atomic
 
-        write_text_atomic(args.json, json.dumps({"summary": summary, "runs": [{**r.__dict__} for r in rows]}, indent=1))
+        write_text_atomic(
+            args.json, json.dumps({"summary": summary, "runs": [{**r.__dict__} for r in rows]}, indent=1)
+        )
     for s in summary:
-        print(f"{s['model']:<22} {s['dataset']:<8} {s['recipe']:<22} n={s['calibration_images']:<4} fp32 {s['fp32_top1']:.2f} "
-              f"int8 {s['int8_top1']:.2f} drop {s['drop']:+.2f} agree {s['agreement']:.2f} SQNR {s['sqnr_db']:.1f} "
-              f"{'pass' if s['passed'] else 'FAIL'}", file=sys.stderr)
+        print(
+            f"{s['model']:<22} {s['dataset']:<8} {s['recipe']:<22} n={s['calibration_images']:<4} fp32 {s['fp32_top1']:.2f} "
+            f"int8 {s['int8_top1']:.2f} drop {s['drop']:+.2f} agree {s['agreement']:.2f} SQNR {s['sqnr_db']:.1f} "
+            f"{'pass' if s['passed'] else 'FAIL'}",
+            file=sys.stderr,
+        )
     return 0 if all(s["passed"] for s in summary) else 1
 
 

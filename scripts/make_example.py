@@ -31,8 +31,16 @@ def main(src: str) -> None:
         "arch_overrides": "{}",
         "preprocess": json.dumps(info["preprocess"]),
         "labels": json.dumps(info["classes"]),
-        "origin": json.dumps({"source": "example", "detail": EXAMPLE.trained_on, "test_top1": info["test_top1"],
-                              "dataset": info["dataset"], "epochs": info["epochs"], "seed": info["seed"]}),
+        "origin": json.dumps(
+            {
+                "source": "example",
+                "detail": EXAMPLE.trained_on,
+                "test_top1": info["test_top1"],
+                "dataset": info["dataset"],
+                "epochs": info["epochs"],
+                "seed": info["seed"],
+            }
+        ),
     }
     dest = EXAMPLE.path()
     save_file(state, str(dest), metadata=metadata)

@@ -37,12 +37,27 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # file stem -> (library, how to build it, our model name, storage, fp16 values)
 CASES = {
-    "torchvision_mobilenet_v2_035": ("torchvision", "mobilenet_v2(width_mult=0.35)", "mobilenet_v2_035",
-                                     "pth", False),
-    "timm_mobilenetv1_025": ("timm", "efficientnet._gen_mobilenet_v1('mobilenetv1_025', 0.25)", "mobilenet_v1_025",
-                             "pth", False),
-    "timm_mobilenetv3_small_075": ("timm", "create_model('mobilenetv3_small_075')", "mobilenet_v3_small_075",
-                                   "safetensors", True),
+    "torchvision_mobilenet_v2_035": (
+        "torchvision",
+        "mobilenet_v2(width_mult=0.35)",
+        "mobilenet_v2_035",
+        "pth",
+        False,
+    ),
+    "timm_mobilenetv1_025": (
+        "timm",
+        "efficientnet._gen_mobilenet_v1('mobilenetv1_025', 0.25)",
+        "mobilenet_v1_025",
+        "pth",
+        False,
+    ),
+    "timm_mobilenetv3_small_075": (
+        "timm",
+        "create_model('mobilenetv3_small_075')",
+        "mobilenet_v3_small_075",
+        "safetensors",
+        True,
+    ),
 }
 
 
@@ -109,7 +124,9 @@ def wake(model, batch, seed: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=Path, nargs="+", required=True, help="real photos; the first 3 get logits")
+    ap.add_argument(
+        "--photos", type=Path, nargs="+", required=True, help="real photos; the first 3 get logits"
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -126,12 +143,21 @@ def main(argv=None) -> int:
     test_pixels = fixed[:TEST_PHOTOS]
     np.save(args.out / "images.npy", test_pixels)
     index = {
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__},
-        "images": {"file": "images.npy", "photos": [p.name for p in args.photos[:TEST_PHOTOS]],
-                   "resolution": RESOLUTION, "mean": MEAN, "std": STD,
-                   "how": "torchvision Resize(R) + CenterCrop(R) on the PIL image, uint8 N x R x R x 3"},
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+        },
+        "images": {
+            "file": "images.npy",
+            "photos": [p.name for p in args.photos[:TEST_PHOTOS]],
+            "resolution": RESOLUTION,
+            "mean": MEAN,
+            "std": STD,
+            "how": "torchvision Resize(R) + CenterCrop(R) on the PIL image, uint8 N x R x R x 3",
+        },
         "weights": f"seed {args.seed} library init; BN scale x U(0.5, 1.5), shift + N(0, 0.1); BN statistics "
-                   f"from {len(wake_pixels)} random crops of {len(args.photos)} photos",
+        f"from {len(wake_pixels)} random crops of {len(args.photos)} photos",
         "checkpoints": {},
     }
     for stem, (library, how, ours, storage, half) in CASES.items():
@@ -140,9 +166,13 @@ def main(argv=None) -> int:
         wake(model, to_input(wake_pixels), args.seed)
         state = model.state_dict()
         if half:  # stored in fp16; the logits are those of exactly the stored values
-            model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
-            state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-                     for k, v in model.state_dict().items()}
+            model.load_state_dict(
+                {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
+            )
+            state = {
+                k: (v.half() if v.is_floating_point() else v).contiguous()
+                for k, v in model.state_dict().items()
+            }
         with torch.no_grad():
             logits = model(to_input(test_pixels)).float().numpy()
         path = args.out / f"{stem}.{storage}"
@@ -153,14 +183,24 @@ def main(argv=None) -> int:
         np.save(args.out / f"{stem}.logits.npy", logits)
         spread = float(logits.std(axis=0).mean() / logits.std())
         index["checkpoints"][path.name] = {
-            "library": library, "built_by": how, "model": ours, "num_classes": NUM_CLASSES, "saved_by":
-            "torch.save(model.state_dict())" if storage == "pth" else "safetensors.torch.save_file(state_dict)",
-            "fp16": half, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size,
-            "logits": f"{stem}.logits.npy", "top1": logits.argmax(1).tolist(),
+            "library": library,
+            "built_by": how,
+            "model": ours,
+            "num_classes": NUM_CLASSES,
+            "saved_by": "torch.save(model.state_dict())"
+            if storage == "pth"
+            else "safetensors.torch.save_file(state_dict)",
+            "fp16": half,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "bytes": path.stat().st_size,
+            "logits": f"{stem}.logits.npy",
+            "top1": logits.argmax(1).tolist(),
             "image_dependence": round(spread, 3),  # mean over classes of the std over images / overall std
         }
-        print(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, top-1 {logits.argmax(1).tolist()}, "
-              f"image dependence {spread:.2f}")
+        print(
+            f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, top-1 {logits.argmax(1).tolist()}, "
+            f"image dependence {spread:.2f}"
+        )
     (args.out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return 0
 

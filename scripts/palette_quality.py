@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 DEFAULT = ROOT / "tests" / "fixtures" / "trained" / "mobilenet_v2_100_photos_64.safetensors"
 
 
-def measure(checkpoint: Path, mode: str, budget: float, work: Path, calibration_images: int = 64, seed: int = 0) -> dict:
+def measure(
+    checkpoint: Path, mode: str, budget: float, work: Path, calibration_images: int = 64, seed: int = 0
+) -> dict:
     import int8_quality
     import train_small
 
@@ -40,29 +42,55 @@ def measure(checkpoint: Path, mode: str, budget: float, work: Path, calibration_
     calib = work / "calibration"
     if not calib.exists():
         int8_quality.write_calibration_folder(calib, data.train_x, calibration_images, seed=seed)
-    built = BuiltModel(module=model, spec=get_spec(meta["model"]), preprocess=pre, num_classes=meta["num_classes"],
-                       resolution=meta["resolution"], weights={"source": "file", "detail": checkpoint.name})
+    built = BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file", "detail": checkpoint.name},
+    )
     dest = work / f"{mode}.mlpackage"
     t0 = time.perf_counter()
-    fields = CoreMLTarget().export(built, ExportOptions(compress=mode, calibration=calib, calibration_limit=calibration_images,
-                                                        size_budget=budget, classifier=False, input_kind="tensor"),
-                                   dest, lambda m: print("  " + m, file=sys.stderr))
+    fields = CoreMLTarget().export(
+        built,
+        ExportOptions(
+            compress=mode,
+            calibration=calib,
+            calibration_limit=calibration_images,
+            size_budget=budget,
+            classifier=False,
+            input_kind="tensor",
+        ),
+        dest,
+        lambda m: print("  " + m, file=sys.stderr),
+    )
     seconds = time.perf_counter() - t0
     program = mil.load_program(dest)
     x = int8_quality.rgb01(data.test_x)
     name = program.inputs[0].name
-    out = np.concatenate([np.asarray(program.output_vector(program.run({name: xi[None]})), np.float64) for xi in x])
+    out = np.concatenate(
+        [np.asarray(program.output_vector(program.run({name: xi[None]})), np.float64) for xi in x]
+    )
     fp32 = train_small.logits_of(model, train_small.to_inputs(data.test_x, pre))
     weights = dest / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     agreement = 100.0 * float((out.argmax(1) == fp32.argmax(1)).mean())
     sqnr = 10 * np.log10(float((fp32**2).sum()) / float(((fp32 - out) ** 2).sum()))
-    return {"checkpoint": checkpoint.name, "mode": mode, "budget": budget if mode == "palettize-auto" else None,
-            "images": len(x), "agreement_pct": round(agreement, 2), "logits_sqnr_db": round(float(sqnr), 2),
-            "top1_fp32": round(100.0 * float((fp32.argmax(1) == data.test_y).mean()), 2),
-            "top1": round(100.0 * float((out.argmax(1) == data.test_y).mean()), 2),
-            "weight_bin_bytes": weights.stat().st_size, "fraction_of_fp32": round(weights.stat().st_size / fp32_bytes, 4),
-            "export_seconds": round(seconds, 1), "palette_bits": fields["quantization"].get("palette_bits", {}).get("layers_per_bits")}
+    return {
+        "checkpoint": checkpoint.name,
+        "mode": mode,
+        "budget": budget if mode == "palettize-auto" else None,
+        "images": len(x),
+        "agreement_pct": round(agreement, 2),
+        "logits_sqnr_db": round(float(sqnr), 2),
+        "top1_fp32": round(100.0 * float((fp32.argmax(1) == data.test_y).mean()), 2),
+        "top1": round(100.0 * float((out.argmax(1) == data.test_y).mean()), 2),
+        "weight_bin_bytes": weights.stat().st_size,
+        "fraction_of_fp32": round(weights.stat().st_size / fp32_bytes, 4),
+        "export_seconds": round(seconds, 1),
+        "palette_bits": fields["quantization"].get("palette_bits", {}).get("layers_per_bits"),
+    }
 
 
 def main(argv=None) -> int:

@@ -31,18 +31,36 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "refe
 # (V1 below 1.0, the minimalistic V3 without the tf_ padding/eps) are built with the same
 # generator timm uses for its registered siblings.
 TIMM_MODELS = (
-    "mobilenetv1_100", "mobilenetv1_075", "mobilenetv1_050", "mobilenetv1_025",
-    "mobilenetv2_140", "mobilenetv2_100", "mobilenetv2_075", "mobilenetv2_050", "mobilenetv2_035",
-    "mobilenetv3_large_100", "mobilenetv3_large_075", "mobilenetv3_small_100", "mobilenetv3_small_075",
-    "mobilenetv3_large_minimal_100", "mobilenetv3_small_minimal_100",
-    "mobilenetv4_conv_small", "mobilenetv4_conv_medium", "mobilenetv4_conv_large",
-    "mobilenetv4_hybrid_medium", "mobilenetv4_hybrid_large",
-    "mobilenetv5_300m_enc", "mobilenetv5_base",
+    "mobilenetv1_100",
+    "mobilenetv1_075",
+    "mobilenetv1_050",
+    "mobilenetv1_025",
+    "mobilenetv2_140",
+    "mobilenetv2_100",
+    "mobilenetv2_075",
+    "mobilenetv2_050",
+    "mobilenetv2_035",
+    "mobilenetv3_large_100",
+    "mobilenetv3_large_075",
+    "mobilenetv3_small_100",
+    "mobilenetv3_small_075",
+    "mobilenetv3_large_minimal_100",
+    "mobilenetv3_small_minimal_100",
+    "mobilenetv4_conv_small",
+    "mobilenetv4_conv_medium",
+    "mobilenetv4_conv_large",
+    "mobilenetv4_hybrid_medium",
+    "mobilenetv4_hybrid_large",
+    "mobilenetv5_300m_enc",
+    "mobilenetv5_base",
 )
 TORCHVISION_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 _UNREGISTERED_TIMM = {  # name -> (generator, channel multiplier)
-    "mobilenetv1_075": ("v1", 0.75), "mobilenetv1_050": ("v1", 0.5), "mobilenetv1_025": ("v1", 0.25),
-    "mobilenetv3_large_minimal_100": ("v3", 1.0), "mobilenetv3_small_minimal_100": ("v3", 1.0),
+    "mobilenetv1_075": ("v1", 0.75),
+    "mobilenetv1_050": ("v1", 0.5),
+    "mobilenetv1_025": ("v1", 0.25),
+    "mobilenetv3_large_minimal_100": ("v3", 1.0),
+    "mobilenetv3_small_minimal_100": ("v3", 1.0),
 }
 
 
@@ -81,9 +99,15 @@ def write_fixtures(out: Path) -> None:
             state = model.state_dict()
             params = sum(p.numel() for p in model.parameters())
             rows = ",\n".join(json.dumps([k, list(v.shape)]) for k, v in state.items())
-            header = {"library": library, "model": name, "version": versions[library], "torch": versions["torch"],
-                      "num_classes": getattr(model, "num_classes", None) or _tv_classes(model),
-                      "params": params, "tensors": len(state)}
+            header = {
+                "library": library,
+                "model": name,
+                "version": versions[library],
+                "torch": versions["torch"],
+                "num_classes": getattr(model, "num_classes", None) or _tv_classes(model),
+                "params": params,
+                "tensors": len(state),
+            }
             text = json.dumps(header, indent=1)[:-2] + ',\n "state_dict": [\n' + rows + "\n ]\n}\n"
             json.loads(text)  # the file must stay valid JSON
             (folder / f"{name}.json").write_text(text)
@@ -114,7 +138,7 @@ def randomize(model, calibration, seed: int) -> None:
                 p.uniform_(0.1, 0.5)
         for m in model.modules():  # torchvision's N(0, 0.01) heads would make logits ~0.03
             if isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0.0, m.in_features ** -0.5)
+                m.weight.normal_(0.0, m.in_features**-0.5)
                 m.bias.normal_(0.0, 0.1)
         model.train()
         model(calibration)

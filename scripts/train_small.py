@@ -99,18 +99,32 @@ def load_mnist5k(res: int, seed: int = 0) -> Dataset:
 
 # Real photographs only (no synthetic test patterns, no text scans).
 PHOTOS = (
-    ("skimage", "astronaut.png"), ("skimage", "brick.png"), ("skimage", "camera.png"),
-    ("skimage", "cell.png"), ("skimage", "chelsea.png"), ("skimage", "coffee.png"),
-    ("skimage", "coins.png"), ("skimage", "grass.png"), ("skimage", "gravel.png"),
-    ("skimage", "hubble_deep_field.jpg"), ("skimage", "ihc.png"), ("skimage", "moon.png"),
-    ("skimage", "motorcycle_left.png"), ("skimage", "retina.jpg"), ("skimage", "rocket.jpg"),
-    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    ("skimage", "astronaut.png"),
+    ("skimage", "brick.png"),
+    ("skimage", "camera.png"),
+    ("skimage", "cell.png"),
+    ("skimage", "chelsea.png"),
+    ("skimage", "coffee.png"),
+    ("skimage", "coins.png"),
+    ("skimage", "grass.png"),
+    ("skimage", "gravel.png"),
+    ("skimage", "hubble_deep_field.jpg"),
+    ("skimage", "ihc.png"),
+    ("skimage", "moon.png"),
+    ("skimage", "motorcycle_left.png"),
+    ("skimage", "retina.jpg"),
+    ("skimage", "rocket.jpg"),
+    ("sklearn", "china.jpg"),
+    ("sklearn", "flower.jpg"),
 )
 TRAIN_SPAN, TEST_SPAN = (0.0, 0.65), (0.70, 1.0)  # fractions of the width; the gap keeps crops apart
 
 
 def photo_paths() -> list[Path]:
-    dirs = {"skimage": _package_dir("skimage") / "data", "sklearn": _package_dir("sklearn") / "datasets" / "images"}
+    dirs = {
+        "skimage": _package_dir("skimage") / "data",
+        "sklearn": _package_dir("sklearn") / "datasets" / "images",
+    }
     return [dirs[pkg] / name for pkg, name in PHOTOS]
 
 
@@ -123,7 +137,7 @@ def _crops(img: np.ndarray, span: tuple[float, float], count: int, res: int, rng
         side = max(16, min(side, x1 - x0, h))
         left = int(rng.integers(x0, x1 - side + 1))
         top = int(rng.integers(0, h - side + 1))
-        out.append(_to_res(img[top:top + side, left:left + side], res))
+        out.append(_to_res(img[top : top + side, left : left + side], res))
     return out
 
 
@@ -143,8 +157,15 @@ def load_photos(res: int, seed: int = 0, train_per_class: int = 200, test_per_cl
         ys_tr += [label] * len(tr)
         ys_te += [label] * len(te)
     empty = np.zeros((0, res, res, 3), np.uint8)
-    return Dataset("photos", names, np.stack(xs_tr) if xs_tr else empty, np.array(ys_tr, np.int64),
-                   np.stack(xs_te) if xs_te else empty, np.array(ys_te, np.int64), flips=True)
+    return Dataset(
+        "photos",
+        names,
+        np.stack(xs_tr) if xs_tr else empty,
+        np.array(ys_tr, np.int64),
+        np.stack(xs_te) if xs_te else empty,
+        np.array(ys_te, np.int64),
+        flips=True,
+    )
 
 
 DATASETS = {"digits": load_digits, "mnist5k": load_mnist5k, "photos": load_photos}
@@ -164,16 +185,30 @@ def load_dataset(name: str, res: int, seed: int = 0, cache: bool = True) -> Data
     path = cache_dir() / f"{name}_{res}_{seed}_v2.npz"
     if cache and path.exists():
         with np.load(path, allow_pickle=False) as z:
-            return Dataset(name, [str(c) for c in z["classes"]], z["train_x"], z["train_y"], z["test_x"],
-                           z["test_y"], bool(z["flips"]))
+            return Dataset(
+                name,
+                [str(c) for c in z["classes"]],
+                z["train_x"],
+                z["train_y"],
+                z["test_x"],
+                z["test_y"],
+                bool(z["flips"]),
+            )
     data = DATASETS[name](res, seed)
     if cache:
         from mobile_export.fsutil import atomic_path
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, classes=np.array(data.classes), train_x=data.train_x, train_y=data.train_y,
-                         test_x=data.test_x, test_y=data.test_y, flips=np.array(data.flips))
+                np.savez(
+                    fh,
+                    classes=np.array(data.classes),
+                    train_x=data.train_x,
+                    train_y=data.train_y,
+                    test_x=data.test_x,
+                    test_y=data.test_y,
+                    flips=np.array(data.flips),
+                )
     return data
 
 
@@ -184,7 +219,6 @@ def to_inputs(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
     return ((x - mean) / std).astype(np.float32)
-
 
 
 # --- model and training -----------------------------------------------------------------
@@ -207,7 +241,7 @@ def logits_of(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            outs.append(model(torch.from_numpy(x[i:i + batch])).float().numpy())
+            outs.append(model(torch.from_numpy(x[i : i + batch])).float().numpy())
     return np.concatenate(outs)
 
 
@@ -222,15 +256,24 @@ def _augment(xb, flips: bool, gen):
     padded = F.pad(xb, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
     if flips:
         flip = torch.rand(n, generator=gen) < 0.5
         out[flip] = out[flip].flip(-1)
     return out
 
 
-def train(model, data: Dataset, pre: Preprocess, epochs: int, seed: int, lr: float = 3e-3,
-          batch: int = 64, label_smoothing: float = 0.1, log=print) -> dict:
+def train(
+    model,
+    data: Dataset,
+    pre: Preprocess,
+    epochs: int,
+    seed: int,
+    lr: float = 3e-3,
+    batch: int = 64,
+    label_smoothing: float = 0.1,
+    log=print,
+) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -249,7 +292,7 @@ def train(model, data: Dataset, pre: Preprocess, epochs: int, seed: int, lr: flo
         order = torch.randperm(len(y_train), generator=gen)
         running = 0.0
         for s in range(steps_per_epoch):
-            idx = order[s * batch:(s + 1) * batch]
+            idx = order[s * batch : (s + 1) * batch]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb = _augment(x_train[idx], data.flips, gen)
@@ -260,8 +303,16 @@ def train(model, data: Dataset, pre: Preprocess, epochs: int, seed: int, lr: flo
             sched.step()
             running += loss.item()
         acc = float((logits_of(model, x_test).argmax(1) == data.test_y).mean())
-        history.append({"epoch": epoch + 1, "loss": round(running / steps_per_epoch, 4), "test_top1": round(100 * acc, 2)})
-        log(f"epoch {epoch + 1}/{epochs} loss {running / steps_per_epoch:.3f} held-out top-1 {100 * acc:.2f}% ({time.perf_counter() - t0:.0f}s)")
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(running / steps_per_epoch, 4),
+                "test_top1": round(100 * acc, 2),
+            }
+        )
+        log(
+            f"epoch {epoch + 1}/{epochs} loss {running / steps_per_epoch:.3f} held-out top-1 {100 * acc:.2f}% ({time.perf_counter() - t0:.0f}s)"
+        )
     model.eval()
     return {"history": history, "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -280,7 +331,10 @@ def save_checkpoint(path: Path, model, meta: dict, half: bool = False) -> Path:
 
     from mobile_export.fsutil import atomic_path
 
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"mobile_export": json.dumps(meta)})
     return path
@@ -297,8 +351,13 @@ def load_checkpoint(path: str | Path):
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
     model.load_state_dict(state, strict=True)
     model.eval()
-    pre = Preprocess(crop=meta["resolution"], resize=meta["resolution"], interpolation="bilinear",
-                     mean=tuple(meta["preprocess"]["mean"]), std=tuple(meta["preprocess"]["std"]))
+    pre = Preprocess(
+        crop=meta["resolution"],
+        resize=meta["resolution"],
+        interpolation="bilinear",
+        mean=tuple(meta["preprocess"]["mean"]),
+        std=tuple(meta["preprocess"]["std"]),
+    )
     return model, meta, pre
 
 
@@ -322,23 +381,49 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset, args.resolution, seed=0)
-    print(f"{args.dataset}: {len(data.train_y)} train / {len(data.test_y)} held-out images, "
-          f"{len(data.classes)} classes ({time.perf_counter() - t0:.1f}s to prepare)", file=sys.stderr)
+    print(
+        f"{args.dataset}: {len(data.train_y)} train / {len(data.test_y)} held-out images, "
+        f"{len(data.classes)} classes ({time.perf_counter() - t0:.1f}s to prepare)",
+        file=sys.stderr,
+    )
     spec, model = build(args.model, len(data.classes), args.seed)
     pre = Preprocess(crop=args.resolution, resize=args.resolution)
-    result = train(model, data, pre, args.epochs, args.seed, lr=args.lr, label_smoothing=args.label_smoothing,
-                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = train(
+        model,
+        data,
+        pre,
+        args.epochs,
+        args.seed,
+        lr=args.lr,
+        label_smoothing=args.label_smoothing,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     meta = {
-        "model": spec.name, "num_classes": len(data.classes), "resolution": args.resolution,
-        "dataset": args.dataset, "classes": data.classes, "seed": args.seed, "epochs": args.epochs, "label_smoothing": args.label_smoothing,
-        "test_top1": result["history"][-1]["test_top1"], "train_seconds": result["seconds"],
-        "preprocess": pre.to_dict(), "fp16_storage": args.half,
+        "model": spec.name,
+        "num_classes": len(data.classes),
+        "resolution": args.resolution,
+        "dataset": args.dataset,
+        "classes": data.classes,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "label_smoothing": args.label_smoothing,
+        "test_top1": result["history"][-1]["test_top1"],
+        "train_seconds": result["seconds"],
+        "preprocess": pre.to_dict(),
+        "fp16_storage": args.half,
     }
     name = checkpoint_name(spec.name, args.dataset, args.resolution)
     if args.tag:
         name = name.replace(".safetensors", f"_{args.tag}.safetensors")
     path = save_checkpoint(args.out / name, model, meta, half=args.half)
-    print(json.dumps({"checkpoint": str(path), **{k: meta[k] for k in ("model", "dataset", "test_top1", "train_seconds")}}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(path),
+                **{k: meta[k] for k in ("model", "dataset", "test_top1", "train_seconds")},
+            }
+        )
+    )
     return 0
 
 

@@ -40,12 +40,22 @@ def _in_app_logic(report) -> bool:
 
 
 SKIP_GROUPS = (
-    ("JVM app tests (android_demo/core, JUnit)", _in_app_logic,
-     "apt-get install default-jdk-headless junit4"),
-    ("sidecar tests (real torchvision/timm)", lambda r: "sidecar" in r.keywords,
-     "python3 -m venv /tmp/mobile-export-sidecar && /tmp/mobile-export-sidecar/bin/pip install torch==2.14.1 "
-     "torchvision==0.29.1 timm==1.0.31 safetensors  (or set MOBILE_EXPORT_SIDECAR_PYTHON; .ci/run does this)"),
-    ("macOS Core ML tests", lambda r: "macos" in r.keywords, "run on macOS (.github/workflows/macos-coreml.yml)"),
+    (
+        "JVM app tests (android_demo/core, JUnit)",
+        _in_app_logic,
+        "apt-get install default-jdk-headless junit4",
+    ),
+    (
+        "sidecar tests (real torchvision/timm)",
+        lambda r: "sidecar" in r.keywords,
+        "python3 -m venv /tmp/mobile-export-sidecar && /tmp/mobile-export-sidecar/bin/pip install torch==2.14.1 "
+        "torchvision==0.29.1 timm==1.0.31 safetensors  (or set MOBILE_EXPORT_SIDECAR_PYTHON; .ci/run does this)",
+    ),
+    (
+        "macOS Core ML tests",
+        lambda r: "macos" in r.keywords,
+        "run on macOS (.github/workflows/macos-coreml.yml)",
+    ),
 )
 
 

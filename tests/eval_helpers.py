@@ -37,8 +37,14 @@ def export_artifacts(checkpoint: Path, work: Path, targets=("fp32", "int8", "fp1
     from mobile_export.targets import ExportOptions
 
     model, meta, pre = train_small.load_checkpoint(checkpoint)
-    built = BuiltModel(module=model, spec=get_spec(meta["model"]), preprocess=pre, num_classes=meta["num_classes"],
-                       resolution=meta["resolution"], weights={"source": "file", "detail": checkpoint.name})
+    built = BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file", "detail": checkpoint.name},
+    )
     work.mkdir(parents=True, exist_ok=True)
     weights = save_weights(built, work / "weights.safetensors")  # our format: carries the 64px contract
     labels = work / "labels.txt"
@@ -49,15 +55,30 @@ def export_artifacts(checkpoint: Path, work: Path, targets=("fp32", "int8", "fp1
         _, _, _, train_x = held_out(checkpoint)
         calib = work / "calibration"
         int8_quality.write_calibration_folder(calib, train_x, 32, seed=0)
-        options["int8"] = ("executorch", ExportOptions(quantize="int8", calibration=calib, calibration_limit=32))
+        options["int8"] = (
+            "executorch",
+            ExportOptions(quantize="int8", calibration=calib, calibration_limit=32),
+        )
     paths = {}
     for tag in targets:
         target, opts = options[tag]
-        manifest = run_export(ExportRequest(model=meta["model"], target=target, out=out, weights=str(weights),
-                                            labels_file=labels, resolution=meta["resolution"], verify=False,
-                                            options=opts))
-        name = next(a["file"] for a in manifest["artifacts"]
-                    if (a["file"].endswith(".mlpackage") if tag == "fp16" else f"_{tag}." in a["file"]))
+        manifest = run_export(
+            ExportRequest(
+                model=meta["model"],
+                target=target,
+                out=out,
+                weights=str(weights),
+                labels_file=labels,
+                resolution=meta["resolution"],
+                verify=False,
+                options=opts,
+            )
+        )
+        name = next(
+            a["file"]
+            for a in manifest["artifacts"]
+            if (a["file"].endswith(".mlpackage") if tag == "fp16" else f"_{tag}." in a["file"])
+        )
         paths[tag] = out / name
     return paths
 

@@ -26,7 +26,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ROOT / "tests" / "fixtures" / "trained"
-CHECKPOINTS = {"v2": "mobilenet_v2_100_photos_64.safetensors", "v3s": "mobilenet_v3_small_100_photos_64.safetensors"}
+CHECKPOINTS = {
+    "v2": "mobilenet_v2_100_photos_64.safetensors",
+    "v3s": "mobilenet_v3_small_100_photos_64.safetensors",
+}
 MODEL_OF = {"v2": "mobilenet_v2_100", "v3s": "mobilenet_v3_small_100"}
 
 MUTATIONS = ("rb_swap", "no_mean", "no_std", "activation_dropped", "layer_scrambled", "layer_sign_flipped")
@@ -86,9 +89,18 @@ def export_correct(model: str, mode: Mode, out: Path, calibration: Path, calibra
         from dataclasses import replace
 
         options = replace(options, extra={"quant_recipe": INT8_RECIPE[model]})
-    manifest = run_export(ExportRequest(model=MODEL_OF[model], target=mode.target, out=out,
-                                        weights=str(TRAINED / CHECKPOINTS[model]), resolution=64, force=True,
-                                        verify=False, options=options))
+    manifest = run_export(
+        ExportRequest(
+            model=MODEL_OF[model],
+            target=mode.target,
+            out=out,
+            weights=str(TRAINED / CHECKPOINTS[model]),
+            resolution=64,
+            force=True,
+            verify=False,
+            options=options,
+        )
+    )
     entry = next(a for a in manifest["artifacts"] if a["format"] in ("pte", "mlpackage"))
     return Path(out) / entry["file"]
 
@@ -205,10 +217,16 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     keys = sorted(named.pte_data, key=lambda k: named.pte_data[k].buffer_index)
     int8 = any(k.startswith("scale_") for k in keys)
     if mutation == "layer_sign_flipped" and int8:
-        candidates = [k for k in keys if k.startswith("scale_")]  # negating a layer's scales flips its weights
+        candidates = [
+            k for k in keys if k.startswith("scale_")
+        ]  # negating a layer's scales flips its weights
     else:
-        candidates = [k for k in keys if not k.startswith("scale_")
-                      and len(_bytes_of(named.buffers[named.pte_data[k].buffer_index])) >= 4096]
+        candidates = [
+            k
+            for k in keys
+            if not k.startswith("scale_")
+            and len(_bytes_of(named.buffers[named.pte_data[k].buffer_index])) >= 4096
+        ]
     key = candidates[len(candidates) // 2]
     buf = _bytes_of(named.buffers[named.pte_data[key].buffer_index])
     at = data.find(buf)
@@ -218,10 +236,12 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     if mutation == "layer_scrambled":
         values = _rng().permutation(values)
     elif mutation == "layer_sign_flipped":
-        values = -values if dtype == np.float32 else np.clip(-values.astype(np.int16), -128, 127).astype(np.int8)
+        values = (
+            -values if dtype == np.float32 else np.clip(-values.astype(np.int16), -128, 127).astype(np.int8)
+        )
     else:
         raise ValueError(mutation)
-    data[at:at + len(buf)] = values.tobytes()
+    data[at : at + len(buf)] = values.tobytes()
     pte.write_bytes(bytes(data))
 
 
@@ -253,9 +273,15 @@ def edit_coreml_input(package: Path, mutation: str, mean, std) -> None:
         return
     ops = _ops(spec)
     by_output = {o.name: op for op in ops for o in op.outputs}
-    add = next(op for op in ops if op.type == "add" and by_output.get(op.inputs["x"].arguments[0].name) is not None
-               and by_output[op.inputs["x"].arguments[0].name].type == "mul"
-               and by_output[op.inputs["x"].arguments[0].name].inputs["x"].arguments[0].name == spec.description.input[0].name)
+    add = next(
+        op
+        for op in ops
+        if op.type == "add"
+        and by_output.get(op.inputs["x"].arguments[0].name) is not None
+        and by_output[op.inputs["x"].arguments[0].name].type == "mul"
+        and by_output[op.inputs["x"].arguments[0].name].inputs["x"].arguments[0].name
+        == spec.description.input[0].name
+    )
     mul = by_output[add.inputs["x"].arguments[0].name]
     bias_const = by_output[add.inputs["y"].arguments[0].name]
     scale_const = by_output[mul.inputs["y"].arguments[0].name]
@@ -314,10 +340,15 @@ def edit_coreml_layer(package: Path, mutation: str) -> None:
     spec = load_spec(package)
     ops = _ops(spec)
     by_output = {o.name: op for op in ops for o in op.outputs}
-    convs = [op for op in ops if op.type == "conv"
-             and "weight" in op.inputs and by_output[op.inputs["weight"].arguments[0].name] is not None]
+    convs = [
+        op
+        for op in ops
+        if op.type == "conv"
+        and "weight" in op.inputs
+        and by_output[op.inputs["weight"].arguments[0].name] is not None
+    ]
     producer = None
-    for conv in convs[len(convs) // 2:]:
+    for conv in convs[len(convs) // 2 :]:
         producer = by_output[conv.inputs["weight"].arguments[0].name]
         if producer.type == "cast":  # fp16 weights cast for an fp32 op: go one step back
             producer = by_output[producer.inputs["x"].arguments[0].name]
@@ -351,8 +382,10 @@ def _edit_blob(package: Path, ref, mutation: str) -> None:
     dtype = ref.type.tensorType.dataType  # MIL data type code (the record's own code is another enum)
     path = _weights_file(package)
     data = bytearray(path.read_bytes())
-    raw = bytes(data[data_offset:data_offset + nbytes])
-    np_type = {10: np.float16, 11: np.float32, 21: np.int8}.get(dtype, np.uint8)  # sub-byte: permute whole bytes
+    raw = bytes(data[data_offset : data_offset + nbytes])
+    np_type = {10: np.float16, 11: np.float32, 21: np.int8}.get(
+        dtype, np.uint8
+    )  # sub-byte: permute whole bytes
     values = np.frombuffer(raw, dtype=np_type).copy()
     if mutation == "layer_scrambled":
         values = _rng().permutation(values)
@@ -362,12 +395,22 @@ def _edit_blob(package: Path, ref, mutation: str) -> None:
         values = (255 - values).astype(np.uint8)  # palette indices: every weight moves to another entry
     else:
         values = -values
-    data[data_offset:data_offset + nbytes] = values.tobytes()
+    data[data_offset : data_offset + nbytes] = values.tobytes()
     path.write_bytes(bytes(data))
 
 
-def make_mutant(correct: Path, mode: Mode, mutation: str, work: Path, model: str, calibration: Path,
-                calibration_limit: int = 32, mean=None, std=None, quantized=None) -> Path:
+def make_mutant(
+    correct: Path,
+    mode: Mode,
+    mutation: str,
+    work: Path,
+    model: str,
+    calibration: Path,
+    calibration_limit: int = 32,
+    mean=None,
+    std=None,
+    quantized=None,
+) -> Path:
     """The file of `mode` with `mutation` injected; a new folder under `work`."""
     dest = Path(work) / f"{mode.name}-{mutation}"
     if mode.target == "executorch":

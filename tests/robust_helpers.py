@@ -31,8 +31,18 @@ def export_small(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     weights = write_weights(MODEL, RES, root)
     out = root / "export"
-    run_export(ExportRequest(model=MODEL, target="all", out=out, weights=str(weights), resolution=RES, force=True,
-                             verify=False, options=ExportOptions()))
+    run_export(
+        ExportRequest(
+            model=MODEL,
+            target="all",
+            out=out,
+            weights=str(weights),
+            resolution=RES,
+            force=True,
+            verify=False,
+            options=ExportOptions(),
+        )
+    )
     return out
 
 
@@ -113,8 +123,11 @@ def blob_count(package: Path) -> int:
     spec = Model_pb2.Model()
     spec.ParseFromString((package / SPEC_REL).read_bytes())
     function = spec.mlProgram.functions["main"]
-    return sum(attr.HasField("blobFileValue") for op in function.block_specializations[function.opset].operations
-               for attr in op.attributes.values())
+    return sum(
+        attr.HasField("blobFileValue")
+        for op in function.block_specializations[function.opset].operations
+        for attr in op.attributes.values()
+    )
 
 
 def damage_file(path: Path, rng: np.random.Generator) -> str:
@@ -139,7 +152,7 @@ def damage_file(path: Path, rng: np.random.Generator) -> str:
     if kind == "header":
         start, length = 0, int(min(size, rng.integers(1, 65)))
     fill = bytes(length) if kind == "zeros" else rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-    data[start:start + length] = fill
+    data[start : start + length] = fill
     path.write_bytes(bytes(data))
     return f"{kind} {length} byte(s) at {start}"
 
@@ -154,7 +167,9 @@ def damage_package(package: Path, rng: np.random.Generator) -> str:
         return f"missing {rel}"
     if kind == "offset":
         size = (package / WEIGHT_REL).stat().st_size
-        offset = int(rng.choice([size + int(rng.integers(0, 1 << 20)), 2**63 + 5, int(rng.integers(0, size))]))
+        offset = int(
+            rng.choice([size + int(rng.integers(0, 1 << 20)), 2**63 + 5, int(rng.integers(0, size))])
+        )
         which = int(rng.integers(0, blob_count(package)))
         set_blob_offset(package, offset, which)
         return f"blob #{which} offset {offset}"
@@ -180,8 +195,14 @@ def cli_inprocess(*args) -> tuple[int, str, str, BaseException | None]:
 def cli_subprocess(*args, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
     """The real CLI in its own process."""
     env = dict(os.environ, MOBILE_EXPORT_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "mobile_export.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "mobile_export.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -18,4 +18,6 @@ def side_python() -> str | None:
 
 
 SIDE_PYTHON = side_python()
-SKIP_REASON = f"no side python with torchvision/timm (set {ENV}; .ci/run builds one at /tmp/mobile-export-sidecar)"
+SKIP_REASON = (
+    f"no side python with torchvision/timm (set {ENV}; .ci/run builds one at /tmp/mobile-export-sidecar)"
+)

@@ -23,8 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "android_demo" / "core" / "src"
 COMMITTED = ROOT / "ios_demo" / "DemoLogic" / "Tests" / "DemoLogicTests" / "Golden"
 JARS = [Path("/usr/share/java/junit4.jar"), Path("/usr/share/java/hamcrest-core.jar")]
-CLASSES = ["org.mobileexport.demo.core.GoldenCasesTest", "org.mobileexport.demo.core.ContractTest",
-           "org.mobileexport.demo.core.BundledProgramTest"]
+CLASSES = [
+    "org.mobileexport.demo.core.GoldenCasesTest",
+    "org.mobileexport.demo.core.ContractTest",
+    "org.mobileexport.demo.core.BundledProgramTest",
+]
 TESTS_PER_CASE = 5  # @Test methods in GoldenCasesTest
 
 
@@ -33,7 +36,9 @@ def jvm(tmp_path_factory):
     """Compile the core (Java 8 language level, as Android builds it) and its JUnit tests once."""
     javac, java = shutil.which("javac"), shutil.which("java")
     if not javac or not java:
-        pytest.skip("javac/java not installed: the JVM tests of android_demo/core need a JDK (apt-get install default-jdk)")
+        pytest.skip(
+            "javac/java not installed: the JVM tests of android_demo/core need a JDK (apt-get install default-jdk)"
+        )
     missing = [str(j) for j in JARS if not j.is_file()]
     if missing:
         pytest.skip(f"JUnit 4 not installed ({', '.join(missing)}): apt-get install junit4")
@@ -41,15 +46,21 @@ def jvm(tmp_path_factory):
     main_src = sorted(str(p) for p in (CORE / "main" / "java").rglob("*.java"))
     test_src = sorted(str(p) for p in (CORE / "test" / "java").rglob("*.java"))
     cp = ":".join([str(out), *map(str, JARS)])
-    for args in (["--release", "8", "-Xlint:all", "-Xlint:-options", "-Werror", "-d", str(out), *main_src],
-                 ["-cp", cp, "-d", str(out), *test_src]):
+    for args in (
+        ["--release", "8", "-Xlint:all", "-Xlint:-options", "-Werror", "-d", str(out), *main_src],
+        ["-cp", cp, "-d", str(out), *test_src],
+    ):
         done = subprocess.run([javac, *args], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"javac failed:\n{done.stdout}\n{done.stderr}"
 
     def run(golden_dir: Path, classes=CLASSES, props: dict | None = None):
         flags = [f"-D{k}={v}" for k, v in {"golden.dir": golden_dir, **(props or {})}.items()]
-        return subprocess.run([java, *flags, "-cp", cp, "org.junit.runner.JUnitCore", *classes],
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [java, *flags, "-cp", cp, "org.junit.runner.JUnitCore", *classes],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     return run
 
@@ -72,22 +83,38 @@ def bpte_dir(tmp_path_factory):
     from executorch.exir import to_edge_transform_and_lower
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()
     example = (torch.rand(1, 3, 16, 16),)
-    manager = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()]).to_executorch()
+    manager = to_edge_transform_and_lower(
+        torch.export.export(model, example), partitioner=[XnnpackPartitioner()]
+    ).to_executorch()
     inputs = [torch.rand(1, 3, 16, 16) for _ in range(3)]
     with torch.no_grad():
         cases = [MethodTestCase(inputs=[x], expected_outputs=[model(x)]) for x in inputs]
-    data = serialize_from_bundled_program_to_flatbuffer(BundledProgram(manager, [MethodTestSuite("forward", cases)]))
+    data = serialize_from_bundled_program_to_flatbuffer(
+        BundledProgram(manager, [MethodTestSuite("forward", cases)])
+    )
     out = tmp_path_factory.mktemp("bpte")
     (out / "model.bpte").write_bytes(data)
     f32 = lambda t: base64.b64encode(t.detach().numpy().astype("<f4").tobytes()).decode()  # noqa: E731
     with torch.no_grad():
         expect = {
             "program_sha256": hashlib.sha256(manager.buffer).hexdigest(),
-            "cases": [{"input_shape": list(x.shape), "input": f32(x), "output_shape": list(model(x).shape), "output": f32(model(x))}
-                      for x in inputs],
+            "cases": [
+                {
+                    "input_shape": list(x.shape),
+                    "input": f32(x),
+                    "output_shape": list(model(x).shape),
+                    "output": f32(model(x)),
+                }
+                for x in inputs
+            ],
         }
     (out / "expect.json").write_text(json.dumps(expect))
     return out
@@ -112,11 +139,15 @@ def test_java_core_reproduces_python_on_real_photos(jvm, golden_dir):
     assert failed == 0 and done.returncode == 0, done.stdout[-6000:]
     assert run == TESTS_PER_CASE * len(names) + 12  # + the @Test methods of ContractTest
     # Every case reported its tensor error, and each is within the contract's 1e-6.
-    errors = {m.group(1): (float(m.group(2)), float(m.group(3)))
-              for m in re.finditer(r"GOLDEN (\S+) unit_max_abs=(\S+) normalized_max_abs=(\S+)$", done.stdout, re.M)}
+    errors = {
+        m.group(1): (float(m.group(2)), float(m.group(3)))
+        for m in re.finditer(r"GOLDEN (\S+) unit_max_abs=(\S+) normalized_max_abs=(\S+)$", done.stdout, re.M)
+    }
     assert set(errors) == set(names)
     assert max(max(e) for e in errors.values()) <= 1e-6
-    print(f"Java vs Python input tensors over {len(errors)} photos, max abs difference: {max(max(e) for e in errors.values()):.3e}")
+    print(
+        f"Java vs Python input tensors over {len(errors)} photos, max abs difference: {max(max(e) for e in errors.values()):.3e}"
+    )
     top5_checked = set(re.findall(r"GOLDEN (\S+) top5_ok", done.stdout))
     with_logits = {n for n in names if json.loads((golden_dir / "cases" / f"{n}.json").read_text())["top5"]}
     assert top5_checked == with_logits and len(with_logits) >= 8
@@ -147,8 +178,11 @@ def _mutate(golden_dir: Path, dest: Path) -> dict[str, str]:
         (dest / "cases" / f"{name}.json").write_text(json.dumps(dict(case, name=name)))
     index["cases"] = list(wrong)
     (dest / "index.json").write_text(json.dumps(index))
-    return {"bad_tensor": "inputTensorMatchesPython", "bad_orientation": "decodedPixelsStandUprightAndOpaque",
-            "bad_top5": "top5MatchesPython"}
+    return {
+        "bad_tensor": "inputTensorMatchesPython",
+        "bad_orientation": "decodedPixelsStandUprightAndOpaque",
+        "bad_top5": "top5MatchesPython",
+    }
 
 
 def test_java_tests_fail_on_wrong_vectors(jvm, golden_dir, tmp_path):
@@ -177,8 +211,11 @@ def test_committed_copy_passes_and_matches_todays_python(jvm):
         case = json.loads((COMMITTED / "cases" / f"{name}.json").read_text())
         img = case["image"]
         raw = np.frombuffer(base64.b64decode(img["data"]), np.uint8)
-        mode, shape = {"gray": ("L", (img["height"], img["width"])), "rgba": ("RGBA", (img["height"], img["width"], 4)),
-                       "rgb": ("RGB", (img["height"], img["width"], 3))}[img["kind"]]
+        mode, shape = {
+            "gray": ("L", (img["height"], img["width"])),
+            "rgba": ("RGBA", (img["height"], img["width"], 4)),
+            "rgb": ("RGB", (img["height"], img["width"], 3)),
+        }[img["kind"]]
         im = Image.fromarray(raw.reshape(shape), mode)
         exif = Image.Exif()
         exif[golden.ORIENTATION_TAG] = img["orientation"]
@@ -191,7 +228,9 @@ def test_committed_copy_passes_and_matches_todays_python(jvm):
         pre = Preprocess(p["crop"], p["resize"], p["interpolation"], tuple(p["mean"]), tuple(p["std"]))
         unit = resize_crop(rgb, pre)
         stored = np.frombuffer(base64.b64decode(case["unit"]), "<f4").reshape(unit.shape)
-        assert np.abs(unit - stored).max() <= 1e-6, f"{name}: committed vectors are stale; run python -m mobile_export.golden {COMMITTED} --small"
+        assert np.abs(unit - stored).max() <= 1e-6, (
+            f"{name}: committed vectors are stale; run python -m mobile_export.golden {COMMITTED} --small"
+        )
         stored_n = np.frombuffer(base64.b64decode(case["normalized"]), "<f4").reshape(unit.shape)
         assert np.abs(normalize(unit, pre) - stored_n).max() <= 1e-6
 
@@ -207,8 +246,17 @@ def test_app_core_reads_a_real_bundled_export(jvm, tmp_path):
     from mobile_export.targets import ExportOptions
 
     out = tmp_path / "export"
-    manifest = run_export(ExportRequest(model="v3-small", target="executorch", out=out, weights="random", resolution=64,
-                                        verify=False, options=ExportOptions(bundled=True)))
+    manifest = run_export(
+        ExportRequest(
+            model="v3-small",
+            target="executorch",
+            out=out,
+            weights="random",
+            resolution=64,
+            verify=False,
+            options=ExportOptions(bundled=True),
+        )
+    )
     files = [out / a["file"] for a in manifest["artifacts"]]
     assert sorted(p.suffix for p in files) == [".bpte", ".pte"]
     app = tmp_path / "android_demo"
@@ -220,8 +268,11 @@ def test_app_core_reads_a_real_bundled_export(jvm, tmp_path):
     p = manifest["preprocess"]
     pre = Preprocess(p["crop"], p["resize"], p["interpolation"], tuple(p["mean"]), tuple(p["std"]))
     golden.write_photo_cases(tmp_path / "photos", [photos[n] for n in names], pre)
-    done = jvm(COMMITTED, classes=["org.mobileexport.demo.core.AppBundleTest"],
-               props={"app.assets": app / "app" / "src" / "main" / "assets", "app.photos": tmp_path / "photos"})
+    done = jvm(
+        COMMITTED,
+        classes=["org.mobileexport.demo.core.AppBundleTest"],
+        props={"app.assets": app / "app" / "src" / "main" / "assets", "app.photos": tmp_path / "photos"},
+    )
     assert _summary(done) == (1, 0) and done.returncode == 0, done.stdout[-4000:]
     errors = [float(e) for e in re.findall(r"bpte_input_max_abs=(\S+)", done.stdout)]
     assert len(errors) == len(names) and max(errors) <= 1e-6

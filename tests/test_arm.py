@@ -55,9 +55,18 @@ def export(work: Path, photos: Path, name: str, res: int, quantize: str) -> Path
     out = work / f"{name}_{res}_{quantize}"
     if not out.exists():
         weights = write_weights(name, res, work)
-        run_export(ExportRequest(model=name, target="executorch", out=out, weights=str(weights), resolution=res, force=True,
-                                 verify=False, options=ExportOptions(quantize=quantize,
-                                                                     calibration=photos if quantize == "int8" else None)))
+        run_export(
+            ExportRequest(
+                model=name,
+                target="executorch",
+                out=out,
+                weights=str(weights),
+                resolution=res,
+                force=True,
+                verify=False,
+                options=ExportOptions(quantize=quantize, calibration=photos if quantize == "int8" else None),
+            )
+        )
     return next(out.glob("*.pte"))
 
 
@@ -149,8 +158,15 @@ def test_kit_state_is_checked_piece_by_piece(tmp_path, monkeypatch):
     runner = home / "et_run"
     runner.write_text("")
     version = installed_executorch()
-    state = {"home": str(home), "qemu": str(qemu), "sysroot": str(home / "sysroot"), "runner": str(runner),
-             "qemu_version": "10.0.0", "executorch_version": version, "runner_stamp": runner_stamp(version)}
+    state = {
+        "home": str(home),
+        "qemu": str(qemu),
+        "sysroot": str(home / "sysroot"),
+        "runner": str(runner),
+        "qemu_version": "10.0.0",
+        "executorch_version": version,
+        "runner_stamp": runner_stamp(version),
+    }
     (home / STATE_FILE).write_text(json.dumps(state))
     with pytest.raises(ArmSetupError, match="arm64 sysroot is missing.*setup-arm"):
         find_kit(home)
@@ -195,7 +211,10 @@ def test_fp32_and_int8_match_pytorch_and_x86_on_an_emulated_phone_cpu(small, qua
     limit = 60.0 if quantize == "none" else 20.0
     assert row["vs_x86"]["sqnr_db"] >= limit and row["vs_x86"]["images"] == 6
     # ARM against PyTorch is as good as x86 against PyTorch, within a dB
-    assert abs(row["vs_float"]["sqnr_db"] - report["vs_float"]["sqnr_db"]) < 1.0 or row["vs_float"]["sqnr_db"] > 100
+    assert (
+        abs(row["vs_float"]["sqnr_db"] - report["vs_float"]["sqnr_db"]) < 1.0
+        or row["vs_float"]["sqnr_db"] > 100
+    )
     assert f"{DEFAULT_CPU:<12}sdot  ok" in format_report(report)
 
 
@@ -216,7 +235,9 @@ def test_truncated_pte_is_an_error_not_a_pass(kit, small, tmp_path):
 
     pte = tmp_path / "truncated.pte"
     pte.write_bytes(small["none"].read_bytes()[:20000])
-    with pytest.raises(EmulationError, match=rf"{DEFAULT_CPU}: the runner exited 4 \(the program did not load\)"):
+    with pytest.raises(
+        EmulationError, match=rf"{DEFAULT_CPU}: the runner exited 4 \(the program did not load\)"
+    ):
         run_on_cpu(kit, pte, [np.zeros((1, 3, RES, RES), np.float32)], CPUS[DEFAULT_CPU])
 
 
@@ -235,8 +256,10 @@ def test_a_crashing_or_hanging_runner_is_an_error(kit, small, tmp_path, monkeypa
 
     from mobile_export.executorch.arm.emulate import run_on_cpu
 
-    source = ("#include <signal.h>\n#include <stdlib.h>\n#include <unistd.h>\n"
-              "int main(void) { if (getenv(\"HANG\")) sleep(60); raise(SIGSEGV); return 0; }\n")
+    source = (
+        "#include <signal.h>\n#include <stdlib.h>\n#include <unistd.h>\n"
+        'int main(void) { if (getenv("HANG")) sleep(60); raise(SIGSEGV); return 0; }\n'
+    )
     fake = fake_runner(tmp_path, source)
     fake_kit = replace(kit, runner=fake)
     image = [np.zeros((1, 3, RES, RES), np.float32)]

@@ -26,8 +26,18 @@ def _invoke(*args):
 @pytest.fixture(scope="session")
 def pte(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_export")
-    code, stdout, stderr = _invoke(MODEL, "--target", "executorch", "--weights", "random", "--resolution", RESOLUTION,
-                                   "--no-verify", "--out", out)
+    code, stdout, stderr = _invoke(
+        MODEL,
+        "--target",
+        "executorch",
+        "--weights",
+        "random",
+        "--resolution",
+        RESOLUTION,
+        "--no-verify",
+        "--out",
+        out,
+    )
     assert code == 0, stderr
     (path,) = out.glob("*.pte")
     return path
@@ -104,8 +114,17 @@ def test_bench_refuses_damaged_and_missing_files(pte, tmp_path):
 
 
 def test_peak_arithmetic_follows_the_simd_width():
-    zen5 = {"clock_ghz_measured": 4.0, "clock_ghz_reported": 2.6, "avx512": True, "avx2": True, "fma": True,
-            "vnni": True, "vendor": "AuthenticAMD", "family": 26, "cores": 2}
+    zen5 = {
+        "clock_ghz_measured": 4.0,
+        "clock_ghz_reported": 2.6,
+        "avx512": True,
+        "avx2": True,
+        "fma": True,
+        "vnni": True,
+        "vendor": "AuthenticAMD",
+        "family": 26,
+        "cores": 2,
+    }
     # 16 fp32 lanes x 2 FMA pipes x 4 GHz per core; VNNI: 4 int8 MACs per lane
     assert peak_gmacs(1, "fp32", zen5)["gmacs"] == pytest.approx(128.0)
     assert peak_gmacs(2, "fp32", zen5)["gmacs"] == pytest.approx(256.0)
@@ -125,9 +144,13 @@ def test_bench_rebuilds_a_feature_encoder_from_its_manifest():
     which must not be passed on as a class count (it once stopped `bench` on a V5 .pte)."""
     from mobile_export.models import create_from_manifest
 
-    built = create_from_manifest({"name": "mobilenet_v5_300m", "output": "features", "num_classes": 0,
-                                  "resolution": 256}, weights="random")
+    built = create_from_manifest(
+        {"name": "mobilenet_v5_300m", "output": "features", "num_classes": 0, "resolution": 256},
+        weights="random",
+    )
     assert (built.spec.output, built.num_classes, built.resolution) == ("features", 0, 256)
-    classifier = create_from_manifest({"name": "mobilenet_v2_100", "output": "logits", "num_classes": 17,
-                                       "resolution": 64}, weights="random")
+    classifier = create_from_manifest(
+        {"name": "mobilenet_v2_100", "output": "logits", "num_classes": 17, "resolution": 64},
+        weights="random",
+    )
     assert classifier.num_classes == 17

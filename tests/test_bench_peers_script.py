@@ -13,12 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "scripts" / "bench_peers.py"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--help"], ["--rounds", "--skip", "--install-litert", "--profile"]),  # `run` is the default command
-    (["run", "--help"], ["--models", "--threads"]),
-    (["worker", "--help"], ["kind", "precision", "artifact", "threads", "warmup"]),
-    (["profile-ort", "--help"], ["artifact", "input_npy", "runs"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--help"], ["--rounds", "--skip", "--install-litert", "--profile"]),  # `run` is the default command
+        (["run", "--help"], ["--models", "--threads"]),
+        (["worker", "--help"], ["kind", "precision", "artifact", "threads", "warmup"]),
+        (["profile-ort", "--help"], ["artifact", "input_npy", "runs"]),
+    ],
+)
 def test_launcher_parses_the_documented_commands(args, words):
     out = subprocess.run([sys.executable, str(LAUNCHER), *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -12,8 +12,16 @@ from mobile_export import manifest as mf
 from mobile_export.errors import ArtifactError, ManifestError, RuntimeVersionError, UsageError
 from mobile_export.models import BuiltModel, get_spec
 
-INPUT = {"name": "x", "kind": "tensor", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "float32",
-         "color": "RGB", "value_range": [0, 1], "normalized_in_model": True}
+INPUT = {
+    "name": "x",
+    "kind": "tensor",
+    "shape": [1, 3, 224, 224],
+    "layout": "NCHW",
+    "dtype": "float32",
+    "color": "RGB",
+    "value_range": [0, 1],
+    "normalized_in_model": True,
+}
 OUTPUT = {"name": "logits", "kind": "logits", "shape": [1, 3], "dtype": "float32"}
 
 
@@ -24,6 +32,7 @@ class _Params:
         class P:
             def numel(self):
                 return 1234
+
         return [P()]
 
 
@@ -31,11 +40,22 @@ def _export_folder(folder, name="v2", payload=b"weights", labels=("cat", "dog", 
     """A folder as the exporter leaves it: artifacts, labels.txt, manifest.json."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = get_spec(name)
-    built = BuiltModel(module=_Params(), spec=spec, preprocess=spec.preprocess, num_classes=len(labels),
-                       resolution=224, weights={"source": "random", "seed": 0}, labels=list(labels))
+    built = BuiltModel(
+        module=_Params(),
+        spec=spec,
+        preprocess=spec.preprocess,
+        num_classes=len(labels),
+        resolution=224,
+        weights={"source": "random", "seed": 0},
+        labels=list(labels),
+    )
     m = mf.new_manifest(built)
     (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-    m["labels"] = {"file": "labels.txt", "count": len(labels), "sha256": mf.sha256_file(folder / "labels.txt")}
+    m["labels"] = {
+        "file": "labels.txt",
+        "count": len(labels),
+        "sha256": mf.sha256_file(folder / "labels.txt"),
+    }
     pte = folder / f"{spec.name}_fp32.pte"
     pte.write_bytes(b"\0\0\0\0ET12" + payload * 50)
     bpte = folder / f"{spec.name}_fp32.bpte"
@@ -45,9 +65,23 @@ def _export_folder(folder, name="v2", payload=b"weights", labels=("cat", "dog", 
     (pkg / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0"}')
     (pkg / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"proto" + payload)
     (pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").write_bytes(payload * 70)
-    for path, target, fmt in ((pte, "executorch", "pte"), (bpte, "executorch", "bpte"), (pkg, "coreml", "mlpackage")):
-        mf.upsert_artifact(m, mf.artifact_record(path, target=target, format=fmt, precision="fp32",
-                                                 quantization={"mode": "none"}, input=INPUT, output=OUTPUT))
+    for path, target, fmt in (
+        (pte, "executorch", "pte"),
+        (bpte, "executorch", "bpte"),
+        (pkg, "coreml", "mlpackage"),
+    ):
+        mf.upsert_artifact(
+            m,
+            mf.artifact_record(
+                path,
+                target=target,
+                format=fmt,
+                precision="fp32",
+                quantization={"mode": "none"},
+                input=INPUT,
+                output=OUTPUT,
+            ),
+        )
     mf.write_manifest(folder, m)
     return {"pte": pte, "bpte": bpte, "mlpackage": pkg, "manifest": m}
 
@@ -56,7 +90,9 @@ def _android_app(folder, executorch="1.5.1"):
     """An Android app folder with its Gradle version catalog pinning `executorch`."""
     (folder / "app" / "src" / "main").mkdir(parents=True, exist_ok=True)
     (folder / "gradle").mkdir(exist_ok=True)
-    (folder / "gradle" / "libs.versions.toml").write_text(f'[versions]\nkotlin = "2.2.21"\nexecutorch = "{executorch}"\n')
+    (folder / "gradle" / "libs.versions.toml").write_text(
+        f'[versions]\nkotlin = "2.2.21"\nexecutorch = "{executorch}"\n'
+    )
     return folder
 
 
@@ -72,11 +108,17 @@ def _actions(result):
 def test_android_bundle_copies_checks_and_reports(tmp_path, android_app):
     exp = _export_folder(tmp_path / "exports" / "v2")
     logs = []
-    result = bd.bundle_artifacts([exp["pte"], exp["bpte"]], app="android", app_dir=android_app, log=logs.append)
+    result = bd.bundle_artifacts(
+        [exp["pte"], exp["bpte"]], app="android", app_dir=android_app, log=logs.append
+    )
     assets = android_app / "app" / "src" / "main" / "assets"
     assert result["destination"] == str(assets.resolve())
-    assert _actions(result) == {exp["pte"].name: "added", exp["bpte"].name: "added", "labels.txt": "added",
-                                "manifest.json": "added"}
+    assert _actions(result) == {
+        exp["pte"].name: "added",
+        exp["bpte"].name: "added",
+        "labels.txt": "added",
+        "manifest.json": "added",
+    }
     for name in (exp["pte"].name, exp["bpte"].name, "labels.txt"):
         assert (assets / name).read_bytes() == (exp["pte"].parent / name).read_bytes()
     sizes = {c["file"]: c["bytes"] for c in result["changes"]}
@@ -103,7 +145,11 @@ def test_replaced_artifact_reports_old_and_new_size(tmp_path, android_app):
     exp2 = _export_folder(tmp_path / "e", payload=b"retrained-weights")  # same names, new bytes
     result = bd.bundle_artifacts([exp2["pte"]], app="android", app_dir=android_app)
     change = next(c for c in result["changes"] if c["file"] == exp2["pte"].name)
-    assert change["action"] == "replaced" and change["old_bytes"] == old and change["bytes"] == exp2["pte"].stat().st_size
+    assert (
+        change["action"] == "replaced"
+        and change["old_bytes"] == old
+        and change["bytes"] == exp2["pte"].stat().st_size
+    )
     assert f"{old:,} -> {change['bytes']:,} bytes" in bd.format_changes(result)
     assets = android_app / "app" / "src" / "main" / "assets"
     assert (assets / exp2["pte"].name).read_bytes() == exp2["pte"].read_bytes()
@@ -226,7 +272,9 @@ def test_interrupted_copy_keeps_the_old_file(tmp_path, android_app, monkeypatch)
         bd.bundle_artifacts([exp2["pte"]], app="android", app_dir=android_app)
     assert (assets / exp["pte"].name).read_bytes() == before
     assert (assets / "manifest.json").read_text() == manifest_before
-    assert sorted(p.name for p in assets.iterdir()) == sorted(["labels.txt", "manifest.json", exp["pte"].name])
+    assert sorted(p.name for p in assets.iterdir()) == sorted(
+        ["labels.txt", "manifest.json", exp["pte"].name]
+    )
 
 
 def test_artifacts_from_two_folders_are_refused(tmp_path, android_app):
@@ -272,7 +320,8 @@ def _ios_app(folder, pin="branch: swiftpm-1.5.1"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "project.yml").write_text(
         "name: MobileNetDemo\npackages:\n  DemoLogic:\n    path: DemoLogic\n"
-        f"  ExecuTorch:\n    url: https://github.com/pytorch/executorch\n    {pin}\n")
+        f"  ExecuTorch:\n    url: https://github.com/pytorch/executorch\n    {pin}\n"
+    )
     return folder
 
 
@@ -289,7 +338,9 @@ def test_android_app_pinning_an_older_runtime_is_refused_before_anything_is_writ
     assert "libs.versions.toml" in message and "--allow-older-runtime" in message
     assert not (app / "app" / "src" / "main" / "assets").exists()
     logs = []
-    result = bd.bundle_artifacts([exp["pte"]], app="android", app_dir=app, allow_older_runtime=True, log=logs.append)
+    result = bd.bundle_artifacts(
+        [exp["pte"]], app="android", app_dir=app, allow_older_runtime=True, log=logs.append
+    )
     assert _actions(result)[exp["pte"].name] == "added"
     assert any(line.startswith("warning:") and "1.4.0" in line for line in logs)
 
@@ -339,7 +390,9 @@ def test_the_demo_apps_pin_at_least_the_executorch_that_writes_our_files():
         root, _ = bd.app_assets_dir(app)
         pinned, where = bd.pinned_executorch(app, root)
         assert pinned is not None, f"{where} does not pin ExecuTorch"
-        assert Version(pinned).release >= ours, f"{where} pins {pinned}, older than executorch {'.'.join(map(str, ours))}"
+        assert Version(pinned).release >= ours, (
+            f"{where} pins {pinned}, older than executorch {'.'.join(map(str, ours))}"
+        )
 
 
 def test_cli_bundle_refusal_is_one_line_exit_1(tmp_path, cli):

@@ -38,19 +38,27 @@ def exported(tmp_path_factory):
     from mobile_export.verify.reference import preprocess_of
 
     out = tmp_path_factory.mktemp("bpte") / "export"
-    manifest = run_export(ExportRequest(model=NAME, target="executorch", out=out, weights=str(CHECKPOINT),
-                                        resolution=RES,
-                                        force=True, verify=False, options=ExportOptions(bundled=True)))
+    manifest = run_export(
+        ExportRequest(
+            model=NAME,
+            target="executorch",
+            out=out,
+            weights=str(CHECKPOINT),
+            resolution=RES,
+            force=True,
+            verify=False,
+            options=ExportOptions(bundled=True),
+        )
+    )
     pte_entry = next(a for a in manifest["artifacts"] if a["format"] == "pte")
     bpte_entry = next(a for a in manifest["artifacts"] if a["format"] == "bpte")
     bundled = bpte_entry["export"]["bundled"]
     in_model = pte_entry["input"]["normalized_in_model"]
     inputs = default_images(preprocess_of(manifest), normalized=not in_model).inputs
-    expected = run_isolated(out / pte_entry["file"], inputs[:bundled["cases"]])
+    expected = run_isolated(out / pte_entry["file"], inputs[: bundled["cases"]])
     outs = [expected[f"out{i}"] for i in range(bundled["cases"])]
-    assert min(np.abs(a - b).max() for i, a in enumerate(outs) for b in outs[i + 1:]) > 0.1  # distinct cases
-    return {"dir": out, "bpte": out / bpte_entry["file"], "bundled": bundled,
-            "expected": outs}
+    assert min(np.abs(a - b).max() for i, a in enumerate(outs) for b in outs[i + 1 :]) > 0.1  # distinct cases
+    return {"dir": out, "bpte": out / bpte_entry["file"], "bundled": bundled, "expected": outs}
 
 
 def edited_copy(exported, dest: Path, case: int, edit) -> Path:
@@ -106,8 +114,9 @@ def test_corrupted_case_is_reported_by_the_runtime_itself(exported, tmp_path):
     bpte = edited_copy(exported, tmp_path / "edited", 1, wrong_top1)
     bundled = exported["bundled"]
     x = np.zeros((1, 3, RES, RES), np.float32)
-    result = run_isolated(bpte, [x], bundled_cases=bundled["cases"],
-                          bundled_tolerance=(bundled["rtol"], bundled["atol"]))
+    result = run_isolated(
+        bpte, [x], bundled_cases=bundled["cases"], bundled_tolerance=(bundled["rtol"], bundled["atol"])
+    )
     assert result["bundled_ok"].tolist() == [1, 0, 1]
 
 

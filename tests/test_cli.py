@@ -20,7 +20,17 @@ def test_list_json_has_the_family_with_exact_facts(cli):
     assert by_name["mobilenet_v3_large_100"]["params"] == 5_483_032
     assert by_name["mobilenet_v3_small_100"]["params"] == 2_542_856
     for r in rows:
-        assert {"name", "aliases", "family", "width", "resolution", "params", "mmacs", "top1", "weights"} <= set(r)
+        assert {
+            "name",
+            "aliases",
+            "family",
+            "width",
+            "resolution",
+            "params",
+            "mmacs",
+            "top1",
+            "weights",
+        } <= set(r)
     assert {s.name for s in all_specs()} == set(by_name)
 
 
@@ -64,9 +74,11 @@ def test_help_and_list_are_fast_and_do_not_import_backends():
         elapsed, proc = _time_cli(*args)
         assert proc.returncode == 0, proc.stderr
         assert elapsed < 4.0, f"{args} took {elapsed:.2f}s"
-    code = ("import sys, mobile_export.cli as c\n"
-            "from click.testing import CliRunner\n"
-            "CliRunner().invoke(c.main, ['list', '--json'])\n"
-            "print(sorted(m for m in ('torch','executorch','coremltools') if m in sys.modules))")
+    code = (
+        "import sys, mobile_export.cli as c\n"
+        "from click.testing import CliRunner\n"
+        "CliRunner().invoke(c.main, ['list', '--json'])\n"
+        "print(sorted(m for m in ('torch','executorch','coremltools') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

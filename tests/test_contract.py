@@ -33,16 +33,27 @@ def timm_v1_file(tmp_path_factory):
 
 
 def _config(path: Path, **cfg) -> Path:
-    doc = {"architecture": "mobilenetv1_100", "num_classes": 1000,
-           "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bilinear", "crop_pct": 0.875,
-                              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **cfg}}
+    doc = {
+        "architecture": "mobilenetv1_100",
+        "num_classes": 1000,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "interpolation": "bilinear",
+            "crop_pct": 0.875,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            **cfg,
+        },
+    }
     config = path.parent / "config.json"
     config.write_text(json.dumps(doc))
     return config
 
 
 def _export(cli, weights, out, *extra):
-    return cli("v1", "--target", "executorch", "--weights", weights, "--resolution", RES, "--out", out, *extra)
+    return cli(
+        "v1", "--target", "executorch", "--weights", weights, "--resolution", RES, "--out", out, *extra
+    )
 
 
 def test_config_json_beside_the_file_is_the_contract(cli, timm_v1_file, tmp_path):
@@ -76,7 +87,16 @@ def test_without_config_the_assumption_is_said_once_and_recorded(cli, timm_v1_fi
 
 
 def test_flags_override_config_and_assumption(cli, timm_v1_file, tmp_path):
-    flags = ("--mean", "0.4,0.5,0.6", "--std", "0.2,0.25,0.3", "--interpolation", "nearest", "--crop-pct", "0.8")
+    flags = (
+        "--mean",
+        "0.4,0.5,0.6",
+        "--std",
+        "0.2,0.25,0.3",
+        "--interpolation",
+        "nearest",
+        "--crop-pct",
+        "0.8",
+    )
     config = _config(timm_v1_file)
     try:
         code, _, err = _export(cli, timm_v1_file, tmp_path / "a", "--no-verify", *flags)
@@ -97,16 +117,19 @@ def test_flags_override_config_and_assumption(cli, timm_v1_file, tmp_path):
     assert sum(ASSUMED in line for line in err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("flags, words", [
-    (("--std", "0,0.2,0.2"), "--std values must be positive"),
-    (("--std", "0.2,-0.2,0.2"), "--std values must be positive"),
-    (("--mean", "0.5,0.5"), "--mean takes 3 values"),
-    (("--mean", "0.1,0.2,0.3,0.4"), "--mean takes 3 values"),
-    (("--mean", "red,green,blue"), "is not three numbers"),
-    (("--std", "nan,1,1"), "finite"),
-    (("--crop-pct", "0"), "--crop-pct must be in (0, 1]"),
-    (("--crop-pct", "1.5"), "--crop-pct must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (("--std", "0,0.2,0.2"), "--std values must be positive"),
+        (("--std", "0.2,-0.2,0.2"), "--std values must be positive"),
+        (("--mean", "0.5,0.5"), "--mean takes 3 values"),
+        (("--mean", "0.1,0.2,0.3,0.4"), "--mean takes 3 values"),
+        (("--mean", "red,green,blue"), "is not three numbers"),
+        (("--std", "nan,1,1"), "finite"),
+        (("--crop-pct", "0"), "--crop-pct must be in (0, 1]"),
+        (("--crop-pct", "1.5"), "--crop-pct must be in (0, 1]"),
+    ],
+)
 def test_bad_contract_is_a_usage_error_and_writes_nothing(cli, timm_v1_file, tmp_path, flags, words):
     out = tmp_path / "never"
     code, stdout, err = _export(cli, timm_v1_file, out, *flags)

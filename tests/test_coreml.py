@@ -52,8 +52,14 @@ LABELS = tuple(f"label {i}" for i in range(1000))  # every export is a classifie
 # (these synthetic weights are harder on palettes than trained ones). Each floor sits between the
 # correct file and the R/B swap; test_floors_reject_colour_and_normalisation_bugs proves it.
 # The old floors (45 / 20 dB ...) were measured on random weights whose outputs ignore the image.
-FLOORS = {("fp32", "none"): 90.0, ("fp16", "none"): 30.0, ("fp16", "int8"): 8.0, ("fp16", "w8a8"): 10.0,
-          ("fp16", "palettize6"): 5.0, ("fp16", "palettize4"): 4.0}
+FLOORS = {
+    ("fp32", "none"): 90.0,
+    ("fp16", "none"): 30.0,
+    ("fp16", "int8"): 8.0,
+    ("fp16", "w8a8"): 10.0,
+    ("fp16", "palettize6"): 5.0,
+    ("fp16", "palettize4"): 4.0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +86,9 @@ def exports(tmp_path_factory):
                 from et_helpers import write_weights
 
                 weights = write_weights(name, res, root)
-            model = built or create_model(name, weights=str(weights), seed=0, resolution=res,
-                                          labels=list(labels) if labels else None)
+            model = built or create_model(
+                name, weights=str(weights), seed=0, resolution=res, labels=list(labels) if labels else None
+            )
             opts = ExportOptions(**options)
             TARGET.validate(model, opts)
             dest = root / f"{next(folders)}" / TARGET.artifact_name(model, opts)
@@ -106,8 +113,14 @@ def trained():
     import train_small
 
     model, meta, pre = train_small.load_checkpoint(TRAINED / "mobilenet_v3_small_100_photos_64.safetensors")
-    built = BuiltModel(module=model, spec=get_spec(meta["model"]), preprocess=pre, num_classes=meta["num_classes"],
-                       resolution=meta["resolution"], weights={"source": "file"})
+    built = BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file"},
+    )
     return {V3: built}
 
 
@@ -164,15 +177,25 @@ def test_member_converts_and_matches_pytorch(exports, photos, name, precision):
 
 # --- compression -----------------------------------------------------------------------
 
-COMPRESSED_OPS = {"int8": {"constexpr_affine_dequantize"}, "palettize6": {"constexpr_lut_to_dense"},
-                  "palettize4": {"constexpr_lut_to_dense"},
-                  "w8a8": {"constexpr_affine_dequantize", "quantize", "dequantize"}}
+COMPRESSED_OPS = {
+    "int8": {"constexpr_affine_dequantize"},
+    "palettize6": {"constexpr_lut_to_dense"},
+    "palettize4": {"constexpr_lut_to_dense"},
+    "w8a8": {"constexpr_affine_dequantize", "quantize", "dequantize"},
+}
 DEFAULT_IOS = {"int8": "iOS16", "palettize6": "iOS18", "palettize4": "iOS18", "w8a8": "iOS17"}
 
 
 @pytest.mark.parametrize("mode", list(COMPRESSED_OPS))
-@pytest.mark.parametrize("name", [V2, V3, pytest.param("mobilenet_v2_100", marks=pytest.mark.slow),
-                                  pytest.param("mobilenet_v3_large_100", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        V2,
+        V3,
+        pytest.param("mobilenet_v2_100", marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_large_100", marks=pytest.mark.slow),
+    ],
+)
 def test_compression_modes(exports, trained, photos, name, mode):
     package, fields, built = exports(name, compress=mode, built=trained.get(name))
     spec = load_spec(package)
@@ -257,13 +280,16 @@ def test_palette_group_divides_channels():
 # --- options and refusals --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options, words", [
-    (dict(compress="palettize4", deployment_target="17"), ["--ios 18", "int8"]),
-    (dict(compress="w8a8", deployment_target="16"), ["--ios 17"]),
-    (dict(precision="int4"), ["fp16", "fp32"]),
-    (dict(input_kind="image", normalize_in_model=False), ["--input tensor"]),
-    (dict(deployment_target="15"), ["16", "17", "18"]),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (dict(compress="palettize4", deployment_target="17"), ["--ios 18", "int8"]),
+        (dict(compress="w8a8", deployment_target="16"), ["--ios 17"]),
+        (dict(precision="int4"), ["fp16", "fp32"]),
+        (dict(input_kind="image", normalize_in_model=False), ["--input tensor"]),
+        (dict(deployment_target="15"), ["16", "17", "18"]),
+    ],
+)
 def test_impossible_combinations_are_refused(options, words):
     spec = get_spec("v2")
     built = BuiltModel(module=None, spec=spec, preprocess=spec.preprocess, num_classes=1000, resolution=RES)
@@ -283,8 +309,13 @@ def test_default_deployment_targets_fit_the_compression():
 
 
 def test_variant_tags_are_distinct():
-    tags = {TARGET.variant_tag(ExportOptions(precision=p, compress=c, input_kind=i, classifier=k))
-            for p in ("fp16", "fp32") for c in cq.MODES for i in ("image", "tensor") for k in (True, False)}
+    tags = {
+        TARGET.variant_tag(ExportOptions(precision=p, compress=c, input_kind=i, classifier=k))
+        for p in ("fp16", "fp32")
+        for c in cq.MODES
+        for i in ("image", "tensor")
+        for k in (True, False)
+    }
     assert len(tags) == 2 * len(cq.MODES) * 2 * 2
     assert TARGET.variant_tag(ExportOptions(compress="palettize4")) == "fp16_pal4"
 
@@ -333,7 +364,12 @@ def test_tensor_input_and_raw_logits(exports, photos):
     assert spec.description.input[0].type.WhichOneof("Type") == "multiArrayType"
     assert [o.name for o in spec.description.output] == ["logits"]
     assert "softmax" not in op_types(spec) and "classify" not in op_types(spec)
-    assert fields["input"] == {**fields["input"], "dtype": "float32", "value_range": [0.0, 1.0], "normalized_in_model": True}
+    assert fields["input"] == {
+        **fields["input"],
+        "dtype": "float32",
+        "value_range": [0.0, 1.0],
+        "normalized_in_model": True,
+    }
     ref, got = reference_and_artifact(built, package, fields, photos)
     assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
 
@@ -365,8 +401,14 @@ def test_normalization_fold_is_exact_and_falls_back_when_the_input_is_reused(exp
 
     spec = get_spec("v2")
     torch.manual_seed(0)
-    built = BuiltModel(module=ReusesInput().eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES),
-                       num_classes=5, resolution=RES, weights={"source": "random"})
+    built = BuiltModel(
+        module=ReusesInput().eval(),
+        spec=spec,
+        preprocess=spec.preprocess.at_resolution(RES),
+        num_classes=5,
+        resolution=RES,
+        weights={"source": "random"},
+    )
     package, fields, _ = exports("reuses-input", built=built, precision="fp32")
     assert fields["coreml"]["std_folded_into_first_conv"] is False
     ref, got = reference_and_artifact(built, package, fields, photos)
@@ -380,9 +422,17 @@ def test_features_model_has_a_plain_tensor_output(exports, photos):
 
     spec = dataclasses.replace(get_spec("v2"), output="features")
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), nn.Conv2d(16, 32, 1))
-    built = BuiltModel(module=body.eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES),
-                       num_classes=1000, resolution=RES, weights={"source": "random"})
+    body = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(), nn.Conv2d(16, 32, 1)
+    )
+    built = BuiltModel(
+        module=body.eval(),
+        spec=spec,
+        preprocess=spec.preprocess.at_resolution(RES),
+        num_classes=1000,
+        resolution=RES,
+        weights={"source": "random"},
+    )
     package, fields, _ = exports("features", built=built, precision="fp32")
     spec_pb = load_spec(package)
     assert [o.name for o in spec_pb.description.output] == ["features"]
@@ -412,10 +462,22 @@ def test_pitfall_check_has_teeth(exports):
 
     spec = get_spec("v3")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 16),
-                          nn.Hardswish(), nn.Linear(16, 4))
-    built = BuiltModel(module=model.eval(), spec=spec, preprocess=spec.preprocess.at_resolution(RES), num_classes=4,
-                       resolution=RES, weights={"source": "random"})
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(8, 16),
+        nn.Hardswish(),
+        nn.Linear(16, 4),
+    )
+    built = BuiltModel(
+        module=model.eval(),
+        spec=spec,
+        preprocess=spec.preprocess.at_resolution(RES),
+        num_classes=4,
+        resolution=RES,
+        weights={"source": "random"},
+    )
     with pytest.raises(ExportError, match="pitfall"):
         exports("linear-hardswish", built=built)
 
@@ -431,18 +493,32 @@ def test_same_command_same_bytes(exports, tmp_path):
     import difflib
 
     first_text, again_text = str(load_spec(first)).splitlines(), str(load_spec(again)).splitlines()
-    assert first_text == again_text, "\n".join(list(difflib.unified_diff(first_text, again_text, lineterm="", n=1))[:20])
-    for rel in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin", "Manifest.json"):
+    assert first_text == again_text, "\n".join(
+        list(difflib.unified_diff(first_text, again_text, lineterm="", n=1))[:20]
+    )
+    for rel in (
+        "Data/com.apple.CoreML/model.mlmodel",
+        "Data/com.apple.CoreML/weights/weight.bin",
+        "Manifest.json",
+    ):
         assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
-    assert sorted(p.relative_to(first) for p in first.rglob("*")) == sorted(p.relative_to(again) for p in again.rglob("*"))
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == sorted(
+        p.relative_to(again) for p in again.rglob("*")
+    )
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda p: (p / "Data/com.apple.CoreML/weights/weight.bin").unlink(), "weight.bin is missing"),
-    (lambda p: (p / "Manifest.json").unlink(), "Manifest.json is missing"),
-    (lambda p: (p / "Data/com.apple.CoreML/model.mlmodel").write_bytes(b"\x0a\xff\xff\xff"), "does not parse"),
-    (lambda p: (p / "Manifest.json").write_text("{"), "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda p: (p / "Data/com.apple.CoreML/weights/weight.bin").unlink(), "weight.bin is missing"),
+        (lambda p: (p / "Manifest.json").unlink(), "Manifest.json is missing"),
+        (
+            lambda p: (p / "Data/com.apple.CoreML/model.mlmodel").write_bytes(b"\x0a\xff\xff\xff"),
+            "does not parse",
+        ),
+        (lambda p: (p / "Manifest.json").write_text("{"), "not valid JSON"),
+    ],
+)
 def test_check_file_names_the_damage(exports, tmp_path, damage, words):
     package, _, _ = exports(V2)
     copy = tmp_path / package.name
@@ -459,9 +535,14 @@ def test_export_prints_nothing(capfd, tmp_path):
     from torch import nn
 
     spec = get_spec("v2")
-    built = BuiltModel(module=nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval(),
-                       spec=spec, preprocess=spec.preprocess.at_resolution(RES), num_classes=4, resolution=RES,
-                       weights={"source": "random"})
+    built = BuiltModel(
+        module=nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval(),
+        spec=spec,
+        preprocess=spec.preprocess.at_resolution(RES),
+        num_classes=4,
+        resolution=RES,
+        weights={"source": "random"},
+    )
     capfd.readouterr()
     TARGET.export(built, ExportOptions(compress="int8"), tmp_path / "quiet.mlpackage", lambda _m: None)
     out, err = capfd.readouterr()

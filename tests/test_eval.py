@@ -30,7 +30,7 @@ def test_mcnemar_exact_hand_computed():
     assert stats.mcnemar_exact(3, 3) == 1.0  # 2 * P[X<=3 | n=6] = 2 * 42/64 > 1
     assert stats.mcnemar_exact(0, 0) == 1.0
     # large n stays exact (integers): 0 vs 60 discordant -> 2 / 2^60
-    assert stats.mcnemar_exact(0, 60) == pytest.approx(2.0 ** -59, rel=1e-12)
+    assert stats.mcnemar_exact(0, 60) == pytest.approx(2.0**-59, rel=1e-12)
 
 
 def test_paired_counts_and_drop():
@@ -77,7 +77,10 @@ def test_imagefolder_matches_names_loosely_and_lists_what_matches_nothing(tmp_pa
     for name in ("Great_White_Shark", "tench"):
         _img(tmp_path / "ok" / name / "a.png")
     d = datasets.load_dataset(tmp_path / "ok", labels, 3)
-    assert d.layout == "imagefolder" and [(i.name, i.label) for i in d.items] == [("Great_White_Shark/a.png", 0), ("tench/a.png", 1)]
+    assert d.layout == "imagefolder" and [(i.name, i.label) for i in d.items] == [
+        ("Great_White_Shark/a.png", 0),
+        ("tench/a.png", 1),
+    ]
     for name in ("tench", "zebra", "koala"):
         _img(tmp_path / "bad" / name / "a.png")
     with pytest.raises(UsageError, match=r"2 class folder name\(s\) match no class.*'koala', 'zebra'"):
@@ -87,7 +90,9 @@ def test_imagefolder_matches_names_loosely_and_lists_what_matches_nothing(tmp_pa
 def test_csv_labels_by_name_or_index_every_and_limit(tmp_path):
     for i in range(6):
         _img(tmp_path / f"f{i}.png")
-    (tmp_path / "labels.csv").write_text("file,label\nf0.png,cat\nf1.png,1\nf2.png,dog\nf3.png,0\nf4.png,cat\nf5.png,dog\n")
+    (tmp_path / "labels.csv").write_text(
+        "file,label\nf0.png,cat\nf1.png,1\nf2.png,dog\nf3.png,0\nf4.png,cat\nf5.png,dog\n"
+    )
     d = datasets.load_dataset(tmp_path, ["cat", "dog"], 2)
     assert d.layout == "csv" and [i.label for i in d.items] == [0, 1, 1, 0, 0, 1]
     d = datasets.load_dataset(tmp_path, ["cat", "dog"], 2, every=2, limit=2)
@@ -104,8 +109,9 @@ def _imagenet_files(root: Path, count: int) -> None:
 
 def test_imagenet_val_txt_and_kaggle(tmp_path):
     _imagenet_files(tmp_path, 3)
-    (tmp_path / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG 65\nILSVRC2012_val_00000002.JPEG 970\n"
-                                     "ILSVRC2012_val_00000003.JPEG 0\n")
+    (tmp_path / "val.txt").write_text(
+        "ILSVRC2012_val_00000001.JPEG 65\nILSVRC2012_val_00000002.JPEG 970\nILSVRC2012_val_00000003.JPEG 0\n"
+    )
     d = datasets.load_dataset(tmp_path, None, 1000)
     assert d.layout == "imagenet-val" and [i.label for i in d.items] == [65, 970, 0]
     with pytest.raises(UsageError, match="the model has 10"):
@@ -114,8 +120,10 @@ def test_imagenet_val_txt_and_kaggle(tmp_path):
     _imagenet_files(kaggle, 2)
     wnids = sorted(f"n{1000000 + 7 * i:08d}" for i in range(1000))
     (kaggle / "LOC_synset_mapping.txt").write_text("".join(f"{w} name {i}\n" for i, w in enumerate(wnids)))
-    (kaggle / "LOC_val_solution.csv").write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000001,{wnids[5]} 1 2 3 4\n"
-                                                f"ILSVRC2012_val_00000002,{wnids[999]} 1 2 3 4 {wnids[999]} 5 6 7 8\n")
+    (kaggle / "LOC_val_solution.csv").write_text(
+        f"ImageId,PredictionString\nILSVRC2012_val_00000001,{wnids[5]} 1 2 3 4\n"
+        f"ILSVRC2012_val_00000002,{wnids[999]} 1 2 3 4 {wnids[999]} 5 6 7 8\n"
+    )
     assert [i.label for i in datasets.load_dataset(kaggle, None, 1000).items] == [5, 999]
 
 
@@ -160,8 +168,14 @@ def digits(tmp_path_factory):
     work = tmp_path_factory.mktemp("eval_digits")
     artifacts = h.export_artifacts(h.DIGITS, work)
     classes, x, y, _ = h.held_out(h.DIGITS)
-    return {"work": work, "artifacts": artifacts, "classes": classes, "x": x, "y": y,
-            "folder": h.write_imagefolder(work / "folder", classes, x, y)}
+    return {
+        "work": work,
+        "artifacts": artifacts,
+        "classes": classes,
+        "x": x,
+        "y": y,
+        "folder": h.write_imagefolder(work / "folder", classes, x, y),
+    }
 
 
 def _direct_top1(digits, names: list[str]) -> dict[str, int]:
@@ -196,8 +210,10 @@ def test_every_row_equals_the_runtimes_own_top1(digits, tmp_path):
     from mobile_export.eval import EvalOptions, build_report, run_eval
 
     arts = digits["artifacts"]
-    outcome = run_eval([arts["fp32"], arts["int8"], arts["fp16"]],
-                       EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path, batch=128))
+    outcome = run_eval(
+        [arts["fp32"], arts["int8"], arts["fp16"]],
+        EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path, batch=128),
+    )
     report = build_report(outcome)
     rows = {r["name"]: r for r in report["rows"]}
     names = [it.name for it in outcome.dataset.items]
@@ -215,7 +231,9 @@ def test_every_row_equals_the_runtimes_own_top1(digits, tmp_path):
         assert lo <= row["drop_points"] <= hi and 0.0 <= row["mcnemar_p"] <= 1.0
         lost, gained = row["discordant"]["lost"], row["discordant"]["gained"]
         assert len(row["flips"]["lost"]) == lost and len(row["flips"]["gained"]) == gained
-        assert row["drop_points"] == pytest.approx(100 * (lost - gained) / 108, abs=1e-4)  # rounded to 4 places
+        assert row["drop_points"] == pytest.approx(
+            100 * (lost - gained) / 108, abs=1e-4
+        )  # rounded to 4 places
     assert rows[arts["fp32"].name]["agreement"] == 100.0  # fp32 XNNPACK vs PyTorch on 108 scans
 
 
@@ -239,7 +257,9 @@ def test_resume_after_interrupt_evaluates_no_image_twice(digits, tmp_path):
     assert set(outcome.computed.values()) == {108 - 16}
     again = run_eval(art, options, on_unit=lambda unit, result: pytest.fail("nothing left to evaluate"))
     assert set(again.computed.values()) == {0}
-    fresh = run_eval(art, EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "fresh", batch=64))
+    fresh = run_eval(
+        art, EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "fresh", batch=64)
+    )
 
     def comparable(outcome):
         doc = build_report(outcome)
@@ -253,13 +273,19 @@ def test_resume_after_interrupt_evaluates_no_image_twice(digits, tmp_path):
 
 def test_cli_csv_layout_reports_and_bad_inputs(digits, tmp_path, cli):
     mlpackage = digits["artifacts"]["fp16"]
-    csv_root = h.write_csv_set(tmp_path / "csv", digits["classes"], digits["x"][::EVERY], digits["y"][::EVERY], by_name=False)
+    csv_root = h.write_csv_set(
+        tmp_path / "csv", digits["classes"], digits["x"][::EVERY], digits["y"][::EVERY], by_name=False
+    )
     (csv_root / "img_0003.png").write_bytes(b"not a png")  # unreadable: skipped and counted
     report = tmp_path / "report"
     code, out, err = cli("eval", mlpackage, "--dataset", csv_root, "--report", report, "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["dataset"]["layout"] == "csv" and doc["dataset"]["skipped"] == 1 and doc["dataset"]["evaluated"] == 107
+    assert (
+        doc["dataset"]["layout"] == "csv"
+        and doc["dataset"]["skipped"] == 1
+        and doc["dataset"]["evaluated"] == 107
+    )
     assert json.loads((report / "report.json").read_text())["rows"] == doc["rows"]
     assert "<svg" in (report / "report.html").read_text() and "| row |" in (report / "report.md").read_text()
     lines = (report / "predictions.csv").read_text().splitlines()
@@ -296,8 +322,10 @@ def test_nothing_imports_ray_without_the_flag():
     import subprocess
     import sys
 
-    code = ("import sys, mobile_export.cli, mobile_export.eval, mobile_export.eval.runner, mobile_export.eval.report; "
-            "assert 'ray' not in sys.modules and 'torch' not in sys.modules, sorted(m for m in sys.modules if m in ('ray', 'torch'))")
+    code = (
+        "import sys, mobile_export.cli, mobile_export.eval, mobile_export.eval.runner, mobile_export.eval.report; "
+        "assert 'ray' not in sys.modules and 'torch' not in sys.modules, sorted(m for m in sys.modules if m in ('ray', 'torch'))"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(h.ROOT))
 
 

@@ -31,7 +31,9 @@ def _free_port() -> int:
 def _ray_cli(*args, env):
     exe = Path(sys.executable).with_name("ray")
     cmd = [str(exe) if exe.exists() else "ray", *args]
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, text=True)
+    return subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, text=True
+    )
 
 
 def _our_ray_processes(temp: Path) -> list[int]:
@@ -74,11 +76,27 @@ def cluster(tmp_path_factory):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     address = f"127.0.0.1:{port}"
     try:
-        head = _ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
-                        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", env=env)
+        head = _ray_cli(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+            env=env,
+        )
         assert head.returncode == 0, head.stdout[-2000:]
-        node = _ray_cli("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                        "--disable-usage-stats", f"--temp-dir={temp}", env=env)
+        node = _ray_cli(
+            "start",
+            f"--address={address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+            env=env,
+        )
         assert node.returncode == 0, node.stdout[-2000:]
         assert len(_our_ray_processes(temp)) >= 4  # gcs, 2 raylets, ...: what _stop will end
         yield address
@@ -115,7 +133,9 @@ def test_ray_equals_in_process_and_survives_a_killed_worker(cluster, digits, tmp
     from mobile_export.eval import EvalOptions, run_eval
 
     arts = [digits["artifacts"]["fp32"], digits["artifacts"]["fp16"]]
-    local = run_eval(arts, EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "local", batch=20))
+    local = run_eval(
+        arts, EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "local", batch=20)
+    )
     n = len(local.dataset.items)
     assert n == 60
 
@@ -132,8 +152,12 @@ def test_ray_equals_in_process_and_survives_a_killed_worker(cluster, digits, tmp
             killed.append(pid)
 
     try:
-        remote = run_eval(arts, EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "ray", batch=10),
-                          executor=executor, on_unit=kill_one_worker_once)
+        remote = run_eval(
+            arts,
+            EvalOptions(dataset=digits["folder"], every=EVERY, cache_dir=tmp_path / "ray", batch=10),
+            executor=executor,
+            on_unit=kill_one_worker_once,
+        )
     finally:
         os.environ.pop("RAY_ADDRESS", None)
         ray.shutdown()

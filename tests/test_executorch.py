@@ -25,12 +25,21 @@ from mobile_export.pipeline import ExportRequest, run_export
 from mobile_export.targets import ExportOptions
 
 # (name, resolution) exported in the default run; every other member runs under -m slow.
-DEFAULT_FP32 = {"mobilenet_v2_100": 224, "mobilenet_v3_small_100": 224, "mobilenet_v3_large_100": 224,
-                "mobilenet_v1_025": 64, "mobilenet_v4_conv_small": 64}
+DEFAULT_FP32 = {
+    "mobilenet_v2_100": 224,
+    "mobilenet_v3_small_100": 224,
+    "mobilenet_v3_large_100": 224,
+    "mobilenet_v1_025": 64,
+    "mobilenet_v4_conv_small": 64,
+}
 SLOW_RES = {"mobilenet_v5_300m": 128, "mobilenet_v4_conv_large": 96, "mobilenet_v4_hybrid_large": 96}
 INT8_DEFAULT = {"mobilenet_v2_100": 64}
-INT8_SLOW = {"mobilenet_v1_100": 64, "mobilenet_v3_large_100": 64, "mobilenet_v3_small_100": 64,
-             "mobilenet_v4_conv_small": 64}
+INT8_SLOW = {
+    "mobilenet_v1_100": 64,
+    "mobilenet_v3_large_100": 64,
+    "mobilenet_v3_small_100": 64,
+    "mobilenet_v4_conv_small": 64,
+}
 HYBRID = ("hybrid",)  # V4 hybrids: Mobile MQA attention, delegated as far as XNNPACK goes
 
 
@@ -44,14 +53,46 @@ def photos(work):
     return photo_folder(work / "photos", unreadable=1)
 
 
-def export(work, name, res, *, quantize="none", calibration=None, bundled=False, normalize_in_model=True,
-           verify=True, out=None, allow_partial=False, seed=0):
+def export(
+    work,
+    name,
+    res,
+    *,
+    quantize="none",
+    calibration=None,
+    bundled=False,
+    normalize_in_model=True,
+    verify=True,
+    out=None,
+    allow_partial=False,
+    seed=0,
+):
     weights = write_weights(name, res, work, seed)
-    out = out or work / f"{name}_{res}_{quantize}_{'in' if normalize_in_model else 'out'}{'_b' if bundled else ''}"
-    options = ExportOptions(quantize=quantize, calibration=calibration, bundled=bundled,
-                            normalize_in_model=normalize_in_model, allow_partial=allow_partial, seed=seed)
-    manifest = run_export(ExportRequest(model=name, target="executorch", out=out, weights=str(weights), resolution=res,
-                                        force=True, verify=verify, options=options, seed=seed))
+    out = (
+        out
+        or work / f"{name}_{res}_{quantize}_{'in' if normalize_in_model else 'out'}{'_b' if bundled else ''}"
+    )
+    options = ExportOptions(
+        quantize=quantize,
+        calibration=calibration,
+        bundled=bundled,
+        normalize_in_model=normalize_in_model,
+        allow_partial=allow_partial,
+        seed=seed,
+    )
+    manifest = run_export(
+        ExportRequest(
+            model=name,
+            target="executorch",
+            out=out,
+            weights=str(weights),
+            resolution=res,
+            force=True,
+            verify=verify,
+            options=options,
+            seed=seed,
+        )
+    )
     entry = next(a for a in manifest["artifacts"] if a["format"] == "pte")
     return out, manifest, entry
 
@@ -103,12 +144,22 @@ def test_fp32_export_fully_delegated_and_verified(work, request, name, res):
     deleg = entry["delegation"]
     assert deleg["delegated_ops"] > 10 and deleg["delegated_subgraphs"] >= 1
     if hybrid:  # what is left outside is named, op by op
-        assert sum(deleg["outside"].values()) < deleg["delegated_ops"], deleg["outside"]  # most of it is delegated
+        assert sum(deleg["outside"].values()) < deleg["delegated_ops"], deleg[
+            "outside"
+        ]  # most of it is delegated
         assert all(isinstance(n, int) and n > 0 for n in deleg["outside"].values())
     else:
         assert deleg["complete"] and deleg["outside"] == {}, deleg["outside"]
-    assert entry["input"] == {"name": "x", "kind": "tensor", "shape": [1, 3, res, res], "layout": "NCHW",
-                              "dtype": "float32", "color": "RGB", "value_range": [0.0, 1.0], "normalized_in_model": True}
+    assert entry["input"] == {
+        "name": "x",
+        "kind": "tensor",
+        "shape": [1, 3, res, res],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "color": "RGB",
+        "value_range": [0.0, 1.0],
+        "normalized_in_model": True,
+    }
     assert entry["precision"] == "fp32" and entry["quantization"] == {"mode": "none"}
     assert_parity_passed(entry)
     vs = entry["parity"]["vs_float"]
@@ -179,13 +230,31 @@ def test_int8_family_trained_and_calibrated_on_real_images(work, digits, name, r
     pre = Preprocess(crop=res, resize=res)
     result = train_small.train(model, data, pre, epochs=4, seed=0, log=lambda _m: None)
     assert result["history"][-1]["test_top1"] > 50.0  # it learned (10 classes: chance is 10%)
-    checkpoint = train_small.save_checkpoint(work / f"{name}_digits.safetensors", model, {
-        "model": spec.name, "num_classes": len(data.classes), "resolution": res, "dataset": "digits",
-        "preprocess": pre.to_dict()})
+    checkpoint = train_small.save_checkpoint(
+        work / f"{name}_digits.safetensors",
+        model,
+        {
+            "model": spec.name,
+            "num_classes": len(data.classes),
+            "resolution": res,
+            "dataset": "digits",
+            "preprocess": pre.to_dict(),
+        },
+    )
     options = ExportOptions(quantize="int8", calibration=calib, calibration_limit=64)
-    manifest = run_export(ExportRequest(model=name, target="executorch", out=work / f"{name}_trained_int8",
-                                        weights=str(checkpoint), resolution=res, force=True, verify=True,
-                                        images=held_out, options=options))
+    manifest = run_export(
+        ExportRequest(
+            model=name,
+            target="executorch",
+            out=work / f"{name}_trained_int8",
+            weights=str(checkpoint),
+            resolution=res,
+            force=True,
+            verify=True,
+            images=held_out,
+            options=options,
+        )
+    )
     entry = next(a for a in manifest["artifacts"] if a["format"] == "pte")
     assert entry["delegation"]["complete"], entry["delegation"]["outside"]
     assert entry["quantization"]["calibration"]["images"] == 64
@@ -204,7 +273,9 @@ def test_int8_verify_rebuilds_quantized_reference(v2_int8):
 
     out, _, entry = v2_int8
     report = verify_artifact(out / entry["file"], limit=4)
-    assert report["quantized_reference"].startswith("rebuilt from the manifest"), report["quantized_reference"]
+    assert report["quantized_reference"].startswith("rebuilt from the manifest"), report[
+        "quantized_reference"
+    ]
     assert report["passed"], report["failures"]
     assert report["reference"] == "rebuilt from the manifest"
 
@@ -229,8 +300,14 @@ def _tiny_built(module, res=32):
     from mobile_export.models import BuiltModel
 
     spec = get_spec("mobilenet_v1_025")
-    return BuiltModel(module=module.eval(), spec=dataclasses.replace(spec), preprocess=spec.preprocess.at_resolution(res),
-                      num_classes=10, resolution=res, weights={"source": "random"})
+    return BuiltModel(
+        module=module.eval(),
+        spec=dataclasses.replace(spec),
+        preprocess=spec.preprocess.at_resolution(res),
+        num_classes=10,
+        resolution=res,
+        weights={"source": "random"},
+    )
 
 
 def test_ops_left_outside_are_named_or_refused(tmp_path):
@@ -267,8 +344,18 @@ def test_two_identical_exports_give_identical_bytes(work, small_fp32):
 
 @pytest.mark.slow
 def test_two_identical_int8_exports_give_identical_bytes(work, photos):
-    shas = [export(work, "mobilenet_v2_100", 64, quantize="int8", calibration=photos, verify=False,
-                   out=work / f"repro8_{run}")[2]["sha256"] for run in ("r1", "r2")]
+    shas = [
+        export(
+            work,
+            "mobilenet_v2_100",
+            64,
+            quantize="int8",
+            calibration=photos,
+            verify=False,
+            out=work / f"repro8_{run}",
+        )[2]["sha256"]
+        for run in ("r1", "r2")
+    ]
     assert shas[0] == shas[1]
 
 
@@ -344,8 +431,13 @@ def test_bad_magic_refused_before_loading(small_fp32, tmp_path):
 
 def _cli(*args):
     env = dict(os.environ, MOBILE_EXPORT_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "mobile_export.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mobile_export.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def _error_lines(stderr: str):
@@ -402,18 +494,30 @@ def test_cli_int8_recipe_flags(cli, work, photos, tmp_path):
     rebuilds the same quantized reference); a name matching no layer and a recipe without
     --quantize int8 are one-line errors."""
     weights = write_weights("mobilenet_v1_025", 64, work, 0)
-    common = ["mobilenet_v1_025", "--target", "executorch", "--weights", weights, "--resolution", 64,
-              "--calibration", photos]
+    common = [
+        "mobilenet_v1_025",
+        "--target",
+        "executorch",
+        "--weights",
+        weights,
+        "--resolution",
+        64,
+        "--calibration",
+        photos,
+    ]
     out = tmp_path / "kept"
-    code, _, err = cli(*common, "--quantize", "int8", "--keep-fp32", "conv_stem, blocks.0", "--bias-correction",
-                       "--out", out)
+    code, _, err = cli(
+        *common, "--quantize", "int8", "--keep-fp32", "conv_stem, blocks.0", "--bias-correction", "--out", out
+    )
     assert code == 0, err
     entry = next(a for a in mf.read_manifest(out / "manifest.json")["artifacts"] if a["format"] == "pte")
     q = entry["quantization"]
     assert q["fp32_modules"] == ["conv_stem", "blocks.0"] and q["bias_correction"] is True
     assert "bias correction on" in err and entry["parity"]["passed"]
 
-    code, _, err = cli(*common, "--quantize", "int8", "--keep-fp32", "no_such_layer", "--out", tmp_path / "bad")
+    code, _, err = cli(
+        *common, "--quantize", "int8", "--keep-fp32", "no_such_layer", "--out", tmp_path / "bad"
+    )
     assert code == 2 and "no_such_layer match no module of mobilenet_v1_025" in err
     assert [line for line in err.splitlines() if line.startswith("Error:")] == err.strip().splitlines()[-1:]
     assert not (tmp_path / "bad").exists()

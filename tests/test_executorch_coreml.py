@@ -30,8 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINED_V2 = ROOT / "tests" / "fixtures" / "trained" / "mobilenet_v2_100_photos_64.safetensors"
 # name -> resolution; the default run lowers V3-Small (plus the trained V2 below), the rest -m slow.
 FAMILY_DEFAULT = {"mobilenet_v3_small_100": 64}
-FAMILY_SLOW = {"mobilenet_v1_100": 64, "mobilenet_v2_035": 64, "mobilenet_v3_large_100": 64, "mobilenet_v4_conv_small": 64,
-               "mobilenet_v4_conv_medium": 64, "mobilenet_v4_conv_large": 64, "mobilenet_v4_hybrid_medium": 64}
+FAMILY_SLOW = {
+    "mobilenet_v1_100": 64,
+    "mobilenet_v2_035": 64,
+    "mobilenet_v3_large_100": 64,
+    "mobilenet_v4_conv_small": 64,
+    "mobilenet_v4_conv_medium": 64,
+    "mobilenet_v4_conv_large": 64,
+    "mobilenet_v4_hybrid_medium": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +48,18 @@ def work(tmp_path_factory):
 
 def export_trained(out: Path, verify: bool = True, **option_fields) -> tuple[Path, dict]:
     options = ExportOptions(**option_fields)
-    manifest = run_export(ExportRequest(model="mobilenet_v2_100", target="executorch-coreml", out=out, weights=str(TRAINED_V2),
-                                        resolution=64, force=True, verify=verify, options=options))
+    manifest = run_export(
+        ExportRequest(
+            model="mobilenet_v2_100",
+            target="executorch-coreml",
+            out=out,
+            weights=str(TRAINED_V2),
+            resolution=64,
+            force=True,
+            verify=verify,
+            options=options,
+        )
+    )
     entry = next(a for a in manifest["artifacts"] if a["target"] == "executorch-coreml")
     return out / entry["file"], entry
 
@@ -80,7 +97,11 @@ def test_fp16_trained_parity_and_full_delegation(fp16):
     delegation = entry["delegation"]
     assert delegation["backend"] == "CoreMLBackend" and delegation["complete"], delegation["outside"]
     assert delegation["delegated_subgraphs"] == 1 and delegation["delegated_ops"] > 100
-    assert entry["runtime"] == {"name": "executorch", "version": metadata.version("executorch"), "backends": ["CoreMLBackend"]}
+    assert entry["runtime"] == {
+        "name": "executorch",
+        "version": metadata.version("executorch"),
+        "backends": ["CoreMLBackend"],
+    }
     assert entry["coreml"]["compute_units"] == "all" and entry["coreml"]["deployment_target"] == "iOS17"
     assert entry["coreml"]["ops"]["conv"] == 52 and entry["coreml"]["payload_normalized"]
     parity = entry["parity"]
@@ -187,12 +208,12 @@ def test_a_changed_weight_inside_the_payload_fails_verify(fp16, tmp_path):
     data = bytearray(path.read_bytes())
     delegate, payload = core_ml_payload(bytes(data))
     offset, size = flatfs.file_regions(payload)["model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"]
-    weight_bin = payload[offset:offset + size]
+    weight_bin = payload[offset : offset + size]
     blob, blob_size = _largest_blob(weight_bin)
     start = delegate.offset + offset + blob + blob_size // 4
     n = blob_size // 2 // 2
-    original = np.frombuffer(bytes(data[start:start + 2 * n]), np.float16)
-    data[start:start + 2 * n] = (-original * 4).astype(np.float16).tobytes()
+    original = np.frombuffer(bytes(data[start : start + 2 * n]), np.float16)
+    data[start : start + 2 * n] = (-original * 4).astype(np.float16).tobytes()
     mutated = out / path.name
     mutated.write_bytes(bytes(data))
     manifest = mf.read_manifest(out)
@@ -324,30 +345,65 @@ def test_bench_reads_the_payload_and_reports_no_latency(fp16):
     assert b["payload_load_ms"] > 0
     assert b["compile_specs"]["compute_units"] == "all"
     assert "not measured" in b["latency"]
-    text = format_bench({"model": "m", "resolution": 64, "params": 1, "macs": 1, "threads": 1, "executorch-coreml": b,
-                         "peak": {"gmacs": None, "how": "-"}})
+    text = format_bench(
+        {
+            "model": "m",
+            "resolution": 64,
+            "params": 1,
+            "macs": 1,
+            "threads": 1,
+            "executorch-coreml": b,
+            "peak": {"gmacs": None, "how": "-"},
+        }
+    )
     assert "latency: not measured" in text
 
 
 # --- what is refused, and why -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--compress", "w8a8"], "dequantize_quantize_pair_elimination"),
-    (["--compress", "palettize4"], "not available through ExecuTorch's Core ML delegate"),
-    (["--quantize", "int8"], "--compress int8"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--compress", "w8a8"], "dequantize_quantize_pair_elimination"),
+        (["--compress", "palettize4"], "not available through ExecuTorch's Core ML delegate"),
+        (["--quantize", "int8"], "--compress int8"),
+    ],
+)
 def test_refused_requests_name_the_reason(cli, tmp_path, args, needle):
-    code, _out, err = cli("mobilenet_v2_035", "--target", "executorch-coreml", "--weights", "random", "--resolution", "64",
-                          "--out", tmp_path / "x", "--no-verify", *args)
+    code, _out, err = cli(
+        "mobilenet_v2_035",
+        "--target",
+        "executorch-coreml",
+        "--weights",
+        "random",
+        "--resolution",
+        "64",
+        "--out",
+        tmp_path / "x",
+        "--no-verify",
+        *args,
+    )
     assert code == 2, err
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
 
 
 def test_compute_units_only_with_the_core_ml_delegate(cli, tmp_path):
-    code, _out, err = cli("mobilenet_v2_035", "--target", "executorch", "--compute-units", "cpu_and_ne", "--weights", "random",
-                          "--resolution", "64", "--out", tmp_path / "x", "--no-verify")
+    code, _out, err = cli(
+        "mobilenet_v2_035",
+        "--target",
+        "executorch",
+        "--compute-units",
+        "cpu_and_ne",
+        "--weights",
+        "random",
+        "--resolution",
+        "64",
+        "--out",
+        tmp_path / "x",
+        "--no-verify",
+    )
     assert code == 2 and "executorch-coreml" in err
 
 
@@ -360,7 +416,10 @@ def test_compiled_model_needs_a_mac(monkeypatch):
     monkeypatch.setattr(ExecuTorchCoreMLTarget, "model_type", "compiled_model")
     with pytest.raises(UsageError, match="macOS"):
         target.validate(built, ExportOptions())
-    assert target.artifact_name(built, ExportOptions(compute_units="cpu_and_ne")) == "mobilenet_v2_035_coreml_fp16_cpu_and_ne.pte"
+    assert (
+        target.artifact_name(built, ExportOptions(compute_units="cpu_and_ne"))
+        == "mobilenet_v2_035_coreml_fp16_cpu_and_ne.pte"
+    )
 
 
 # --- the family: every member lowers completely -------------------------------------------
@@ -381,15 +440,28 @@ def test_family_member_lowers_fully_at_fp16(work, one_thread_module, name, res):
 
     weights = write_weights(name, res, work)
     out = work / f"family_{name}"
-    manifest = run_export(ExportRequest(model=name, target="executorch-coreml", out=out, weights=str(weights), resolution=res,
-                                        force=True, verify=False, options=ExportOptions(precision="fp16")))
+    manifest = run_export(
+        ExportRequest(
+            model=name,
+            target="executorch-coreml",
+            out=out,
+            weights=str(weights),
+            resolution=res,
+            force=True,
+            verify=False,
+            options=ExportOptions(precision="fp16"),
+        )
+    )
     entry = manifest["artifacts"][0]
     delegation = entry["delegation"]
     assert delegation["complete"] and delegation["delegated_subgraphs"] == 1, delegation["outside"]
     report = verify_artifact(out / entry["file"])
     assert report["warnings"] == []
     if "hybrid" in name:
-        assert report["vs_float"]["top1_flips"] == report["vs_float"]["top1_flips_on_ties"] and report["vs_float"]["cosine"] > 0.99, report["vs_float"]
+        assert (
+            report["vs_float"]["top1_flips"] == report["vs_float"]["top1_flips_on_ties"]
+            and report["vs_float"]["cosine"] > 0.99
+        ), report["vs_float"]
     else:
         assert report["passed"], report["failures"]
 
@@ -405,7 +477,9 @@ def test_int8_weights_through_the_compile_spec(work, one_thread_module):
 
 
 @pytest.mark.slow
-def test_w8a8_lowers_without_the_pair_elimination_pass_but_is_not_good_enough(work, one_thread_module, monkeypatch):
+def test_w8a8_lowers_without_the_pair_elimination_pass_but_is_not_good_enough(
+    work, one_thread_module, monkeypatch
+):
     """Why --compress w8a8 is refused: with coremltools' dequantize_quantize_pair_elimination
     removed, CoreMLQuantizer's graph lowers fully (with the pass it fails), but on the trained
     V2 it measured 9.8 dB against float, under the 20 dB W8A8 row. If this starts passing,
@@ -418,6 +492,8 @@ def test_w8a8_lowers_without_the_pair_elimination_pass_but_is_not_good_enough(wo
         export_trained(work / "w8a8", precision="fp16", compress="w8a8")
     manifest = mf.read_manifest(work / "w8a8")
     entry = next(a for a in manifest["artifacts"] if a["file"] == "mobilenet_v2_100_coreml_fp16_w8a8.pte")
-    assert entry["quantization"]["mode"] == "w8a8" and entry["delegation"]["complete"], entry["delegation"]["outside"]
+    assert entry["quantization"]["mode"] == "w8a8" and entry["delegation"]["complete"], entry["delegation"][
+        "outside"
+    ]
     assert {"quantize", "dequantize"} <= set(entry["coreml"]["ops"])
     assert entry["parity"]["vs_float"]["sqnr_db"] < 20.0

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MAIN_COMMAND = ["v2", "--target", "all", "--weights", "random"]  # README: `mobile-export v2 --target all --weights random`
+MAIN_COMMAND = [
+    "v2",
+    "--target",
+    "all",
+    "--weights",
+    "random",
+]  # README: `mobile-export v2 --target all --weights random`
 
 # Every line the main command may print on stderr (pipeline, targets, verify).
 OUR_LINES = [
@@ -45,8 +51,14 @@ def test_readme_main_command_prints_only_our_lines(tmp_path):
     assert "mobile-export v2 --target all --weights random" in (ROOT / "README.md").read_text()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MOBILE_EXPORT_WARNINGS", None)
-    proc = subprocess.run([sys.executable, "-m", "mobile_export.cli", *MAIN_COMMAND, "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobile_export.cli", *MAIN_COMMAND, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     lines = proc.stderr.splitlines()
     foreign = [line for line in lines if not any(re.fullmatch(p, line) for p in OUR_LINES)]
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -77,12 +89,19 @@ def test_noise_filter_drops_only_the_named_lines():
         so = "/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so"
         logging.getLogger("torchao").warning("Failed to load %s: Could not load this library: %s", so, so)
         logging.getLogger("torch.utils._pytree").warning(
-            "%s is an Enum subclass and is now natively supported by torch.compile as an opaque value type.", "<enum 'K'>")
-        logging.getLogger("torchao").warning("Failed to load /x/libother.so: a real problem")  # not the optional kernels
+            "%s is an Enum subclass and is now natively supported by torch.compile as an opaque value type.",
+            "<enum 'K'>",
+        )
+        logging.getLogger("torchao").warning(
+            "Failed to load /x/libother.so: a real problem"
+        )  # not the optional kernels
         logging.getLogger("torchao").error("quantization failed: a real error")
         logging.getLogger("torch.utils._pytree").warning("some other pytree warning")
-        assert seen == ["Failed to load /x/libother.so: a real problem", "quantization failed: a real error",
-                        "some other pytree warning"]
+        assert seen == [
+            "Failed to load /x/libother.so: a real problem",
+            "quantization failed: a real error",
+            "some other pytree warning",
+        ]
         quiet.show_backend_noise()
         logging.getLogger("torchao").warning("Failed to load %s: x", so)
         assert seen[-1].startswith("Failed to load") and so in seen[-1]
@@ -125,13 +144,17 @@ def test_random_weights_outputs_depend_on_the_image(name):
     photos = _photos()[:6]
     built = create_model(name, weights="random", seed=0, resolution=64)
     with torch.no_grad():
-        ref = np.concatenate([built.module(torch.from_numpy(load_input(p, built.preprocess))).numpy() for p in photos])
+        ref = np.concatenate(
+            [built.module(torch.from_numpy(load_input(p, built.preprocess))).numpy() for p in photos]
+        )
     ref = ref.reshape(len(photos), -1).astype(np.float64)
     deviation = ref - ref.mean(axis=0, keepdims=True)
-    sqnr_vs_mean = 10 * np.log10((ref ** 2).sum() / (deviation ** 2).sum())
+    sqnr_vs_mean = 10 * np.log10((ref**2).sum() / (deviation**2).sum())
     assert np.isfinite(ref).all()
     assert not metrics.input_independent(ref)
-    assert sqnr_vs_mean < 15.0, f"{name}: outputs barely depend on the image ({sqnr_vs_mean:.1f} dB from their mean)"
+    assert sqnr_vs_mean < 15.0, (
+        f"{name}: outputs barely depend on the image ({sqnr_vs_mean:.1f} dB from their mean)"
+    )
     if built.spec.output == "logits":
         assert len(set(ref.argmax(axis=1))) >= 2, f"{name}: every photo gets the same top-1"
 
@@ -148,18 +171,26 @@ def test_plain_random_init_is_what_old_manifests_recorded():
     plain = create_model("v2-035", weights="random", seed=0, resolution=64, random_init="plain")
     assert "init" not in plain.weights
     with torch.no_grad():
-        ref = np.concatenate([plain.module(torch.from_numpy(load_input(p, plain.preprocess))).numpy() for p in photos])
+        ref = np.concatenate(
+            [plain.module(torch.from_numpy(load_input(p, plain.preprocess))).numpy() for p in photos]
+        )
     assert metrics.input_independent(ref)  # why the default changed
 
 
 def test_random_weights_same_on_any_thread_count(tmp_path):
     """The BN statistics are measured in float64: the weights (and verify's digest check) do not
     depend on the thread count."""
-    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from mobile_export.models import create_model; "
-            "print(create_model('v3-small-075', weights='random', seed=3, resolution=64).weights['sha256'])")
+    code = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1])); from mobile_export.models import create_model; "
+        "print(create_model('v3-small-075', weights='random', seed=3, resolution=64).weights['sha256'])"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    digests = {subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True, env=env,
-                              check=True).stdout.strip() for n in (1, 2)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(n)], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        for n in (1, 2)
+    }
     assert len(digests) == 1 and len(next(iter(digests))) == 64
 
 
@@ -169,8 +200,17 @@ def test_same_seed_same_pte_bytes(tmp_path):
 
     def export(seed: int, folder: str) -> str:
         out = tmp_path / folder
-        run_export(ExportRequest(model="v1-025", target="executorch", out=out, weights="random", seed=seed, resolution=48,
-                                 verify=False))
+        run_export(
+            ExportRequest(
+                model="v1-025",
+                target="executorch",
+                out=out,
+                weights="random",
+                seed=seed,
+                resolution=48,
+                verify=False,
+            )
+        )
         return hashlib.sha256((out / "mobilenet_v1_025_fp32.pte").read_bytes()).hexdigest()
 
     first = export(5, "a")
@@ -209,7 +249,10 @@ def test_example_names_the_photos_it_was_trained_on():
     assert not built.contract_assumed and "example" in built.contract_source
     known = [p for p in _photos() if p.stem in built.labels]
     with torch.no_grad():
-        top1 = [built.labels[int(built.module(torch.from_numpy(load_input(p, built.preprocess))).argmax())] for p in known]
+        top1 = [
+            built.labels[int(built.module(torch.from_numpy(load_input(p, built.preprocess))).argmax())]
+            for p in known
+        ]
     right = sum(t == p.stem for t, p in zip(top1, known))
     assert len(known) >= 8 and right >= len(known) - 2, list(zip([p.stem for p in known], top1))
 
@@ -237,4 +280,6 @@ def test_list_and_info_say_what_the_example_was_trained_on(cli):
     assert code == 0 and "example" in out and "17 photographs" in out and "not ImageNet" in out
     code, out, _ = cli("list", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["mobilenet_v2_100"]["example"]["classes"] == 17 and rows["mobilenet_v1_100"]["example"] is None
+    assert (
+        rows["mobilenet_v2_100"]["example"]["classes"] == 17 and rows["mobilenet_v1_100"]["example"] is None
+    )

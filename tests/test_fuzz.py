@@ -85,11 +85,21 @@ def run_case(kind: str, index: int, export: Path, work: Path) -> dict:
         args = ["verify", folder / PTE, "--limit", "1"]
     code, _, err, escaped = cli_inprocess(*args)
     lines = error_lines(err)
-    ok = escaped is None and "Traceback" not in err and (
-        (code == 0 and not lines) or (code == 1 and len(lines) == 1))
+    ok = (
+        escaped is None
+        and "Traceback" not in err
+        and ((code == 0 and not lines) or (code == 1 and len(lines) == 1))
+    )
     shutil.rmtree(case_dir, ignore_errors=True)
-    return {"kind": kind, "index": index, "damage": what, "exit": code, "ok": ok,
-            "error": lines[0][:300] if lines else None, "escaped": repr(escaped) if escaped is not None else None}
+    return {
+        "kind": kind,
+        "index": index,
+        "damage": what,
+        "exit": code,
+        "ok": ok,
+        "error": lines[0][:300] if lines else None,
+        "escaped": repr(escaped) if escaped is not None else None,
+    }
 
 
 def worker(export: str, work: str, plan: str) -> None:
@@ -110,12 +120,19 @@ def _run_worker(export: Path, work: Path, plan: list[tuple[str, int]]) -> list[d
     tests_dir = Path(__file__).parent
     code = f"import sys; sys.path.insert(0, {str(tests_dir)!r}); import test_fuzz; test_fuzz.worker(*sys.argv[1:])"
     env = dict(os.environ, MOBILE_EXPORT_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", code, str(export), str(work), json.dumps(plan)],
-                          capture_output=True, text=True, env=env, timeout=6 * 3600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(export), str(work), json.dumps(plan)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=6 * 3600,
+    )
     results = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     started = [ln for ln in proc.stderr.splitlines() if ln.startswith("CASE ")]
-    assert proc.returncode == 0, (f"the CLI process died (exit {proc.returncode}) during {started[-1] if started else '?'}; "
-                                  f"{len(results)} case(s) done\n{proc.stderr[-3000:]}")
+    assert proc.returncode == 0, (
+        f"the CLI process died (exit {proc.returncode}) during {started[-1] if started else '?'}; "
+        f"{len(results)} case(s) done\n{proc.stderr[-3000:]}"
+    )
     assert len(results) == len(plan)
     return results
 
@@ -130,7 +147,10 @@ def _check(results: list[dict]) -> None:
     for kind in KINDS:
         mine = [r for r in results if r["kind"] == kind]
         if mine:  # the damage must be caught, not only survived: most cases fail
-            assert sum(r["exit"] == 1 for r in mine) >= 0.5 * len(mine), (kind, [r["damage"] for r in mine if r["exit"] == 0])
+            assert sum(r["exit"] == 1 for r in mine) >= 0.5 * len(mine), (
+                kind,
+                [r["damage"] for r in mine if r["exit"] == 0],
+            )
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -163,5 +183,6 @@ def test_fuzz_thousand(exported, tmp_path):
             counts[kind] = 0
     results = _run_worker(exported, tmp_path, _plan(counts))
     (Path(os.environ.get("FUZZ_REPORT_DIR", tmp_path)) / "fuzz_results.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in results))
+        "".join(json.dumps(r) + "\n" for r in results)
+    )
     _check(results)

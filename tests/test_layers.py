@@ -41,15 +41,34 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mobile_export"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("mobile_export", "mobile_export.errors", "mobile_export.fsutil", "mobile_export.manifest",
-              "mobile_export.fxgraph", "mobile_export.quiet")),
+    (
+        "base",
+        (
+            "mobile_export",
+            "mobile_export.errors",
+            "mobile_export.fsutil",
+            "mobile_export.manifest",
+            "mobile_export.fxgraph",
+            "mobile_export.quiet",
+        ),
+    ),
     ("models", ("mobile_export.models", "mobile_export.preprocess")),
     ("quantize", ("mobile_export.quantize",)),
     ("targets", ("mobile_export.targets",)),
     ("backends", ("mobile_export.executorch", "mobile_export.coreml")),
     ("verify", ("mobile_export.verify",)),
-    ("tools", ("mobile_export.eval", "mobile_export.matrix", "mobile_export.gate", "mobile_export.bench",
-               "mobile_export.bundle", "mobile_export.golden", "mobile_export.cluster")),
+    (
+        "tools",
+        (
+            "mobile_export.eval",
+            "mobile_export.matrix",
+            "mobile_export.gate",
+            "mobile_export.bench",
+            "mobile_export.bundle",
+            "mobile_export.golden",
+            "mobile_export.cluster",
+        ),
+    ),
     ("pipeline", ("mobile_export.pipeline",)),
     ("cli", ("mobile_export.cli",)),
 ]
@@ -154,8 +173,11 @@ def _layer_of(module: str) -> int | None:
     best, best_len = None, -1
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len and \
-                    (prefix != PACKAGE or module == PACKAGE):
+            if (
+                (module == prefix or module.startswith(prefix + "."))
+                and len(prefix) > best_len
+                and (prefix != PACKAGE or module == PACKAGE)
+            ):
                 best, best_len = index, len(prefix)
     return best
 
@@ -168,8 +190,12 @@ def graph() -> tuple[dict[str, Path], list[Import]]:
 
 
 def _internal(imports: list[Import]) -> list[Import]:
-    return [i for i in imports if (i.target == PACKAGE or i.target.startswith(PACKAGE + "."))
-            and f"{i.source} -> {i.target}" not in KNOWN_VIOLATIONS]
+    return [
+        i
+        for i in imports
+        if (i.target == PACKAGE or i.target.startswith(PACKAGE + "."))
+        and f"{i.source} -> {i.target}" not in KNOWN_VIOLATIONS
+    ]
 
 
 def test_known_violations_still_exist(graph):
@@ -192,7 +218,9 @@ def test_no_upward_import(graph):
     for imp in _internal(imports):
         src, dst = _layer_of(imp.source), _layer_of(imp.target)
         if src is not None and dst is not None and dst > src:
-            upward.append(f"{imp.where()}: {imp.source} ({LAYERS[src][0]}) imports {imp.target} ({LAYERS[dst][0]})")
+            upward.append(
+                f"{imp.where()}: {imp.source} ({LAYERS[src][0]}) imports {imp.target} ({LAYERS[dst][0]})"
+            )
     assert not upward, "upward imports:\n  " + "\n  ".join(upward)
 
 
@@ -200,10 +228,16 @@ def test_backends_only_through_the_target_interface(graph):
     """verify, bench, the pipeline and the CLI know a backend only as a `Target` from the
     registry; only another backend may import a backend package directly."""
     _, imports = graph
-    direct = [f"{i.where()}: {i.source} imports {i.target}" for i in _internal(imports)
-              if i.target.startswith(BACKENDS) and not i.source.startswith(BACKENDS)
-              and not (i.target.startswith(ARM_EMULATION) and i.source in ARM_CALLERS)]
-    assert not direct, "backend modules imported outside the backends (use the Target interface):\n  " + "\n  ".join(direct)
+    direct = [
+        f"{i.where()}: {i.source} imports {i.target}"
+        for i in _internal(imports)
+        if i.target.startswith(BACKENDS)
+        and not i.source.startswith(BACKENDS)
+        and not (i.target.startswith(ARM_EMULATION) and i.source in ARM_CALLERS)
+    ]
+    assert not direct, (
+        "backend modules imported outside the backends (use the Target interface):\n  " + "\n  ".join(direct)
+    )
 
 
 def _cycles(imports: list[Import]) -> list[list[str]]:
@@ -260,23 +294,32 @@ def test_no_import_cycle(graph):
     problems = []
     for component in _cycles(imports):
         members = set(component)
-        lines = [f"{i.where()}: {i.source} -> {i.target}" for i in _internal(imports)
-                 if i.source in members and i.target in members]
+        lines = [
+            f"{i.where()}: {i.source} -> {i.target}"
+            for i in _internal(imports)
+            if i.source in members and i.target in members
+        ]
         problems.append("cycle between " + ", ".join(component) + ":\n    " + "\n    ".join(lines))
     assert not problems, "\n  ".join(problems)
 
 
 def test_cycle_detector_sees_a_cycle_through_a_function_import():
     """The checker itself: a two-module cycle hidden in a function body is found."""
-    imports = [Import("mobile_export.a", "mobile_export.b", "a.py", 1, True),
-               Import("mobile_export.b", "mobile_export.a", "b.py", 9, False),
-               Import("mobile_export.b", "mobile_export.c", "b.py", 2, True)]
+    imports = [
+        Import("mobile_export.a", "mobile_export.b", "a.py", 1, True),
+        Import("mobile_export.b", "mobile_export.a", "b.py", 9, False),
+        Import("mobile_export.b", "mobile_export.c", "b.py", 2, True),
+    ]
     assert _cycles(imports) == [["mobile_export.a", "mobile_export.b"]]
 
 
 def test_ray_only_in_cluster(graph):
     _, imports = graph
-    bad = [f"{i.where()}: {i.source}" for i in imports if i.target == "ray" and i.source != "mobile_export.cluster"]
+    bad = [
+        f"{i.where()}: {i.source}"
+        for i in imports
+        if i.target == "ray" and i.source != "mobile_export.cluster"
+    ]
     assert not bad, "only mobile_export.cluster may import ray:\n  " + "\n  ".join(bad)
 
 
@@ -314,9 +357,17 @@ def test_fast_modules_import_no_heavy_library_at_module_level(graph):
 
 def test_cli_startup_loads_no_heavy_library():
     """The same, measured: importing the CLI and the registry loads none of them."""
-    code = ("import sys, mobile_export.cli, mobile_export.targets; "
-            "print(','.join(m for m in ('torch', 'executorch', 'coremltools', 'ray') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    code = (
+        "import sys, mobile_export.cli, mobile_export.targets; "
+        "print(','.join(m for m in ('torch', 'executorch', 'coremltools', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"loaded at CLI startup: {out.stdout.strip()}"

@@ -14,8 +14,15 @@ from mobile_export.models import BuiltModel, get_spec
 def _built(labels=None):
     spec = get_spec("v2")
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
-    return BuiltModel(module=module, spec=spec, preprocess=spec.weights[0].preprocess, num_classes=1000,
-                      resolution=224, weights={"source": "random", "seed": 0}, labels=labels)
+    return BuiltModel(
+        module=module,
+        spec=spec,
+        preprocess=spec.weights[0].preprocess,
+        num_classes=1000,
+        resolution=224,
+        weights={"source": "random", "seed": 0},
+        labels=labels,
+    )
 
 
 def _manifest_with_artifact(tmp_path):
@@ -23,9 +30,21 @@ def _manifest_with_artifact(tmp_path):
     art.write_bytes(b"\0\0\0\0ET12" + bytes(100))
     m = mf.new_manifest(_built())
     rec = mf.artifact_record(
-        art, target="executorch", format="pte", precision="fp32", quantization={"mode": "none"},
-        input={"name": "x", "kind": "tensor", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "float32",
-               "color": "RGB", "value_range": [0, 1], "normalized_in_model": True},
+        art,
+        target="executorch",
+        format="pte",
+        precision="fp32",
+        quantization={"mode": "none"},
+        input={
+            "name": "x",
+            "kind": "tensor",
+            "shape": [1, 3, 224, 224],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "color": "RGB",
+            "value_range": [0, 1],
+            "normalized_in_model": True,
+        },
         output={"name": "logits", "kind": "logits", "shape": [1, 1000], "dtype": "float32"},
     )
     mf.upsert_artifact(m, rec)
@@ -60,12 +79,15 @@ def test_sha_mismatch_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("{not json", "not valid JSON"),
-    ("[]", "not a JSON object"),
-    ('{"format": "other"}', "not a mobile-export manifest"),
-    ('{"format": "mobile-export.manifest", "version": 99}', "version 99 is not supported"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "not a JSON object"),
+        ('{"format": "other"}', "not a mobile-export manifest"),
+        ('{"format": "mobile-export.manifest", "version": 99}', "version 99 is not supported"),
+    ],
+)
 def test_bad_manifests_are_rejected(tmp_path, text, match):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(ManifestError, match=match):
@@ -128,9 +150,16 @@ def test_artifact_entries_of_older_manifests_round_trip_unchanged(path):
 def test_artifact_entry_keeps_unknown_keys_in_place_and_reads_typed():
     from mobile_export.manifest import ArtifactEntry
 
-    raw = {"file": "m.pte", "bytes": 10, "sha256": "ab", "from_the_future": {"x": 1}, "target": "executorch",
-           "quantization": {"mode": "pt2e-int8"}, "input": {"normalized_in_model": True},
-           "export": {"bundled": {"cases": 3}}}
+    raw = {
+        "file": "m.pte",
+        "bytes": 10,
+        "sha256": "ab",
+        "from_the_future": {"x": 1},
+        "target": "executorch",
+        "quantization": {"mode": "pt2e-int8"},
+        "input": {"normalized_in_model": True},
+        "export": {"bundled": {"cases": 3}},
+    }
     entry = ArtifactEntry.from_dict(raw)
     assert list(entry.to_dict()) == list(raw) and entry.to_dict() == raw
     assert entry.unknown == {"from_the_future": {"x": 1}}

@@ -43,7 +43,9 @@ def test_cells_are_real_runs(slice_run):
         assert row["passed"] == entry["parity"]["passed"]
         assert row["peak_rss_mb"] > 100  # torch alone is more than that: the child really ran
     fp32 = rows["et-fp32"]
-    assert (out / "work" / "mobilenet_v1_025" / "et-fp32" / fp32["artifact"]).is_file()  # kept as the baseline
+    assert (
+        out / "work" / "mobilenet_v1_025" / "et-fp32" / fp32["artifact"]
+    ).is_file()  # kept as the baseline
     assert fp32["delegated_ops"] > 0 and fp32["outside_ops"] == 0
     assert fp32["latency_ms"] > 0 and fp32["latency_ratio"] == 1.0
     assert "latency_ms" not in rows["coreml-fp16"]  # Core ML cannot run here: no made-up time
@@ -88,8 +90,21 @@ def test_diff_through_the_cli(slice_run, tmp_path, cli):
     old = copy.deepcopy(doc)
     next(r for r in old["cells"] if r["format"] == "et-fp32")["latency_ratio"] = 2.0
     (tmp_path / "old.json").write_text(json.dumps(old))
-    code, stdout, _ = cli("matrix", "--models", "v1-025", "--formats", "et-fp32,coreml-fp16", "--resolution", 32,
-                          "--bench-runs", 2, "--out", out, "--against", tmp_path / "old.json")
+    code, stdout, _ = cli(
+        "matrix",
+        "--models",
+        "v1-025",
+        "--formats",
+        "et-fp32,coreml-fp16",
+        "--resolution",
+        32,
+        "--bench-runs",
+        2,
+        "--out",
+        out,
+        "--against",
+        tmp_path / "old.json",
+    )
     assert code == 0
     assert "changes against" in stdout and "et-fp32: latency vs fp32 .pte 2.00x -> 1.00x" in stdout
 
@@ -103,8 +118,15 @@ def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
         return real(spec, out)
 
     monkeypatch.setattr(cells_mod, "cell_command", crash_fp16)
-    doc = run_matrix(MatrixRequest(out=tmp_path, models=["v1-025"], formats=["coreml-fp16", "coreml-fp32"],
-                                   resolution=32, bench_runs=1))
+    doc = run_matrix(
+        MatrixRequest(
+            out=tmp_path,
+            models=["v1-025"],
+            formats=["coreml-fp16", "coreml-fp32"],
+            resolution=32,
+            bench_runs=1,
+        )
+    )
     rows = {r["format"]: r for r in doc["cells"]}
     assert rows["coreml-fp16"]["status"] == "crashed" and signal.SIGSEGV.name in rows["coreml-fp16"]["reason"]
     assert rows["coreml-fp32"]["lowered"] is True  # the next cell still ran

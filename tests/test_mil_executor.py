@@ -37,8 +37,10 @@ from mobile_export.coreml.mil import activation_stats, coremltools_calibration, 
 from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 
 PHOTOS = pp.bundled_photos()
-pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @contextlib.contextmanager
@@ -89,11 +91,18 @@ def convert(built, precision: str, dest: Path, ios=None) -> Path:
     labels = [f"class_{i}" for i in range(built.num_classes)]
     with quiet():
         exported = torch.export.export(wrapper, (torch.rand(1, 3, res, res),)).run_decompositions({})
-        ml = ct.convert(exported, convert_to="mlprogram",
-                        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
-                        minimum_deployment_target=ios or ct.target.iOS17,
-                        inputs=[ct.ImageType(name="image", shape=(1, 3, res, res), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)],
-                        classifier_config=ct.ClassifierConfig(labels))
+        ml = ct.convert(
+            exported,
+            convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            minimum_deployment_target=ios or ct.target.iOS17,
+            inputs=[
+                ct.ImageType(
+                    name="image", shape=(1, 3, res, res), scale=1 / 255.0, color_layout=ct.colorlayout.RGB
+                )
+            ],
+            classifier_config=ct.ClassifierConfig(labels),
+        )
         ml.save(str(dest))
     return dest
 
@@ -113,7 +122,9 @@ class Family:
     def reference(self, dtype=torch.float64) -> np.ndarray:
         model = copy.deepcopy(self.built.module).to(dtype)
         with torch.no_grad():
-            return np.concatenate([model(torch.from_numpy(x).to(dtype)).double().numpy() for x in self.normalized])
+            return np.concatenate(
+                [model(torch.from_numpy(x).to(dtype)).double().numpy() for x in self.normalized]
+            )
 
 
 def logits_name(program) -> str:
@@ -123,7 +134,9 @@ def logits_name(program) -> str:
 
 def run_logits(program, feeds) -> np.ndarray:
     name = logits_name(program)
-    return np.concatenate([program.run(f, capture={name})[name].astype(np.float64).reshape(1, -1) for f in feeds])
+    return np.concatenate(
+        [program.run(f, capture={name})[name].astype(np.float64).reshape(1, -1) for f in feeds]
+    )
 
 
 def rel(a, b) -> float:
@@ -165,7 +178,9 @@ def test_v2_fp32_matches_pytorch(v2):
 
 def test_v3_fp32_matches_pytorch(v3):
     program, _ = _fp32_parity(v3)
-    assert {"thresholded_relu", "sigmoid_hard", "reduce_mean", "mul"} <= set(program.op_types())  # hardswish, SE
+    assert {"thresholded_relu", "sigmoid_hard", "reduce_mean", "mul"} <= set(
+        program.op_types()
+    )  # hardswish, SE
 
 
 def _fp16_parity(fam: Family, margin_db: float = 3.0):
@@ -201,7 +216,9 @@ def test_v3_fp16_within_torch_half_error(v3):
 @pytest.mark.slow
 def test_v4_hybrid_attention_fp32_and_fp16(tmp_path):
     fam = Family("v4-hybrid-medium", 128, tmp_path)
-    program, _ = _fp32_parity(fam, max_rel=1e-3)  # attention softmax: torch fp32 itself is 3e-4 off float64 here
+    program, _ = _fp32_parity(
+        fam, max_rel=1e-3
+    )  # attention softmax: torch fp32 itself is 3e-4 off float64 here
     assert {"matmul", "transpose", "reshape", "softmax"} <= set(program.op_types())
     _fp16_parity(fam)
 
@@ -228,15 +245,24 @@ def _compressed_vs_decompressed(base: Path, compress, tmp: Path, expected_op: st
 
 @pytest.fixture(scope="session")
 def v2_ios18(v2, tmp_path_factory):
-    return convert(v2.built, "fp16", tmp_path_factory.mktemp("v2_18") / "v2_ios18.mlpackage", ios=ct.target.iOS18)
+    return convert(
+        v2.built, "fp16", tmp_path_factory.mktemp("v2_18") / "v2_ios18.mlpackage", ios=ct.target.iOS18
+    )
 
 
 def test_int8_weights_ios17(v2, tmp_path):
     import coremltools.optimize.coreml as cto
 
-    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256))
-    packed = _compressed_vs_decompressed(v2.packages["fp16"], lambda m: cto.linear_quantize_weights(m, cfg), tmp_path,
-                                         "constexpr_affine_dequantize", v2.feeds())
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256)
+    )
+    packed = _compressed_vs_decompressed(
+        v2.packages["fp16"],
+        lambda m: cto.linear_quantize_weights(m, cfg),
+        tmp_path,
+        "constexpr_affine_dequantize",
+        v2.feeds(),
+    )
     got = run_logits(packed, v2.feeds())
     # sanity only (the bit-exact check above is the proof): int8 weights on this woken random
     # model measured 11.8 dB logits SQNR vs fp32 PyTorch
@@ -246,36 +272,71 @@ def test_int8_weights_ios17(v2, tmp_path):
 def test_palettize4_grouped_ios18(v2, v2_ios18, tmp_path):
     import coremltools.optimize.coreml as cto
 
-    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
-        mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=8, weight_threshold=256))
-    _compressed_vs_decompressed(v2_ios18, lambda m: cto.palettize_weights(m, cfg), tmp_path, "constexpr_lut_to_dense", v2.feeds())
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(
+            mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=8, weight_threshold=256
+        )
+    )
+    _compressed_vs_decompressed(
+        v2_ios18, lambda m: cto.palettize_weights(m, cfg), tmp_path, "constexpr_lut_to_dense", v2.feeds()
+    )
 
 
 def test_int4_per_block_ios18(v2, v2_ios18, tmp_path):
     import coremltools.optimize.coreml as cto
 
-    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=8, weight_threshold=256))
-    _compressed_vs_decompressed(v2_ios18, lambda m: cto.linear_quantize_weights(m, cfg), tmp_path,
-                                "constexpr_blockwise_shift_scale", v2.feeds())
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=8, weight_threshold=256
+        )
+    )
+    _compressed_vs_decompressed(
+        v2_ios18,
+        lambda m: cto.linear_quantize_weights(m, cfg),
+        tmp_path,
+        "constexpr_blockwise_shift_scale",
+        v2.feeds(),
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["palettize6_ios17", "prune_ios17", "prune_ios18", "prune_palettize", "prune_int8"])
+@pytest.mark.parametrize(
+    "mode", ["palettize6_ios17", "prune_ios17", "prune_ios18", "prune_palettize", "prune_int8"]
+)
 def test_more_compression_formats(mode, v2, v2_ios18, tmp_path):
     import coremltools.optimize.coreml as cto
 
-    prune = cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=256))
-    pal = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="uniform", nbits=6, weight_threshold=256))
-    q8 = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256))
+    prune = cto.OptimizationConfig(
+        global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=256)
+    )
+    pal = cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(mode="uniform", nbits=6, weight_threshold=256)
+    )
+    q8 = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256)
+    )
     base, fn, op = {
-        "palettize6_ios17": (v2.packages["fp16"], lambda m: cto.palettize_weights(m, pal), "constexpr_lut_to_dense"),
-        "prune_ios17": (v2.packages["fp16"], lambda m: cto.prune_weights(m, prune), "constexpr_sparse_to_dense"),
+        "palettize6_ios17": (
+            v2.packages["fp16"],
+            lambda m: cto.palettize_weights(m, pal),
+            "constexpr_lut_to_dense",
+        ),
+        "prune_ios17": (
+            v2.packages["fp16"],
+            lambda m: cto.prune_weights(m, prune),
+            "constexpr_sparse_to_dense",
+        ),
         "prune_ios18": (v2_ios18, lambda m: cto.prune_weights(m, prune), "constexpr_sparse_to_dense"),
-        "prune_palettize": (v2_ios18, lambda m: cto.palettize_weights(cto.prune_weights(m, prune), pal, joint_compression=True),
-                            "constexpr_lut_to_sparse"),
-        "prune_int8": (v2_ios18, lambda m: cto.linear_quantize_weights(cto.prune_weights(m, prune), q8, joint_compression=True),
-                       "constexpr_sparse_blockwise_shift_scale"),
+        "prune_palettize": (
+            v2_ios18,
+            lambda m: cto.palettize_weights(cto.prune_weights(m, prune), pal, joint_compression=True),
+            "constexpr_lut_to_sparse",
+        ),
+        "prune_int8": (
+            v2_ios18,
+            lambda m: cto.linear_quantize_weights(cto.prune_weights(m, prune), q8, joint_compression=True),
+            "constexpr_sparse_blockwise_shift_scale",
+        ),
     }[mode]
     _compressed_vs_decompressed(base, fn, tmp_path, op, v2.feeds())
 
@@ -316,13 +377,19 @@ def test_w8a8_with_coremltools_calibration_on_linux(v2, tmp_path):
     import coremltools.optimize.coreml as cto
 
     feeds = v2.feeds()
-    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=0))
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=0)
+    )
     with quiet():
         ml = ct.models.MLModel(str(v2.packages["fp16"]), skip_model_load=True)
         with coremltools_calibration():
             a8 = cto.linear_quantize_activations(ml, cfg, feeds[:4])
-        w8a8 = cto.linear_quantize_weights(a8, cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256)))
+        w8a8 = cto.linear_quantize_weights(
+            a8,
+            cto.OptimizationConfig(
+                global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=256)
+            ),
+        )
         w8a8.save(str(tmp_path / "w8a8.mlpackage"))
     program = load_program(tmp_path / "w8a8.mlpackage")
     assert {"quantize", "dequantize", "constexpr_affine_dequantize"} <= set(program.op_types())
@@ -333,9 +400,13 @@ def test_w8a8_with_coremltools_calibration_on_linux(v2, tmp_path):
     # inputs into the neighbouring ops; the executor must compute exactly what is written.)
     ops = program.compute_ops()
     by_input = {op.inputs["input"][0]: op for op in ops if op.type == "dequantize"}
-    pairs = [(op, by_input[op.outputs[0]]) for op in ops if op.type == "quantize" and op.outputs[0] in by_input]
+    pairs = [
+        (op, by_input[op.outputs[0]]) for op in ops if op.type == "quantize" and op.outputs[0] in by_input
+    ]
     assert len(pairs) > 40
-    values = program.run(feeds[5], capture={n for q, dq in pairs for n in (q.inputs["input"][0], dq.outputs[0])})
+    values = program.run(
+        feeds[5], capture={n for q, dq in pairs for n in (q.inputs["input"][0], dq.outputs[0])}
+    )
     same_scale = 0
     for q, dq in pairs:
         s_q, s_dq = (float(program.consts[op.inputs["scale"][0]]) for op in (q, dq))
@@ -374,11 +445,15 @@ def test_per_layer_rows_match_every_conv(v2, tmp_path):
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in v2.built.module.modules())
     assert len(rows) == convs + 1  # every conv and the classifier
     assert rows[0].module and rows[-1].op == "linear"
-    assert all(20 < r.sqnr_db < 120 for r in rows), [(r.name, r.sqnr_db) for r in rows]  # fp16, not exact, not broken
+    assert all(20 < r.sqnr_db < 120 for r in rows), [
+        (r.name, r.sqnr_db) for r in rows
+    ]  # fp16, not exact, not broken
     assert all(r.cosine > 0.99 for r in rows)
     files = write_per_layer_report(rows, tmp_path, "v2 fp16 per layer")
     assert files["markdown"].read_text().count("\n") > convs
-    fp32_rows = layer_rows(load_program(v2.packages["fp32"]), v2.built.module, v2.feeds()[:2], v2.normalized[:2])
+    fp32_rows = layer_rows(
+        load_program(v2.packages["fp32"]), v2.built.module, v2.feeds()[:2], v2.normalized[:2]
+    )
     assert min(r.sqnr_db for r in fp32_rows) > max(r.sqnr_db for r in rows)  # fp32 is closer everywhere
 
 
@@ -386,7 +461,9 @@ def test_per_layer_rows_match_every_conv(v2, tmp_path):
 
 
 @pytest.mark.macos
-@pytest.mark.skipif(not __import__("sys").platform.startswith("darwin"), reason="Core ML prediction runs only on macOS")
+@pytest.mark.skipif(
+    not __import__("sys").platform.startswith("darwin"), reason="Core ML prediction runs only on macOS"
+)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_coreml_predict_vs_executor_vs_pytorch(v2, precision):
     from PIL import Image

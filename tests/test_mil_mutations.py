@@ -22,8 +22,10 @@ from mobile_export.coreml.mil.program import package_paths, read_spec  # noqa: E
 from mobile_export.errors import ArtifactError  # noqa: E402
 from mobile_export.verify import metrics, thresholds  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.skipif(len(PHOTOS) < 4, reason="needs the bundled photographs (scikit-image)"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +118,9 @@ def test_corrupted_weight_blob_fails(fam, reference, tmp_path):
         offset = (data + size + 63) // 64 * 64
     size, data = best
     assert size > 1000
-    chunk = np.frombuffer(bytes(raw[data:data + size]), np.float32).copy()
+    chunk = np.frombuffer(bytes(raw[data : data + size]), np.float32).copy()
     chunk[::2] = -chunk[::2]  # a flipped sign bit in every other weight
-    raw[data:data + size] = chunk.tobytes()
+    raw[data : data + size] = chunk.tobytes()
     weights.write_bytes(bytes(raw))
     failures, values = parity_failures(dest, fam, reference)
     assert failures, values

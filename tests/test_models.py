@@ -30,7 +30,11 @@ def on_meta(spec, **kwargs):
 
 
 def heavy(spec):
-    return pytest.param(spec, marks=pytest.mark.slow, id=spec.name) if spec.params > HEAVY else pytest.param(spec, id=spec.name)
+    return (
+        pytest.param(spec, marks=pytest.mark.slow, id=spec.name)
+        if spec.params > HEAVY
+        else pytest.param(spec, id=spec.name)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,7 @@ def real_models():
 
 
 # --- facts -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
 def test_params_equal_registry_exactly(spec):
@@ -98,6 +103,7 @@ def test_macs_scale_with_resolution_and_count_real_tensors_too():
 
 
 # --- forward on real tensors ------------------------------------------------------------
+
 
 def _check_output(spec, out, batch, num_classes):
     assert torch.isfinite(out).all()
@@ -165,6 +171,7 @@ def test_eval_is_deterministic_and_batch_independent(real_models):
 
 # --- builders' knobs ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["v1", "v2", "v3-large"])
 def test_bn_eps_and_dropout_reach_the_layers(name):
     model = build_architecture(get_spec(name), bn_eps=1e-3, dropout=0.5)
@@ -197,18 +204,22 @@ def test_v1_has_no_residuals_and_v2_has_them_where_shapes_allow():
 
 # --- blocks ---------------------------------------------------------------------------------
 
+
 def test_hardsigmoid_equals_torch_hardsigmoid():
     x = torch.linspace(-8, 8, 10_001)
     torch.testing.assert_close(HardSigmoid()(x), torch.nn.functional.hardsigmoid(x), rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("value,expected", [(32, 32), (12, 16), (18, 24), (11.2, 16), (1792, 1792),
-                                            (88.08, 88), (4, 8), (36, 40), (720, 720)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [(32, 32), (12, 16), (18, 24), (11.2, 16), (1792, 1792), (88.08, 88), (4, 8), (36, 40), (720, 720)],
+)
 def test_make_divisible(value, expected):
     assert make_divisible(value) == expected
 
 
 # --- names ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
 def test_names_and_aliases_resolve(spec):
@@ -217,8 +228,15 @@ def test_names_and_aliases_resolve(spec):
         assert get_spec(key.upper().replace("_", "-")) is spec
 
 
-@pytest.mark.parametrize("typo,closest", [("v3-smal", "v3-small"), ("mobilenet_v2_100x", "v2"),
-                                          ("v1-0.75", "v1-075"), ("mobilenetv3_large_1000", "v3-large")])
+@pytest.mark.parametrize(
+    "typo,closest",
+    [
+        ("v3-smal", "v3-small"),
+        ("mobilenet_v2_100x", "v2"),
+        ("v1-0.75", "v1-075"),
+        ("mobilenetv3_large_1000", "v3-large"),
+    ],
+)
 def test_unknown_name_is_one_line_with_closest_match(typo, closest):
     with pytest.raises(UnknownModelError) as info:
         get_spec(typo)
@@ -292,13 +310,20 @@ for name, lib, expr in jobs:
 
 # Checked in the default run (when a side python exists): the rows most likely to go wrong
 # (narrowest widths, unregistered-in-timm variants, torchvision's eps/head). The rest: -m slow.
-SIDE_DEFAULT = {("timm", "mobilenet_v1_025"), ("timm", "mobilenet_v2_035"), ("timm", "mobilenet_v3_large_075"),
-                ("timm", "mobilenet_v3_small_minimal_100"), ("tv", "mobilenet_v3_small_100")}
+SIDE_DEFAULT = {
+    ("timm", "mobilenet_v1_025"),
+    ("timm", "mobilenet_v2_035"),
+    ("timm", "mobilenet_v3_large_075"),
+    ("timm", "mobilenet_v3_small_minimal_100"),
+    ("tv", "mobilenet_v3_small_100"),
+}
 
 
 def side_params(lib, names):
-    return [pytest.param(name, id=name, marks=() if (lib, name) in SIDE_DEFAULT else pytest.mark.slow)
-            for name in names]
+    return [
+        pytest.param(name, id=name, marks=() if (lib, name) in SIDE_DEFAULT else pytest.mark.slow)
+        for name in names
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -307,13 +332,28 @@ def side_outputs(request, tmp_path_factory):
     if not SIDE_PYTHON:
         pytest.skip(SKIP_REASON)
     exprs = {"timm": TIMM_MODELS, "tv": TORCHVISION_MODELS}
-    libs = {test_timm_state_dict_loads_by_identity_and_outputs_match.__name__: "timm",
-            test_torchvision_state_dict_maps_one_to_one_by_order.__name__: "tv"}
-    jobs = [(item.callspec.params["name"], libs[item.originalname], exprs[libs[item.originalname]][item.callspec.params["name"]])
-            for item in request.session.items if getattr(item, "originalname", None) in libs]
+    libs = {
+        test_timm_state_dict_loads_by_identity_and_outputs_match.__name__: "timm",
+        test_torchvision_state_dict_maps_one_to_one_by_order.__name__: "tv",
+    }
+    jobs = [
+        (
+            item.callspec.params["name"],
+            libs[item.originalname],
+            exprs[libs[item.originalname]][item.callspec.params["name"]],
+        )
+        for item in request.session.items
+        if getattr(item, "originalname", None) in libs
+    ]
     out = tmp_path_factory.mktemp("side")
-    subprocess.run([SIDE_PYTHON, "-c", SIDE_SCRIPT, str(out), str(SIDE_RESOLUTION)], input=json.dumps(jobs),
-                   text=True, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [SIDE_PYTHON, "-c", SIDE_SCRIPT, str(out), str(SIDE_RESOLUTION)],
+        input=json.dumps(jobs),
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 

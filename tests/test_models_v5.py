@@ -84,8 +84,15 @@ def test_verify_rebuilds_the_encoder_from_its_manifest(one_thread):
     which records num_classes 0: that must not be passed on as a class count."""
     from mobile_export.verify.reference import rebuild_reference
 
-    manifest = {"model": {"name": "mobilenet_v5_300m", "num_classes": 0, "output": "features", "resolution": 64,
-                          "weights": {"source": "random", "seed": 0}}}
+    manifest = {
+        "model": {
+            "name": "mobilenet_v5_300m",
+            "num_classes": 0,
+            "output": "features",
+            "resolution": 64,
+            "weights": {"source": "random", "seed": 0},
+        }
+    }
     built = rebuild_reference(manifest)
     assert (built.spec.output, built.resolution) == ("features", 64)
     with torch.no_grad():
@@ -106,8 +113,10 @@ def _max_abs_diff(kind: str, width: float, ref: dict) -> float:
 
 
 def _compare(runs: list[tuple[str, int, float]], folder: Path) -> list[float]:
-    cases = [(TIMM_NAMES[kind], res, {} if width == 1.0 else {"channel_multiplier": width})
-             for kind, res, width in runs]
+    cases = [
+        (TIMM_NAMES[kind], res, {} if width == 1.0 else {"channel_multiplier": width})
+        for kind, res, width in runs
+    ]
     refs = timm_side.timm_references(cases, folder, seed=2)
     return [_max_abs_diff(kind, width, ref) for (kind, _res, width), ref in zip(runs, refs)]
 
@@ -159,7 +168,9 @@ def test_exported_graph_has_only_ops_xnnpack_takes():
     ops = {str(n.target) for n in graph.nodes if n.op == "call_function"}
     assert any("softmax" in op for op in ops) and ops & {"aten.bmm.default", "aten.matmul.default"}, ops
     assert not any("upsample_nearest" in op or "scaled_dot_product" in op for op in ops), ops
-    channel_means = [n for n in graph.nodes if str(n.target) == "aten.mean.dim" and sorted(n.args[1]) != [2, 3]]
+    channel_means = [
+        n for n in graph.nodes if str(n.target) == "aten.mean.dim" and sorted(n.args[1]) != [2, 3]
+    ]
     assert not channel_means
 
 

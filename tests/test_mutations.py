@@ -29,7 +29,12 @@ PASSING_MODES = list(mh.MODES)  # W8A8 calibrated on photo crops: 23.8 dB, top-1
 # dropped ReLU6 does, so no statistic against the FLOAT model separates them: correct 16.1 dB,
 # top-1 1.0, top-5 0.86; activation dropped 15.4 dB, top-1 0.94, top-5 0.90. The fix is a
 # second reference, PyTorch with the palettized weights (as int8 .pte has its quantized model).
-BLIND = {("coreml-palettize4", "activation_dropped"): "4-bit palette error ~ one dropped activation (15.4 vs 16.1 dB)"}
+BLIND = {
+    (
+        "coreml-palettize4",
+        "activation_dropped",
+    ): "4-bit palette error ~ one dropped activation (15.4 vs 16.1 dB)"
+}
 
 
 def _cases():
@@ -50,12 +55,22 @@ def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("mutations")
     calib, held = mh.photo_folders(work, CALIBRATION, IMAGES)
     _, _, pre = train_small.load_checkpoint(mh.TRAINED / mh.CHECKPOINTS[MODEL])
-    return {"work": work, "calib": calib, "held": held, "pre": pre, "correct": {}, "quantized": {}, "mutants": {}}
+    return {
+        "work": work,
+        "calib": calib,
+        "held": held,
+        "pre": pre,
+        "correct": {},
+        "quantized": {},
+        "mutants": {},
+    }
 
 
 def correct_file(setup, mode_name: str):
     if mode_name not in setup["correct"]:
-        path = mh.export_correct(MODEL, mh.MODES[mode_name], setup["work"] / mode_name, setup["calib"], CALIBRATION)
+        path = mh.export_correct(
+            MODEL, mh.MODES[mode_name], setup["work"] / mode_name, setup["calib"], CALIBRATION
+        )
         setup["correct"][mode_name] = path
         setup["quantized"][mode_name] = mh.quantized_of(path) if path.suffix == ".pte" else None
     return setup["correct"][mode_name]
@@ -65,9 +80,18 @@ def mutant_file(setup, mode_name: str, mutation: str):
     key = (mode_name, mutation)
     if key not in setup["mutants"]:
         correct = correct_file(setup, mode_name)
-        setup["mutants"][key] = mh.make_mutant(correct, mh.MODES[mode_name], mutation, setup["work"], MODEL,
-                                               setup["calib"], CALIBRATION, setup["pre"].mean, setup["pre"].std,
-                                               quantized=setup["quantized"][mode_name])
+        setup["mutants"][key] = mh.make_mutant(
+            correct,
+            mh.MODES[mode_name],
+            mutation,
+            setup["work"],
+            MODEL,
+            setup["calib"],
+            CALIBRATION,
+            setup["pre"].mean,
+            setup["pre"].std,
+            quantized=setup["quantized"][mode_name],
+        )
     return setup["mutants"][key]
 
 
@@ -85,7 +109,9 @@ def test_correct_file_passes(setup, mode_name):
     assert report["passed"], report["failures"]
     assert report["warnings"] == [], report["warnings"]
     dep = report["input_dependence"]
-    assert dep["sqnr_db_vs_own_mean"] < 10 and not dep["accepted"]  # a trained model: outputs follow the image
+    assert (
+        dep["sqnr_db_vs_own_mean"] < 10 and not dep["accepted"]
+    )  # a trained model: outputs follow the image
     assert report["images"]["count"] == IMAGES
 
 

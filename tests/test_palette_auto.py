@@ -12,13 +12,19 @@ from mobile_export.coreml.sensitivity import CANDIDATE_BITS, WeightInfo, choose_
 
 
 def _weights():
-    return [WeightInfo("a", (64, 64, 1, 1), 16), WeightInfo("b", (64, 64, 1, 1), 16), WeightInfo("c", (64, 64, 1, 1), 16)]
+    return [
+        WeightInfo("a", (64, 64, 1, 1), 16),
+        WeightInfo("b", (64, 64, 1, 1), 16),
+        WeightInfo("c", (64, 64, 1, 1), 16),
+    ]
 
 
 def test_choice_follows_sensitivity_and_keeps_the_budget():
     weights = _weights()
     # "a" is 100x more sensitive than "b" and "c" at every size (noise halves per extra bit).
-    noise = {n: {b: scale * 2.0 ** -b for b in CANDIDATE_BITS} for n, scale in (("a", 100.0), ("b", 1.0), ("c", 1.0))}
+    noise = {
+        n: {b: scale * 2.0**-b for b in CANDIDATE_BITS} for n, scale in (("a", 100.0), ("b", 1.0), ("c", 1.0))
+    }
     by = {w.name: w for w in weights}
     budget = sum(by[n].bytes_at(4) for n in by)  # what all-4-bit would take
     bits = choose_bits(noise, weights, budget, fixed_bytes=0)
@@ -38,7 +44,7 @@ def test_palettized_copy_has_at_most_2_to_the_bits_values_per_group():
     for nbits in (2, 4, 6):
         approx = palettized(w, nbits, 8, cq.kmeans_lut(nbits))
         for g in range(0, 32, 8):
-            assert len(np.unique(approx[g:g + 8])) <= 2**nbits
+            assert len(np.unique(approx[g : g + 8])) <= 2**nbits
         err = float(np.sum((approx.astype(np.float64) - w) ** 2) / np.sum(w.astype(np.float64) ** 2))
         assert err < {2: 0.2, 4: 0.02, 6: 0.002}[nbits]
 
@@ -57,13 +63,25 @@ def exported(tmp_path_factory):
     from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
 
-    model, meta, pre = train_small.load_checkpoint(root / "tests" / "fixtures" / "trained" / "mobilenet_v2_035_digits_64.safetensors")
-    built = BuiltModel(module=model, spec=get_spec(meta["model"]), preprocess=pre, num_classes=meta["num_classes"],
-                       resolution=meta["resolution"], weights={"source": "file", "detail": "digits"})
+    model, meta, pre = train_small.load_checkpoint(
+        root / "tests" / "fixtures" / "trained" / "mobilenet_v2_035_digits_64.safetensors"
+    )
+    built = BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file", "detail": "digits"},
+    )
     work = tmp_path_factory.mktemp("palauto")
     dest = work / "m.mlpackage"
-    fields = CoreMLTarget().export(built, ExportOptions(compress="palettize-auto", size_budget=0.15, calibration_limit=8),
-                                   dest, lambda _m: None)
+    fields = CoreMLTarget().export(
+        built,
+        ExportOptions(compress="palettize-auto", size_budget=0.15, calibration_limit=8),
+        dest,
+        lambda _m: None,
+    )
     float_pkg = work / "float.mlpackage"
     CoreMLTarget().export(built, ExportOptions(compress="none"), float_pkg, lambda _m: None)
     return built, dest, fields, float_pkg
@@ -90,7 +108,11 @@ def test_the_probe_measures_what_the_export_stores(exported):
     _, dest, fields, float_pkg = exported
     bits = fields["quantization"]["palette_bits"]["bits"]
     compressed, floats = mil.load_program(dest), mil.load_program(float_pkg)
-    luts = {op.name.removesuffix("_palettized"): op for op in compressed.ops if op.type == "constexpr_lut_to_dense"}
+    luts = {
+        op.name.removesuffix("_palettized"): op
+        for op in compressed.ops
+        if op.type == "constexpr_lut_to_dense"
+    }
     assert set(luts) == set(bits)
     for name, nbits in bits.items():
         float_w = np.asarray(floats.consts[name])

@@ -26,8 +26,18 @@ IMAGES = 3
 def fp32_pte(tmp_path_factory):
     work = tmp_path_factory.mktemp("pl_fp32")
     weights = write_weights(NAME, RES, work)
-    manifest = run_export(ExportRequest(model=NAME, target="executorch", out=work / "out", weights=str(weights),
-                                        resolution=RES, force=True, verify=False, options=ExportOptions()))
+    manifest = run_export(
+        ExportRequest(
+            model=NAME,
+            target="executorch",
+            out=work / "out",
+            weights=str(weights),
+            resolution=RES,
+            force=True,
+            verify=False,
+            options=ExportOptions(),
+        )
+    )
     entry = next(a for a in manifest["artifacts"] if a["format"] == "pte")
     return work / "out" / entry["file"], entry
 
@@ -42,8 +52,13 @@ def verified(fp32_pte, tmp_path_factory):
     kept = tmp_path_factory.mktemp("twin")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEEP_ENV, str(kept))
-        report = verify_artifact(fp32_pte[0], limit=IMAGES, per_layer=True,
-                                 report_dir=tmp_path_factory.mktemp("pl_report"), log=lines.append)
+        report = verify_artifact(
+            fp32_pte[0],
+            limit=IMAGES,
+            per_layer=True,
+            report_dir=tmp_path_factory.mktemp("pl_report"),
+            log=lines.append,
+        )
     return report, lines, kept
 
 
@@ -79,7 +94,9 @@ def test_fp32_per_op_rows_from_the_runtime(verified):
     assert "per-op twin of the .pte" in md and "conv2d" in md
     assert "<svg" in page and "per-op twin of the .pte" in page
     assert any("per-layer report" in line for line in lines)
-    assert sorted(p.name for p in (kept / "etdump").glob("etdump_*.etdp")) == [f"etdump_{i}.etdp" for i in range(IMAGES)]
+    assert sorted(p.name for p in (kept / "etdump").glob("etdump_*.etdp")) == [
+        f"etdump_{i}.etdp" for i in range(IMAGES)
+    ]
 
 
 def test_per_op_rows_have_teeth(fp32_pte, verified):
@@ -95,9 +112,14 @@ def test_per_op_rows_have_teeth(fp32_pte, verified):
 
     path, _ = fp32_pte
     kept = verified[2]
-    feed = load_inputs(None, preprocess_of(mf.manifest_for(path)[0]), IMAGES).raw[:1]  # what verify fed image 0 (normalization is in the model)
+    feed = load_inputs(None, preprocess_of(mf.manifest_for(path)[0]), IMAGES).raw[
+        :1
+    ]  # what verify fed image 0 (normalization is in the model)
+
     def numeric_gap_rows(record, dumps, feed, in_wrapper):
-        return collect(lambda sink: numeric_gap_values(record, dumps, feed, sink, in_wrapper=in_wrapper), FP32_EXACT_DB)[0]
+        return collect(
+            lambda sink: numeric_gap_values(record, dumps, feed, sink, in_wrapper=in_wrapper), FP32_EXACT_DB
+        )[0]
 
     clean = numeric_gap_rows(kept / "twin.etrecord", kept / "etdump", feed, in_wrapper=True)
     record = parse_etrecord(str(kept / "twin.etrecord"))
@@ -135,8 +157,21 @@ def test_fallback_to_the_whole_program_row(fp32_pte, verified, tmp_path):
     built = dataclasses.replace(rebuild_reference(manifest), module=DataDependent())
     lines: list[str] = []
     inputs = load_inputs(None, built.preprocess, 2)
-    pl = per_layer_report(path, get_target("executorch"), entry, built, inputs, None, verified[0], tmp_path / "fb",
-                          log=lines.append)
-    assert pl["layers"] == 1 and pl["source"].startswith("per-op twin of") and "failed (ExportError" in pl["source"]
+    pl = per_layer_report(
+        path,
+        get_target("executorch"),
+        entry,
+        built,
+        inputs,
+        None,
+        verified[0],
+        tmp_path / "fb",
+        log=lines.append,
+    )
+    assert (
+        pl["layers"] == 1
+        and pl["source"].startswith("per-op twin of")
+        and "failed (ExportError" in pl["source"]
+    )
     assert sum("failed" in line for line in lines) == 1 and "\n" not in lines[0]
     assert _csv_rows(Path(pl["files"]["csv"]))[0]["name"] == "runtime"

@@ -30,20 +30,27 @@ def hub_cache(tmp_path_factory):
 def test_imagenet_weights_from_cache_export_with_labels_and_contract(cli, hub_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(hub_cache))
     out = tmp_path / "out"
-    code, stdout, err = cli("v1", "--target", "executorch", "--weights", "imagenet", "--resolution", "64",
-                            "--out", out, "--json")
+    code, stdout, err = cli(
+        "v1", "--target", "executorch", "--weights", "imagenet", "--resolution", "64", "--out", out, "--json"
+    )
     assert code == 0, err
     manifest = json.loads(stdout)
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["weights"]["source"] == "imagenet"
     # timm's V1 ra4 checkpoint expects mean = std = 0.5 and bicubic resizing: carried, not retyped
-    assert manifest["preprocess"]["mean"] == [0.5, 0.5, 0.5] and manifest["preprocess"]["interpolation"] == "bicubic"
+    assert (
+        manifest["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+        and manifest["preprocess"]["interpolation"] == "bicubic"
+    )
     assert manifest["labels"]["count"] == 1000
     labels = (out / "labels.txt").read_text().splitlines()
     assert labels[0] == "tench" and len(labels) == 1000
     (entry,) = manifest["artifacts"]
     assert entry["parity"]["passed"] is True
-    assert entry["parity"]["input_dependence"]["sqnr_db_vs_own_mean"] < entry["parity"]["thresholds"]["max_input_independence_db"]
+    assert (
+        entry["parity"]["input_dependence"]["sqnr_db_vs_own_mean"]
+        < entry["parity"]["thresholds"]["max_input_independence_db"]
+    )
     assert entry["input"]["shape"] == [1, 3, 64, 64] and entry["input"]["normalized_in_model"] is True
     # the loaded weights are the cached file's, not a fresh random init
     ref = well_conditioned_state(get_spec("v1").name, 64, seed=7)
@@ -61,8 +68,18 @@ def test_offline_imagenet_without_cache_is_one_line(cli, tmp_path, monkeypatch):
 
 def test_existing_artifact_is_refused_without_force(cli, tmp_path):
     out = tmp_path / "o"
-    args = ("v3-small-075", "--target", "executorch", "--weights", "random", "--resolution", "48", "--out", out,
-            "--no-verify")
+    args = (
+        "v3-small-075",
+        "--target",
+        "executorch",
+        "--weights",
+        "random",
+        "--resolution",
+        "48",
+        "--out",
+        out,
+        "--no-verify",
+    )
     code, _, err = cli(*args)
     assert code == 0, err
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

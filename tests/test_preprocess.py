@@ -45,7 +45,7 @@ def test_resize_crop_matches_pillow_within_rounding(photo):
     for interp, pil, tol in (("bilinear", Image.BILINEAR, 1.5 / 255), ("bicubic", Image.BICUBIC, 4 / 255)):
         ref = np.asarray(im.resize((rw, rh), pil), np.float32) / 255
         top, left = (rh - 224) // 2, (rw - 224) // 2
-        ref = ref[top:top + 224, left:left + 224].transpose(2, 0, 1)
+        ref = ref[top : top + 224, left : left + 224].transpose(2, 0, 1)
         ours = resize_crop(np.asarray(im), Preprocess(224, 256, interp))
         assert ours.shape == (3, 224, 224)
         # Pillow rounds to 8 bits between passes; ours does not: differences stay within rounding.
@@ -97,7 +97,7 @@ def test_exif_rotation_is_applied(tmp_path, photo):
 def test_every_mode_decodes_to_rgb8(tmp_path, photo, mode):
     im = Image.open(photo).convert("RGB").resize((64, 48))
     if mode == "I;16":
-        arr = (np.asarray(im.convert("L"), np.uint16) * 257)
+        arr = np.asarray(im.convert("L"), np.uint16) * 257
         im = Image.fromarray(arr)
         path = tmp_path / "x16.png"
     else:

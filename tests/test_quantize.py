@@ -61,9 +61,13 @@ def _net():
 
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 5),
     ).eval()
 
 
@@ -82,7 +86,10 @@ def test_recipe_knobs_change_the_result(calib):
     assert hist.output_scale != minmax.output_scale  # histogram clips, min-max does not
     assert isinstance(hist.output_zero_point, int) and -128 <= hist.output_zero_point <= 127  # int8 (qint8)
     # deterministic: same inputs, same scales
-    assert quantize_pt2e(_net(), example, calib, QuantRecipe(observer="histogram")).output_scale == hist.output_scale
+    assert (
+        quantize_pt2e(_net(), example, calib, QuantRecipe(observer="histogram")).output_scale
+        == hist.output_scale
+    )
     # keep the classifier (module "6") in fp32: its input is no longer dequantized int8
     kept = quantize_pt2e(_net(), example, calib, QuantRecipe(fp32_modules=("6",)))
     assert kept.kept_fp32_nodes == 1 and hist.kept_fp32_nodes == 0
@@ -124,10 +131,14 @@ def test_bias_correction_removes_the_mean_shift(calib):
     example = torch.zeros(1, 3, 32, 32)
     logs = []
     plain = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="minmax"))
-    corrected = quantize_pt2e(_net(), example, calib, QuantRecipe(observer="minmax", bias_correction=True),
-                              log=logs.append)
+    corrected = quantize_pt2e(
+        _net(), example, calib, QuantRecipe(observer="minmax", bias_correction=True), log=logs.append
+    )
     assert any("bias correction on 3 layer(s)" in m for m in logs)  # two convs and the linear
-    before, after = _mean_logit_shift(plain.graph_module, calib), _mean_logit_shift(corrected.graph_module, calib)
+    before, after = (
+        _mean_logit_shift(plain.graph_module, calib),
+        _mean_logit_shift(corrected.graph_module, calib),
+    )
     # what is left is the int8 output rounding (half a step at most), not the accumulated shift
     assert after.max() <= 0.5 * corrected.output_scale + 1e-6
     assert after.max() < before.max()
@@ -152,7 +163,9 @@ def _relu6_net():
         conv, bn = torch.nn.Conv2d(cin, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
         bn.running_mean.fill_(0.3)  # pre-activation mostly negative
         layers += [conv, bn, torch.nn.ReLU6()]
-    return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    return torch.nn.Sequential(
+        *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)
+    ).eval()
 
 
 def _hardtanh_grids(graph_module) -> list[tuple[float, int]]:
@@ -187,16 +200,20 @@ def test_relu6_is_quantized_after_the_clamp(calib):
         if "hardtanh" in str(node.target):
             assert "conv" in str(node.args[0].target)
 
-    prepared = prepare_pt2e(torch.export.export(_relu6_net(), (example,), strict=False).module(),
-                            XNNPACKQuantizer().set_global(quantization_config(QuantRecipe())))
+    prepared = prepare_pt2e(
+        torch.export.export(_relu6_net(), (example,), strict=False).module(),
+        XNNPACKQuantizer().set_global(quantization_config(QuantRecipe())),
+    )
     with torch.no_grad():
         for x in calib:
             prepared(torch.from_numpy(x))
     stock = convert_pt2e(prepared)
     assert any(zp > -128 for _, zp in _hardtanh_grids(stock))  # the shared grid spans negatives
     reference = run_module(_relu6_net(), calib)
-    assert metrics.sqnr_db(reference, run_module(ours.graph_module, calib)) > \
-        metrics.sqnr_db(reference, run_module(stock, calib)) + 3.0
+    assert (
+        metrics.sqnr_db(reference, run_module(ours.graph_module, calib))
+        > metrics.sqnr_db(reference, run_module(stock, calib)) + 3.0
+    )
 
 
 def test_tiny_activations_survive_quantization(calib):

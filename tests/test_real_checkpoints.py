@@ -79,8 +79,12 @@ def test_a_swapped_pair_of_tensors_is_seen(one_thread, tmp_path, name):
     path = REAL / name
     state = torch.load(path, weights_only=True) if path.suffix == ".pth" else load_file(str(path))
     depthwise = [k for k, v in state.items() if v.dim() == 4 and v.shape[1] == 1]
-    pair = next((a, b) for a in reversed(depthwise) for b in reversed(depthwise)
-                if a != b and state[a].shape == state[b].shape)
+    pair = next(
+        (a, b)
+        for a in reversed(depthwise)
+        for b in reversed(depthwise)
+        if a != b and state[a].shape == state[b].shape
+    )
     state[pair[0]], state[pair[1]] = state[pair[1]], state[pair[0]]
     swapped = tmp_path / name
     torch.save(state, swapped) if path.suffix == ".pth" else save_file(state, str(swapped))

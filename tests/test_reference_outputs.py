@@ -69,10 +69,27 @@ def reference(tmp_path_factory):
     x = torch.from_numpy(normalize(resize_crop(data.chelsea(), pre), pre))[None].contiguous()
     save_file({"input": x}, str(out / "input.safetensors"))
     cases = [c for c in CASES if "mobilenetv4" not in c or _v4_available()]
-    run = subprocess.run([python, str(SCRIPT), "outputs", "--input", str(out / "input.safetensors"), "--out", str(out),
-                          "--seed", "0", *cases], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            python,
+            str(SCRIPT),
+            "outputs",
+            "--input",
+            str(out / "input.safetensors"),
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            *cases,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if run.returncode != 0 and "ModuleNotFoundError" in run.stderr:  # a python without the libraries
-        pytest.skip(f"side python {python!r} lacks torchvision/timm/safetensors: {run.stderr.strip().splitlines()[-1]}")
+        pytest.skip(
+            f"side python {python!r} lacks torchvision/timm/safetensors: {run.stderr.strip().splitlines()[-1]}"
+        )
     if run.returncode != 0:
         pytest.fail(f"side python failed:\n{run.stderr[-3000:]}")
     sys.stderr.write(run.stderr)
@@ -117,8 +134,13 @@ def test_the_comparison_can_fail(reference):
     folder, x = reference
     spec = get_spec("mobilenet_v3_small")
     module = build_architecture(spec).eval()  # timm's eps 1e-5
-    W.load_into(module, spec, str(folder / "mobilenet_v3_small.pth"),
-                W.resolve_source(spec, str(folder / "mobilenet_v3_small.pth"))[0], 1000)
+    W.load_into(
+        module,
+        spec,
+        str(folder / "mobilenet_v3_small.pth"),
+        W.resolve_source(spec, str(folder / "mobilenet_v3_small.pth"))[0],
+        1000,
+    )
     expected = load_file(str(folder / "mobilenet_v3_small.out.safetensors"))["output"]
     with torch.no_grad():
         diff = (module(x) - expected).abs().max().item()

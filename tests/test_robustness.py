@@ -56,30 +56,39 @@ def _fails(code_expected: int, *args) -> str:
 # --- requests that cannot work: exit 2, the choices named, nothing written ---------------
 
 
-@pytest.mark.parametrize("args, words", [
-    (["v2-130"], ["unknown model 'v2-130'", "v2-140", "Known:"]),  # unknown width
-    (["v1-025", "--target", "tflite"], ["'tflite'", "executorch", "coreml", "all"]),
-    (["v1-025", "--precision", "int4"], ["'int4'", "fp16", "fp32"]),
-    (["v1-025", "--compress", "palettize3"], ["'palettize3'", "palettize4", "palettize6", "w8a8"]),
-    (["v1-025", "--quantize", "int4"], ["'int4'", "none", "int8"]),
-    (["v1-025", "--ios", "15"], ["'15'", "16", "17", "18"]),
-    (["v1-025", "--resolution", "8"], ["32<=x<=4096"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["v2-130"], ["unknown model 'v2-130'", "v2-140", "Known:"]),  # unknown width
+        (["v1-025", "--target", "tflite"], ["'tflite'", "executorch", "coreml", "all"]),
+        (["v1-025", "--precision", "int4"], ["'int4'", "fp16", "fp32"]),
+        (["v1-025", "--compress", "palettize3"], ["'palettize3'", "palettize4", "palettize6", "w8a8"]),
+        (["v1-025", "--quantize", "int4"], ["'int4'", "none", "int8"]),
+        (["v1-025", "--ios", "15"], ["'15'", "16", "17", "18"]),
+        (["v1-025", "--resolution", "8"], ["32<=x<=4096"]),
+    ],
+)
 def test_unknown_choices_are_usage_errors_listing_the_choices(args, words, tmp_path):
     line = _fails(2, *args, "--out", tmp_path / "out")
     assert all(w in line for w in words), line
     assert listing(tmp_path) == []
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--target", "coreml", "--compress", "palettize4", "--ios", "16"], ["needs --ios 18", "--compress none|int8"]),
-    (["--target", "coreml", "--compress", "w8a8", "--ios", "16"], ["needs --ios 17"]),
-    (["--target", "coreml", "--quantize", "int8"], ["ExecuTorch only", "--compress"]),
-    (["--target", "executorch", "--precision", "fp16"], ["Core ML only", "--target coreml"]),
-    (["--target", "executorch", "--compress", "palettize4"], ["Core ML only"]),
-    (["--target", "coreml", "--normalize-outside"], ["--input tensor"]),
-    (["--num-classes", "0"], ["0 is not in the range"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["--target", "coreml", "--compress", "palettize4", "--ios", "16"],
+            ["needs --ios 18", "--compress none|int8"],
+        ),
+        (["--target", "coreml", "--compress", "w8a8", "--ios", "16"], ["needs --ios 17"]),
+        (["--target", "coreml", "--quantize", "int8"], ["ExecuTorch only", "--compress"]),
+        (["--target", "executorch", "--precision", "fp16"], ["Core ML only", "--target coreml"]),
+        (["--target", "executorch", "--compress", "palettize4"], ["Core ML only"]),
+        (["--target", "coreml", "--normalize-outside"], ["--input tensor"]),
+        (["--num-classes", "0"], ["0 is not in the range"]),
+    ],
+)
 def test_impossible_combinations_are_refused_before_any_file(args, words, tmp_path):
     out = tmp_path / "out"
     line = _fails(2, *SMALL, *args, "--out", out)
@@ -127,7 +136,9 @@ def test_checkpoint_rows_are_one_line_and_write_nothing(tmp_path):
     cases["truncated safetensors"] = (tmp_path / "w.safetensors", "damaged or truncated")
     for name, (path, words) in cases.items():
         out = tmp_path / f"out_{name.replace(' ', '_')}"
-        line = _fails(1, "v1-025", "--weights", path, "--resolution", RES, "--target", "executorch", "--out", out)
+        line = _fails(
+            1, "v1-025", "--weights", path, "--resolution", RES, "--target", "executorch", "--out", out
+        )
         assert words in line, (name, line)
         assert [p for p in listing(out) if not (out / p).is_dir()] == [], name
     assert not marker.exists(), "the pickle's code ran"
@@ -158,27 +169,56 @@ def _write_bomb(path: Path, side: int = 60000) -> None:
     import zlib
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("folder, words", [("missing", "does not exist"), ("empty", "no images"),
-                                           ("corrupt", "could be read"), ("bomb", "could be read")])
+@pytest.mark.parametrize(
+    "folder, words",
+    [
+        ("missing", "does not exist"),
+        ("empty", "no images"),
+        ("corrupt", "could be read"),
+        ("bomb", "could be read"),
+    ],
+)
 def test_verify_image_folder_rows(exported, tmp_path, folder, words):
     folders = _image_folders(tmp_path / "img")
     line = _fails(1, "verify", exported / PTE, "--images", folders[folder])
     assert words in line, line
 
 
-@pytest.mark.parametrize("folder, words", [("missing", "does not exist"), ("empty", "no images"),
-                                           ("corrupt", "could be read")])
+@pytest.mark.parametrize(
+    "folder, words", [("missing", "does not exist"), ("empty", "no images"), ("corrupt", "could be read")]
+)
 def test_calibration_folder_rows_leave_no_artifact(tmp_path, folder, words):
     folders = _image_folders(tmp_path / "img")
     out = tmp_path / "out"
-    line = _fails(1, *SMALL, "--target", "executorch", "--quantize", "int8", "--calibration", folders[folder],
-                  "--out", out, "--no-verify")
+    line = _fails(
+        1,
+        *SMALL,
+        "--target",
+        "executorch",
+        "--quantize",
+        "int8",
+        "--calibration",
+        folders[folder],
+        "--out",
+        out,
+        "--no-verify",
+    )
     assert words in line, line
     assert [p for p in listing(out) if not (out / p).is_dir()] == []
 
@@ -202,7 +242,7 @@ def _odd_photos(folder: Path) -> dict[str, Path]:
     for key, (name, im) in files.items():
         im.save(folder / name)
         paths[key] = folder / name
-    sixteen = (np.asarray(photo.convert("L"), np.uint16) * 257)
+    sixteen = np.asarray(photo.convert("L"), np.uint16) * 257
     Image.fromarray(sixteen).save(folder / "sixteen.png")
     paths["sixteen"] = folder / "sixteen.png"
     return paths
@@ -243,14 +283,18 @@ def test_odd_images_are_handled_for_verify(exported, tmp_path):
     assert escaped is None and code == 0, err[-2000:]
     report = json.loads(out)
     assert report["images"]["count"] == 6 + len(others) and report["images"]["skipped"] == 0, report["images"]
-    assert report["input_dependence"]["sqnr_db_vs_own_mean"] < report["thresholds"]["max_input_independence_db"]
+    assert (
+        report["input_dependence"]["sqnr_db_vs_own_mean"] < report["thresholds"]["max_input_independence_db"]
+    )
 
     # The orientation itself, in the function verify and calibration both call: the tagged
     # file gives the upright photo's input exactly, the same pixels without the tag do not.
     # (The small test model's logits barely depend on the image, so they cannot show it.)
     _exif_rotated(tmp_path / "upright.png", tmp_path / "untagged.png", tagged=False)
     pre = preprocess_of(json.loads((exported / "manifest.json").read_text()))
-    upright, tagged, untagged = (load_input(tmp_path / n, pre) for n in ("upright.png", "odd/exif_rotated.png", "untagged.png"))
+    upright, tagged, untagged = (
+        load_input(tmp_path / n, pre) for n in ("upright.png", "odd/exif_rotated.png", "untagged.png")
+    )
     assert np.array_equal(tagged, upright)
     assert np.abs(untagged - upright).max() > 0.1
 
@@ -262,8 +306,9 @@ def test_odd_images_are_handled_for_calibration(tmp_path):
     paths = _odd_photos(odd)
     _exif_rotated(paths["gray"], odd / "exif_rotated.png", tagged=True)
     out = tmp_path / "out"
-    code, _, err, escaped = cli_inprocess(*SMALL, "--target", "coreml", "--compress", "w8a8", "--calibration", odd,
-                                          "--out", out, "--no-verify")
+    code, _, err, escaped = cli_inprocess(
+        *SMALL, "--target", "coreml", "--compress", "w8a8", "--calibration", odd, "--out", out, "--no-verify"
+    )
     assert escaped is None and code == 0, err[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     calibration = manifest["artifacts"][0]["quantization"]["calibration"]
@@ -285,7 +330,12 @@ def _mount_tmpfs(where: Path, options: str) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _umount(where: Path) -> None:
@@ -309,7 +359,9 @@ def test_existing_artifact_is_refused_without_force(exported, tmp_path):
     before = {p: (folder / p).stat().st_mtime_ns for p in listing(folder)}
     weights = json.loads((folder / "manifest.json").read_text())["model"]["weights"]["path"]
     for target, name in (("executorch", PTE), ("coreml", PKG)):
-        line = _fails(1, "v1-025", "--weights", weights, "--resolution", RES, "--target", target, "--out", folder)
+        line = _fails(
+            1, "v1-025", "--weights", weights, "--resolution", RES, "--target", target, "--out", folder
+        )
         assert name in line and "--force" in line, line
     assert {p: (folder / p).stat().st_mtime_ns for p in listing(folder)} == before
 
@@ -334,7 +386,9 @@ def _signal_state(pid: int) -> str:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return "exited"
-    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigIgn", "SigBlk", "SigCgt")))
+    return " ".join(
+        line.replace("\t", "") for line in lines if line.startswith(("SigIgn", "SigBlk", "SigCgt"))
+    )
 
 
 def test_ctrl_c_during_lowering_keeps_the_old_artifact_whole(exported, tmp_path):
@@ -349,10 +403,29 @@ def test_ctrl_c_during_lowering_keeps_the_old_artifact_whole(exported, tmp_path)
     old = (folder / PTE).read_bytes()
     weights = json.loads((folder / "manifest.json").read_text())["model"]["weights"]["path"]
     env = dict(os.environ, MOBILE_EXPORT_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "mobile_export.cli", "v1-025", "--weights", weights, "--resolution",
-                             str(RES), "--target", "executorch", "--out", str(folder), "--force", "--no-verify"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mobile_export.cli",
+            "v1-025",
+            "--weights",
+            weights,
+            "--resolution",
+            str(RES),
+            "--target",
+            "executorch",
+            "--out",
+            str(folder),
+            "--force",
+            "--no-verify",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     temporaries: list[str] = []
     while not temporaries and proc.poll() is None and time.monotonic() < deadline:
@@ -372,11 +445,17 @@ def test_ctrl_c_during_lowering_keeps_the_old_artifact_whole(exported, tmp_path)
 # --- manifests -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda m: m.write_text("{ not json"), "not valid JSON"),
-    (lambda m: m.write_text(m.read_text().replace('"version": 2', '"version": 99', 1)), "version 99 is not supported"),
-    (lambda m: m.unlink(), "no manifest"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda m: m.write_text("{ not json"), "not valid JSON"),
+        (
+            lambda m: m.write_text(m.read_text().replace('"version": 2', '"version": 99', 1)),
+            "version 99 is not supported",
+        ),
+        (lambda m: m.unlink(), "no manifest"),
+    ],
+)
 def test_manifest_rows_via_verify(exported, tmp_path, damage, words):
     folder = copy_export(exported, tmp_path / "copy")
     damage(folder / "manifest.json")
@@ -406,15 +485,21 @@ def _without_inputs(package: Path) -> None:
     (package / "Data/com.apple.CoreML/model.mlmodel").write_bytes(spec.SerializeToString())
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda p: (p / WEIGHT_REL).unlink(), "weight.bin is missing"),
-    (lambda p: (p / "Manifest.json").unlink(), "Manifest.json is missing"),
-    (lambda p: (p / "Data/com.apple.CoreML/model.mlmodel").write_bytes(b"\x0a\xff\xff\xff garbage"), "does not parse"),
-    (lambda p: flip(p / "Data/com.apple.CoreML/model.mlmodel", [40, 41, 42]), "does not parse"),
-    (lambda p: set_blob_offset(p, 1000), "bad sentinel"),
-    (lambda p: set_blob_offset(p, 10 ** 12, which=3), "outside the"),
-    (lambda p: _without_inputs(p), "lacks its inputs"),  # found by the fuzz: parsed, then IndexError
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda p: (p / WEIGHT_REL).unlink(), "weight.bin is missing"),
+        (lambda p: (p / "Manifest.json").unlink(), "Manifest.json is missing"),
+        (
+            lambda p: (p / "Data/com.apple.CoreML/model.mlmodel").write_bytes(b"\x0a\xff\xff\xff garbage"),
+            "does not parse",
+        ),
+        (lambda p: flip(p / "Data/com.apple.CoreML/model.mlmodel", [40, 41, 42]), "does not parse"),
+        (lambda p: set_blob_offset(p, 1000), "bad sentinel"),
+        (lambda p: set_blob_offset(p, 10**12, which=3), "outside the"),
+        (lambda p: _without_inputs(p), "lacks its inputs"),  # found by the fuzz: parsed, then IndexError
+    ],
+)
 def test_damaged_mlpackage_rows_in_process(exported, tmp_path, damage, words):
     folder = copy_export(exported, tmp_path / "copy")
     damage(folder / PKG)

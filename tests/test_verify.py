@@ -40,10 +40,13 @@ def test_cosine_by_hand():
 
 
 def test_topk_by_hand():
-    ref = np.array([[0.1, 0.9, 0.5, 0.3, 0.2, 0.0, -1.0],
-                    [5.0, 1.0, 2.0, 3.0, 4.0, 0.0, -1.0]])
-    test = np.array([[0.1, 0.4, 0.5, 0.3, 0.2, 0.0, -1.0],   # top-1 moves from 1 to 2; top-5 set unchanged
-                     [5.0, 1.0, 2.0, 3.0, 4.0, 4.5, -1.0]])  # class 5 enters top-5, class 1 leaves; top-1 stays
+    ref = np.array([[0.1, 0.9, 0.5, 0.3, 0.2, 0.0, -1.0], [5.0, 1.0, 2.0, 3.0, 4.0, 0.0, -1.0]])
+    test = np.array(
+        [
+            [0.1, 0.4, 0.5, 0.3, 0.2, 0.0, -1.0],  # top-1 moves from 1 to 2; top-5 set unchanged
+            [5.0, 1.0, 2.0, 3.0, 4.0, 4.5, -1.0],
+        ]
+    )  # class 5 enters top-5, class 1 leaves; top-1 stays
     assert metrics.top1_agreement(ref, test) == 0.5
     assert metrics.topk_overlap(ref, test, 5) == pytest.approx((5 / 5 + 4 / 5) / 2)
     # row 0 margin 0.4, row 1 margin 1.0
@@ -96,7 +99,9 @@ def test_input_dependence_by_hand():
     # rows (1, 0) and (-1, 0): mean (0, 0), so all the energy depends on the image: 0 dB
     assert metrics.input_dependence_db([[1.0, 0.0], [-1.0, 0.0]]) == pytest.approx(0.0)
     # mean (10, 0) plus +-0.1: signal 100.01, image-dependent part 0.01 -> 40 dB
-    assert metrics.input_dependence_db([[10.1, 0.0], [9.9, 0.0]]) == pytest.approx(10 * math.log10(100.01 / 0.01))
+    assert metrics.input_dependence_db([[10.1, 0.0], [9.9, 0.0]]) == pytest.approx(
+        10 * math.log10(100.01 / 0.01)
+    )
     # the old detector's blind spot (issue 21): a spread of 1e-4 of the scale on one class
     # passed its 1e-4 limit; here it measures ~85 dB and fails the row's input-dependence limit
     rng = np.random.default_rng(0)
@@ -105,7 +110,11 @@ def test_input_dependence_by_hand():
     assert db > 80
     key, limits = thresholds.limits_for({"precision": "fp32", "quantization": {"mode": "none"}})
     failures = thresholds.check({"input_independence_db": db}, limits, key)
-    assert len(failures) == 1 and "--accept-input-independent" in failures[0] and "trained weights" in failures[0]
+    assert (
+        len(failures) == 1
+        and "--accept-input-independent" in failures[0]
+        and "trained weights" in failures[0]
+    )
 
 
 def test_nan_output_is_minus_cap_not_plus():
@@ -120,12 +129,24 @@ def test_nan_output_is_minus_cap_not_plus():
 
 def test_one_table_keys_and_failures():
     assert thresholds.key_for({"precision": "fp32", "quantization": {"mode": "none"}}) == "fp32"
-    assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}}) == "int8/pt2e-int8"
+    assert (
+        thresholds.key_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}}) == "int8/pt2e-int8"
+    )
     assert thresholds.key_for({"precision": "int8", "quantization": {"mode": "something-new"}}) == "int8"
-    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "palettize4"}}) == "fp16/palettize4"
-    assert thresholds.key_for({"precision": "fp16", "quantization": {"mode": "prune50"}}) == "fp16"  # no row: precision
+    assert (
+        thresholds.key_for({"precision": "fp16", "quantization": {"mode": "palettize4"}}) == "fp16/palettize4"
+    )
+    assert (
+        thresholds.key_for({"precision": "fp16", "quantization": {"mode": "prune50"}}) == "fp16"
+    )  # no row: precision
     key, limits = thresholds.limits_for({"precision": "fp32", "quantization": {"mode": "none"}})
-    good = {"sqnr_db": 90.0, "cosine": 1.0, "top1_agreement": 1.0, "top5_overlap": 1.0, "input_independence_db": 1.0}
+    good = {
+        "sqnr_db": 90.0,
+        "cosine": 1.0,
+        "top1_agreement": 1.0,
+        "top5_overlap": 1.0,
+        "input_independence_db": 1.0,
+    }
     assert thresholds.check(good, limits, key) == []
     bad = dict(good, sqnr_db=42.0, top1_agreement=0.9)
     failures = thresholds.check(bad, limits, key)
@@ -134,10 +155,15 @@ def test_one_table_keys_and_failures():
     assert thresholds.check({"sqnr_db": 90.0}, limits, key) == []
     key8, limits8 = thresholds.limits_for({"precision": "int8", "quantization": {"mode": "pt2e-int8"}})
     steps = limits8["steps_vs_quantized"] + 1
-    fails8 = thresholds.check({"sqnr_db": 40.0, "top1_agreement": 1.0, "steps_vs_quantized": steps,
-                               "sqnr_db_vs_quantized": 40.0}, limits8, key8)
-    assert fails8 == [f"p99.9 error vs the quantized PyTorch model {steps:g} output steps > "
-                      f"{limits8['steps_vs_quantized']:g} output steps (int8/pt2e-int8)"]
+    fails8 = thresholds.check(
+        {"sqnr_db": 40.0, "top1_agreement": 1.0, "steps_vs_quantized": steps, "sqnr_db_vs_quantized": 40.0},
+        limits8,
+        key8,
+    )
+    assert fails8 == [
+        f"p99.9 error vs the quantized PyTorch model {steps:g} output steps > "
+        f"{limits8['steps_vs_quantized']:g} output steps (int8/pt2e-int8)"
+    ]
 
 
 def test_overrides_replace_or_remove_a_limit_and_refuse_unknown_names():
@@ -147,8 +173,11 @@ def test_overrides_replace_or_remove_a_limit_and_refuse_unknown_names():
     key, limits = thresholds.limits_for(entry, {"top1_agreement": 0.99, "sqnr_db": None})
     assert limits["top1_agreement"] == 0.99 and "sqnr_db" not in limits
     assert thresholds.check({"top1_agreement": 0.95, "sqnr_db": -5.0}, limits, key) == [
-        "top-1 agreement vs float 0.95 < 0.99 (fp16/palettize4)"]
-    assert thresholds.limits_for(entry)[1]["sqnr_db"] == thresholds.THRESHOLDS["fp16/palettize4"]["sqnr_db"]  # no leak
+        "top-1 agreement vs float 0.95 < 0.99 (fp16/palettize4)"
+    ]
+    assert (
+        thresholds.limits_for(entry)[1]["sqnr_db"] == thresholds.THRESHOLDS["fp16/palettize4"]["sqnr_db"]
+    )  # no leak
     with pytest.raises(UsageError, match="unknown parity limit 'top1'"):
         thresholds.limits_for(entry, {"top1": 0.9})
 
@@ -164,10 +193,12 @@ def test_every_row_has_agreement_and_an_input_dependence_limit():
 
 
 def test_per_layer_writer(tmp_path):
-    rows = [LayerRow("conv", "conv2d", 40.0, 0.01, 0.9999, 5.0, "stem.conv", "1x8x4x4", 0),
-            LayerRow("se", "mul", 25.0, 0.2, 0.99, 15.0, "blocks.1.se", "1x8x4x4", 1),
-            LayerRow("fc", "linear", 24.0, 0.3, 0.98, 1.0, "classifier", "1x10", 2),
-            LayerRow("runtime", "pte vs PyTorch", 30.0, 0.1, 0.999, None, "", "", 3)]
+    rows = [
+        LayerRow("conv", "conv2d", 40.0, 0.01, 0.9999, 5.0, "stem.conv", "1x8x4x4", 0),
+        LayerRow("se", "mul", 25.0, 0.2, 0.99, 15.0, "blocks.1.se", "1x8x4x4", 1),
+        LayerRow("fc", "linear", 24.0, 0.3, 0.98, 1.0, "classifier", "1x10", 2),
+        LayerRow("runtime", "pte vs PyTorch", 30.0, 0.1, 0.999, None, "", "", 3),
+    ]
     assert [r.name for r in sort_by_loss(rows)] == ["se", "conv", "fc", "runtime"]
     paths = write_per_layer_report(rows, tmp_path / "r", "test <model>")
     md = paths["markdown"].read_text()
@@ -217,7 +248,12 @@ def test_quantized_layer_rows_find_the_damaged_layer(damaged):
     q = quantize_pt2e(Net().eval(), torch.zeros(1, 3, 8, 8), xs, QuantRecipe(observer="minmax"))
     rows, _ = collect(lambda sink: quantized_layer_values(q, xs, sink), EXACT_DB)
     assert [(r.name, r.module) for r in rows if r.op != "input"] == [
-        ("conv2d", "a"), ("relu", ""), ("conv2d_1", "b"), ("relu_1", ""), ("conv2d_2", "c")]
+        ("conv2d", "a"),
+        ("relu", ""),
+        ("conv2d_1", "b"),
+        ("relu_1", ""),
+        ("conv2d_2", "c"),
+    ]
     ranked = sorted((r for r in rows if r.op != "input"), key=lambda r: r.sqnr_loss_db, reverse=True)
     row_name, module = DAMAGED_ROWS[damaged]
     worst_index = rows.index(ranked[0])
@@ -232,15 +268,32 @@ def test_quantized_layer_rows_find_the_damaged_layer(damaged):
 
 def test_format_report_lines():
     report = {
-        "artifact": "m_int8.pte", "precision": "int8", "quantization": "pt2e-int8",
+        "artifact": "m_int8.pte",
+        "precision": "int8",
+        "quantization": "pt2e-int8",
         "images": {"count": 11, "source": "bundled", "skipped": 1},
-        "vs_float": {"max_abs": 0.5, "mean_abs": 0.05, "sqnr_db": 21.5, "cosine": 0.99, "top1_agreement": 0.9,
-                     "top1_ties": 1, "top1_flips": 2, "top1_flips_on_ties": 1, "top5_overlap": 0.8},
+        "vs_float": {
+            "max_abs": 0.5,
+            "mean_abs": 0.05,
+            "sqnr_db": 21.5,
+            "cosine": 0.99,
+            "top1_agreement": 0.9,
+            "top1_ties": 1,
+            "top1_flips": 2,
+            "top1_flips_on_ties": 1,
+            "top5_overlap": 0.8,
+        },
         "input_dependence": {"sqnr_db_vs_own_mean": 2.5, "limit_db": 30.0, "accepted": False},
-        "output_scale": 0.02, "steps_vs_float": 25.0, "vs_quantized": {"max_abs": 0.02, "mean_abs": 0.001,
-                                                                      "sqnr_db": 45.0, "cosine": 0.9999},
-        "steps_vs_quantized": 1.0, "max_steps_vs_quantized": 3.0, "quantized_reference": "rebuilt", "thresholds": {"key": "int8/pt2e-int8"},
-        "passed": False, "failures": ["SQNR vs float 21.5 dB < 30 dB (x)"], "warnings": [],
+        "output_scale": 0.02,
+        "steps_vs_float": 25.0,
+        "vs_quantized": {"max_abs": 0.02, "mean_abs": 0.001, "sqnr_db": 45.0, "cosine": 0.9999},
+        "steps_vs_quantized": 1.0,
+        "max_steps_vs_quantized": 3.0,
+        "quantized_reference": "rebuilt",
+        "thresholds": {"key": "int8/pt2e-int8"},
+        "passed": False,
+        "failures": ["SQNR vs float 21.5 dB < 30 dB (x)"],
+        "warnings": [],
     }
     text = format_report(report)
     assert text.splitlines()[0].startswith("m_int8.pte: FAILED (int8, pt2e-int8")
@@ -263,12 +316,27 @@ def _fake_export(tmp_path, data: bytes, sha_of: bytes | None = None):
     m = mf.new_manifest(built)
     pte = tmp_path / "m.pte"
     pte.write_bytes(data)
-    m["artifacts"] = [{"file": "m.pte", "target": "executorch", "format": "pte", "bytes": len(data),
-                       "sha256": hashlib.sha256(sha_of if sha_of is not None else data).hexdigest(),
-                       "precision": "fp32", "quantization": {"mode": "none"},
-                       "input": {"name": "x", "kind": "tensor", "shape": [1, 3, 32, 32], "layout": "NCHW",
-                                 "dtype": "float32", "value_range": [0, 1], "normalized_in_model": True},
-                       "output": {"name": "logits", "kind": "logits"}}]
+    m["artifacts"] = [
+        {
+            "file": "m.pte",
+            "target": "executorch",
+            "format": "pte",
+            "bytes": len(data),
+            "sha256": hashlib.sha256(sha_of if sha_of is not None else data).hexdigest(),
+            "precision": "fp32",
+            "quantization": {"mode": "none"},
+            "input": {
+                "name": "x",
+                "kind": "tensor",
+                "shape": [1, 3, 32, 32],
+                "layout": "NCHW",
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "normalized_in_model": True,
+            },
+            "output": {"name": "logits", "kind": "logits"},
+        }
+    ]
     mf.write_manifest(tmp_path, m)
     return pte
 

@@ -81,7 +81,9 @@ def test_timm_names_and_shapes_are_ours_in_order(path):
     assert W.classifier_classes(fx["shapes"], "timm") == fx["num_classes"]
 
 
-@pytest.mark.parametrize("path", [p for p in FIXTURE_FILES if p.parent.name == "torchvision"], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in FIXTURE_FILES if p.parent.name == "torchvision"], ids=lambda p: p.stem
+)
 def test_torchvision_maps_one_to_one_in_order(path):
     fx = _fixture(path)
     spec = get_spec(fx["model"])
@@ -104,7 +106,9 @@ def test_torchvision_maps_one_to_one_in_order(path):
         assert ours["conv_head.weight"][2:] == (1, 1)
 
 
-@pytest.mark.parametrize("path", [p for p in FIXTURE_FILES if p.parent.name == "torchvision"], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in FIXTURE_FILES if p.parent.name == "torchvision"], ids=lambda p: p.stem
+)
 def test_torchvision_order_survives_safetensors_sorting(path):
     """safetensors stores keys as sorted text; the positional mapping rebuilds the order."""
     keys = [k for k, _ in _fixture(path)["state_dict"]]
@@ -156,8 +160,12 @@ def test_timm_format_files_load_by_identity(tmp_path, small, wrap):
     if wrap == "safetensors":
         save_file(state, str(path))
     else:
-        obj = {"plain": state, "state_dict": {"state_dict": state, "epoch": 3}, "model": {"model": state},
-               "module_prefix": {f"module.{k}": v for k, v in state.items()}}[wrap]
+        obj = {
+            "plain": state,
+            "state_dict": {"state_dict": state, "epoch": 3},
+            "model": {"model": state},
+            "module_prefix": {f"module.{k}": v for k, v in state.items()},
+        }[wrap]
         torch.save(obj, path)
     built = create_model(spec.name, weights=str(path), seed=99)
     _assert_same_tensors(built.module, state)
@@ -225,7 +233,9 @@ def test_wrong_variant_file_names_counts_keys_and_fix(tmp_path, small):
         create_model("v2-050", weights=str(path))
     text = _one_line(exc)
     assert "mobilenet_v2_050" in text and "mismatched" in text and "another variant" in text
-    assert re.search(r"mismatched \(blocks\.1\.0\.\S+ file \(\d+(,\d+)*\) vs model \(\d+", text), text  # earliest layer first
+    assert re.search(r"mismatched \(blocks\.1\.0\.\S+ file \(\d+(,\d+)*\) vs model \(\d+", text), (
+        text
+    )  # earliest layer first
 
 
 def test_missing_and_unexpected_keys_are_counted(tmp_path, small):
@@ -282,10 +292,13 @@ def test_truncated_files_give_one_line(tmp_path, small, suffix):
     assert f"cut{suffix}" in text and "truncated" in text
 
 
-@pytest.mark.parametrize("content, expect", [
-    (b"", "is empty"),
-    (b"hello, I am a text file\n" * 4, "neither a PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"", "is empty"),
+        (b"hello, I am a text file\n" * 4, "neither a PyTorch checkpoint"),
+    ],
+)
 def test_not_a_checkpoint(tmp_path, content, expect):
     path = tmp_path / "weights.bin"
     path.write_bytes(content)
@@ -437,7 +450,9 @@ def test_download_verifies_caches_and_reuses(tmp_path, served, monkeypatch):
 def test_hash_mismatch_keeps_nothing(tmp_path, served):
     root, server = served
     (root / "mobilenet_v2-deadbeef.pth").write_bytes(b"not what the name promises" * 1000)
-    source = replace(get_spec("v2").weights[0], url=server.url + "mobilenet_v2-deadbeef.pth", sha256="deadbeef")
+    source = replace(
+        get_spec("v2").weights[0], url=server.url + "mobilenet_v2-deadbeef.pth", sha256="deadbeef"
+    )
     with pytest.raises(DownloadError) as exc:
         W.fetch(source)
     text = _one_line(exc)
@@ -451,8 +466,10 @@ def test_timm_hub_files_are_pinned_on_first_download(tmp_path, served, monkeypat
     repo.mkdir(parents=True)
     first, second = (_safetensors_bytes(tmp_path, float(i)) for i in (1, 2))
     (repo / "model.safetensors").write_bytes(first)
-    source = replace(get_spec("v2-050").weights[0],
-                     url=server.url + "timm/mobilenetv2_050.lamb_in1k/resolve/main/model.safetensors")
+    source = replace(
+        get_spec("v2-050").weights[0],
+        url=server.url + "timm/mobilenetv2_050.lamb_in1k/resolve/main/model.safetensors",
+    )
     assert source.sha256 is None and source.filename == "mobilenetv2_050.lamb_in1k.model.safetensors"
     path, digest = W.fetch(source)
     pin = path.with_name(path.name + ".sha256")
@@ -480,7 +497,9 @@ def test_an_error_page_is_never_pinned(tmp_path, served):
     repo = root / "timm" / "x.in1k" / "resolve" / "main"
     repo.mkdir(parents=True)
     (repo / "model.safetensors").write_bytes(b"<html>rate limited</html>")
-    source = replace(get_spec("v2-050").weights[0], url=server.url + "timm/x.in1k/resolve/main/model.safetensors")
+    source = replace(
+        get_spec("v2-050").weights[0], url=server.url + "timm/x.in1k/resolve/main/model.safetensors"
+    )
     with pytest.raises(DownloadError) as exc:
         W.fetch(source)
     assert "did not return a checkpoint" in _one_line(exc)
@@ -495,7 +514,9 @@ def test_server_down_is_one_line(tmp_path, served):
     with pytest.raises(DownloadError) as exc:
         W.fetch(replace(get_spec("v2").weights[0], url=url))
     text = _one_line(exc)
-    assert text.startswith(f"cannot download {url}") and "--weights /path/to/mobilenet_v2-b0353104.pth" in text
+    assert (
+        text.startswith(f"cannot download {url}") and "--weights /path/to/mobilenet_v2-b0353104.pth" in text
+    )
     assert _cache_files(tmp_path) == []
 
 
@@ -506,7 +527,9 @@ def test_a_published_file_passed_by_path_keeps_its_recipe(tmp_path):
     torch.save(_to_torchvision(ref.module.state_dict(), "mobilenet_v3_small"), path)
     prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     spec = get_spec("v3-small")
-    tv2 = replace(spec.weights[0], tag="tv2", sha256=prefix, preprocess=replace(spec.weights[0].preprocess, resize=232))
+    tv2 = replace(
+        spec.weights[0], tag="tv2", sha256=prefix, preprocess=replace(spec.weights[0].preprocess, resize=232)
+    )
     spec = replace(spec, weights=(spec.weights[0], tv2))
     assert create_model(spec, weights=str(path)).preprocess.resize == 232
     assert create_model("v3-small", weights=str(path)).preprocess.resize == 256  # unknown file: tv1 recipe

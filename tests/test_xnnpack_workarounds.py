@@ -35,7 +35,7 @@ class _ConvActConv(torch.nn.Module):
 
 
 def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return 10.0 * float(np.log10(float((ref ** 2).sum()) / max(float(((ref - out) ** 2).sum()), 1e-30)))
+    return 10.0 * float(np.log10(float((ref**2).sum()) / max(float(((ref - out) ** 2).sum()), 1e-30)))
 
 
 def _run(program: bytes, x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +46,11 @@ def _run(program: bytes, x: torch.Tensor) -> torch.Tensor:
 
 
 def _gelus(exported) -> list[str]:
-    return [n.kwargs.get("approximate", "none") for n in exported.graph.nodes
-            if n.target == torch.ops.aten.gelu.default]
+    return [
+        n.kwargs.get("approximate", "none")
+        for n in exported.graph.nodes
+        if n.target == torch.ops.aten.gelu.default
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +90,18 @@ def test_fast_gelu_runs_xnnpack_erf_gelu(tanh_case):
 
 
 def test_fast_gelu_is_refused_for_a_model_without_tanh_gelu(cli, tmp_path):
-    code, out, err = cli("v1-025", "--target", "executorch", "--weights", "random", "--resolution", "32",
-                         "--fast-gelu", "--out", tmp_path / "out")
+    code, out, err = cli(
+        "v1-025",
+        "--target",
+        "executorch",
+        "--weights",
+        "random",
+        "--resolution",
+        "32",
+        "--fast-gelu",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and "--fast-gelu" in err and "does not use" in err, err
     assert [line for line in err.splitlines() if line.startswith("Error:")] == [err.strip().splitlines()[-1]]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -60,12 +60,22 @@ def timm_references(cases: list[tuple[str, int, dict]], folder: Path, seed: int 
     """Several models in one side process (one interpreter start-up, which dominates)."""
     from safetensors.torch import load_file
 
-    spec = [{"name": name, "resolution": res, "kwargs": kwargs, "seed": seed,
-             "out": str(folder / f"timm_ref_{i}.safetensors")} for i, (name, res, kwargs) in enumerate(cases)]
-    subprocess.run([str(SIDE_PYTHON), "-c", _SCRIPT, json.dumps(spec)], check=True, capture_output=True, timeout=1800)
+    spec = [
+        {
+            "name": name,
+            "resolution": res,
+            "kwargs": kwargs,
+            "seed": seed,
+            "out": str(folder / f"timm_ref_{i}.safetensors"),
+        }
+        for i, (name, res, kwargs) in enumerate(cases)
+    ]
+    subprocess.run(
+        [str(SIDE_PYTHON), "-c", _SCRIPT, json.dumps(spec)], check=True, capture_output=True, timeout=1800
+    )
     results = []
     for case in spec:
         tensors = load_file(case["out"])
-        state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+        state = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
         results.append({"state": state, "input": tensors["input"], "output": tensors["output"]})
     return results

@@ -54,19 +54,47 @@ MODES: dict[str, CompressionMode] = {
     m.name: m
     for m in (
         CompressionMode("none", "", 16, "float, the compute precision"),
-        CompressionMode("int8", "int8", 16, "int8 linear symmetric, one scale per output channel",
-                        why_min_ios="constexpr_affine_dequantize is in the iOS16 opset"),
-        CompressionMode("palettize6", "pal6", 18, "6-bit palette (1-D k-means) per group of output channels", nbits=6,
-                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
-        CompressionMode("palettize4", "pal4", 18, "4-bit palette (1-D k-means) per group of output channels", nbits=4,
-                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
-        CompressionMode("palettize-auto", "palauto", 18,
-                        "2-8-bit palettes per group of output channels; bits per layer from measured sensitivity "
-                        "on the calibration images under a size budget", data_aware=True,
-                        why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18"),
-        CompressionMode("w8a8", "w8a8", 17, "int8 linear symmetric, one scale per output channel",
-                        activations="int8 linear symmetric, min/max over the calibration images",
-                        needs_calibration=True, why_min_ios="activation quantize/dequantize need iOS17"),
+        CompressionMode(
+            "int8",
+            "int8",
+            16,
+            "int8 linear symmetric, one scale per output channel",
+            why_min_ios="constexpr_affine_dequantize is in the iOS16 opset",
+        ),
+        CompressionMode(
+            "palettize6",
+            "pal6",
+            18,
+            "6-bit palette (1-D k-means) per group of output channels",
+            nbits=6,
+            why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18",
+        ),
+        CompressionMode(
+            "palettize4",
+            "pal4",
+            18,
+            "4-bit palette (1-D k-means) per group of output channels",
+            nbits=4,
+            why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18",
+        ),
+        CompressionMode(
+            "palettize-auto",
+            "palauto",
+            18,
+            "2-8-bit palettes per group of output channels; bits per layer from measured sensitivity "
+            "on the calibration images under a size budget",
+            data_aware=True,
+            why_min_ios="grouped-channel palettes (constexpr_lut_to_dense v2) need iOS18",
+        ),
+        CompressionMode(
+            "w8a8",
+            "w8a8",
+            17,
+            "int8 linear symmetric, one scale per output channel",
+            activations="int8 linear symmetric, min/max over the calibration images",
+            needs_calibration=True,
+            why_min_ios="activation quantize/dequantize need iOS17",
+        ),
     )
 }
 
@@ -86,7 +114,9 @@ def deployment_target(mode_name: str, requested: str | int | None) -> int:
     try:
         ios = int(requested)
     except (TypeError, ValueError):
-        raise UsageError(f"--ios {requested!r} is not a version; choose one of: {', '.join(map(str, IOS_VERSIONS))}") from None
+        raise UsageError(
+            f"--ios {requested!r} is not a version; choose one of: {', '.join(map(str, IOS_VERSIONS))}"
+        ) from None
     if ios not in IOS_VERSIONS:
         raise UsageError(f"--ios {ios} is not supported; choose one of: {', '.join(map(str, IOS_VERSIONS))}")
     if ios < mode.min_ios:
@@ -125,8 +155,10 @@ def palettized_weights(mlmodel) -> dict[str, tuple[int, ...]]:
     """The weights palettization compresses (name -> shape): those of WEIGHT_THRESHOLD elements or more."""
     import coremltools.optimize.coreml as cto
 
-    return {name: tuple(meta.val.shape) for name, meta in
-            cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()}
+    return {
+        name: tuple(meta.val.shape)
+        for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()
+    }
 
 
 def _weight_config(mlmodel, mode: CompressionMode, bits: dict[str, int] | None = None):
@@ -135,19 +167,32 @@ def _weight_config(mlmodel, mode: CompressionMode, bits: dict[str, int] | None =
     import coremltools.optimize.coreml as cto
 
     if not mode.palettizes:
-        return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+        return cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric",
+                dtype="int8",
+                granularity="per_channel",
+                weight_threshold=WEIGHT_THRESHOLD,
+            )
+        )
     if mode.data_aware and not bits:
-        raise ExportError(f"{mode.name} needs palette sizes from the sensitivity pass; none were computed (internal error)")
+        raise ExportError(
+            f"{mode.name} needs palette sizes from the sensitivity pass; none were computed (internal error)"
+        )
     per_weight = {}
     luts = {}
     for name, shape in palettized_weights(mlmodel).items():
         nbits = bits[name] if mode.data_aware else mode.nbits
         lut_function = luts.setdefault(nbits, kmeans_lut(nbits))
         per_weight[name] = cto.OpPalettizerConfig(
-            mode="custom", lut_function=lut_function, granularity="per_grouped_channel",
-            group_size=palette_group_size(shape[0]), channel_axis=0,
-            enable_per_channel_scale=False, weight_threshold=WEIGHT_THRESHOLD)
+            mode="custom",
+            lut_function=lut_function,
+            granularity="per_grouped_channel",
+            group_size=palette_group_size(shape[0]),
+            channel_axis=0,
+            enable_per_channel_scale=False,
+            weight_threshold=WEIGHT_THRESHOLD,
+        )
     return cto.OptimizationConfig(op_name_configs=per_weight)
 
 
@@ -175,7 +220,11 @@ def kmeans_lut(nbits: int, max_iterations: int = 100):
             for _ in range(max_iterations):
                 assign = np.searchsorted((centers[1:] + centers[:-1]) / 2, v)
                 mass = np.bincount(assign, weights=w, minlength=k)
-                moved = np.where(mass > 0, np.bincount(assign, weights=w * v, minlength=k) / np.maximum(mass, 1e-300), centers)
+                moved = np.where(
+                    mass > 0,
+                    np.bincount(assign, weights=w * v, minlength=k) / np.maximum(mass, 1e-300),
+                    centers,
+                )
                 moved.sort()
                 if np.array_equal(moved, centers):
                     break
@@ -205,11 +254,18 @@ def usable_ranges(stats: dict) -> dict:
 def activation_config():
     import coremltools.optimize.coreml as cto
 
-    return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", weight_threshold=0))
+    return cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=0)
+    )
 
 
-def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = None, bits: dict[str, int] | None = None):
+def compress(
+    mlmodel,
+    mode_name: str,
+    ios: int,
+    activation_stats: dict | None = None,
+    bits: dict[str, int] | None = None,
+):
     """Apply `mode_name` to a converted ML Program; returns a new MLModel (not loaded).
 
     `activation_stats` ({tensor name: {"rmin", "rmax"}}, inputs included) is required for w8a8;
@@ -223,17 +279,25 @@ def compress(mlmodel, mode_name: str, ios: int, activation_stats: dict | None = 
     passes = []
     if mode.activations is not None:
         if not activation_stats:
-            raise ExportError("w8a8 needs activation ranges from calibration; none were computed (internal error)")
+            raise ExportError(
+                "w8a8 needs activation ranges from calibration; none were computed (internal error)"
+            )
         config = activation_config()
         activation_stats = usable_ranges(activation_stats)
-        for name in ("compression::insert_prefix_quantize_dequantize_pair",
-                     "compression::insert_suffix_quantize_dequantize_pair"):
+        for name in (
+            "compression::insert_prefix_quantize_dequantize_pair",
+            "compression::insert_suffix_quantize_dequantize_pair",
+        ):
             p = PASS_REGISTRY[name]
             p.set_options([PassOption("config", config), PassOption("activation_stats", activation_stats)])
             passes.append(p)
         passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
-    weight_pass = PASS_REGISTRY["compression::palettize_weights" if mode.palettizes else "compression::linear_quantize_weights"]
-    weight_pass.set_options([PassOption("config", _weight_config(mlmodel, mode, bits)), PassOption("joint_compression", False)])
+    weight_pass = PASS_REGISTRY[
+        "compression::palettize_weights" if mode.palettizes else "compression::linear_quantize_weights"
+    ]
+    weight_pass.set_options(
+        [PassOption("config", _weight_config(mlmodel, mode, bits)), PassOption("joint_compression", False)]
+    )
     passes.append(weight_pass)
     return apply_passes(mlmodel, passes, ios)
 
@@ -247,15 +311,26 @@ def apply_passes(mlmodel, passes, ios: int):
 
     spec = mlmodel.get_spec()
     version = max(spec.specificationVersion, _spec_version(ios))
-    prog = model_utils._apply_graph_pass(mlmodel, passes, spec_version=version, skip_model_load=True,
-                                         return_pymil_prog=True)
-    return mil_convert(prog, convert_from="milinternal", convert_to="mlprogram", compute_units=mlmodel.compute_unit,
-                       specification_version=version, model_description=spec.description, skip_model_load=True,
-                       main_pipeline=guarded_pipeline(drop_fp16_cast=True))
+    prog = model_utils._apply_graph_pass(
+        mlmodel, passes, spec_version=version, skip_model_load=True, return_pymil_prog=True
+    )
+    return mil_convert(
+        prog,
+        convert_from="milinternal",
+        convert_to="mlprogram",
+        compute_units=mlmodel.compute_unit,
+        specification_version=version,
+        model_description=spec.description,
+        skip_model_load=True,
+        main_pipeline=guarded_pipeline(drop_fp16_cast=True),
+    )
 
 
 def _spec_version(ios: int) -> int:
     import coremltools as ct
 
-    return {16: ct._SPECIFICATION_VERSION_IOS_16, 17: ct._SPECIFICATION_VERSION_IOS_17,
-            18: ct._SPECIFICATION_VERSION_IOS_18}[ios]
+    return {
+        16: ct._SPECIFICATION_VERSION_IOS_16,
+        17: ct._SPECIFICATION_VERSION_IOS_17,
+        18: ct._SPECIFICATION_VERSION_IOS_18,
+    }[ios]

@@ -26,8 +26,12 @@ def quiet():
             with contextlib.suppress(OSError):
                 saved.append((fd, os.dup(fd)))
                 os.dup2(devnull, fd)
-        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink), \
-                warnings.catch_warnings():
+        with (
+            open(os.devnull, "w") as sink,
+            contextlib.redirect_stderr(sink),
+            contextlib.redirect_stdout(sink),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             ct_logger.setLevel(logging.ERROR)
             yield

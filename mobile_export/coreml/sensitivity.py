@@ -47,10 +47,14 @@ class BitChoice:
     counts: dict[int, int] = field(default_factory=dict)
 
     def record(self) -> dict:
-        return {"candidate_bits": list(CANDIDATE_BITS), "layers_per_bits": {str(k): v for k, v in sorted(self.counts.items())},
-                "palettized_bytes": round(self.compressed_bytes), "budget_bytes": round(self.budget_bytes),
-                "predicted_sqnr_db": round(self.predicted_sqnr_db, 2),
-                "bits": dict(sorted(self.bits.items()))}
+        return {
+            "candidate_bits": list(CANDIDATE_BITS),
+            "layers_per_bits": {str(k): v for k, v in sorted(self.counts.items())},
+            "palettized_bytes": round(self.compressed_bytes),
+            "budget_bytes": round(self.budget_bytes),
+            "predicted_sqnr_db": round(self.predicted_sqnr_db, 2),
+            "bits": dict(sorted(self.bits.items())),
+        }
 
 
 def palettized(weight: np.ndarray, nbits: int, group_size: int, lut_function) -> np.ndarray:
@@ -58,14 +62,15 @@ def palettized(weight: np.ndarray, nbits: int, group_size: int, lut_function) ->
     palette of 2**nbits values from `lut_function` and each element replaced by its entry."""
     out = np.empty_like(weight)
     for start in range(0, weight.shape[0], group_size):
-        group = weight[start:start + group_size]
+        group = weight[start : start + group_size]
         lut, index = lut_function(group)
-        out[start:start + group_size] = np.asarray(lut)[np.asarray(index).reshape(-1)].reshape(group.shape)
+        out[start : start + group_size] = np.asarray(lut)[np.asarray(index).reshape(-1)].reshape(group.shape)
     return out
 
 
-def measure_noise(program, samples: list[dict], weights: list[WeightInfo], lut_for, output: str | None,
-                  log=lambda _m: None) -> dict:
+def measure_noise(
+    program, samples: list[dict], weights: list[WeightInfo], lut_for, output: str | None, log=lambda _m: None
+) -> dict:
     """{weight: {bits: output noise energy / output signal energy}} over `samples`, each weight
     palettized alone in the loaded `program` (restored afterwards)."""
     import torch
@@ -81,22 +86,30 @@ def measure_noise(program, samples: list[dict], weights: list[WeightInfo], lut_f
         for nbits in CANDIDATE_BITS:
             approx = palettized(values, nbits, w.group_size, lut_for(nbits))
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(approx)).to(tensor.dtype))
-            err = sum(float(np.sum((_output(program, f, output) - ref) ** 2)) for f, ref in zip(samples, outputs))
+            err = sum(
+                float(np.sum((_output(program, f, output) - ref) ** 2)) for f, ref in zip(samples, outputs)
+            )
             noise[w.name][nbits] = err / signal
         tensor.copy_(original)
-        log(f"coreml: sensitivity {i + 1}/{len(weights)} {w.name}: "
-            + ", ".join(f"{b}-bit {_db(noise[w.name][b]):.1f} dB" for b in CANDIDATE_BITS))
+        log(
+            f"coreml: sensitivity {i + 1}/{len(weights)} {w.name}: "
+            + ", ".join(f"{b}-bit {_db(noise[w.name][b]):.1f} dB" for b in CANDIDATE_BITS)
+        )
     return noise
 
 
-def choose_bits(noise: dict, weights: list[WeightInfo], budget_bytes: float, fixed_bytes: float) -> dict[str, int]:
+def choose_bits(
+    noise: dict, weights: list[WeightInfo], budget_bytes: float, fixed_bytes: float
+) -> dict[str, int]:
     """Per weight, the palette size minimising total noise with the palettized weights plus
     `fixed_bytes` (what stays uncompressed) within `budget_bytes`; the smallest palettes
     everywhere when even those do not fit."""
     by_name = {w.name: w for w in weights}
 
     def pick(lam: float) -> dict[str, int]:
-        return {n: min(CANDIDATE_BITS, key=lambda b: noise[n][b] + lam * by_name[n].bytes_at(b)) for n in noise}
+        return {
+            n: min(CANDIDATE_BITS, key=lambda b: noise[n][b] + lam * by_name[n].bytes_at(b)) for n in noise
+        }
 
     def size(bits: dict[str, int]) -> float:
         return fixed_bytes + sum(by_name[n].bytes_at(b) for n, b in bits.items())
@@ -115,8 +128,17 @@ def choose_bits(noise: dict, weights: list[WeightInfo], budget_bytes: float, fix
     return pick(hi)
 
 
-def plan_bits(program, samples: list[dict], weights: list[WeightInfo], lut_for, budget_bytes: float,
-              fixed_bytes: float, fp32_bytes: float, output: str | None = None, log=lambda _m: None) -> BitChoice:
+def plan_bits(
+    program,
+    samples: list[dict],
+    weights: list[WeightInfo],
+    lut_for,
+    budget_bytes: float,
+    fixed_bytes: float,
+    fp32_bytes: float,
+    output: str | None = None,
+    log=lambda _m: None,
+) -> BitChoice:
     """Measure every weight's noise at every palette size, then choose under the budget.
     `output`: the value to measure noise on (the logits of a classifier); None: the main output."""
     noise = measure_noise(program, samples, weights, lut_for, output, log)
@@ -126,9 +148,15 @@ def plan_bits(program, samples: list[dict], weights: list[WeightInfo], lut_for, 
     counts: dict[int, int] = {}
     for b in bits.values():
         counts[b] = counts.get(b, 0) + 1
-    return BitChoice(bits=bits, noise=noise, budget_bytes=budget_bytes,
-                     compressed_bytes=fixed_bytes + sum(by_name[n].bytes_at(b) for n, b in bits.items()),
-                     fp32_bytes=fp32_bytes, predicted_sqnr_db=_db(total_noise), counts=counts)
+    return BitChoice(
+        bits=bits,
+        noise=noise,
+        budget_bytes=budget_bytes,
+        compressed_bytes=fixed_bytes + sum(by_name[n].bytes_at(b) for n, b in bits.items()),
+        fp32_bytes=fp32_bytes,
+        predicted_sqnr_db=_db(total_noise),
+        counts=counts,
+    )
 
 
 def _db(relative_noise: float) -> float:

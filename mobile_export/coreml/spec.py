@@ -30,10 +30,14 @@ def read_spec(spec_path: str | Path, source: str | None = None):
     try:
         spec.ParseFromString(spec_path.read_bytes())
     except FileNotFoundError:
-        raise ArtifactError(f"{where}: {SPEC_FILE} is missing; the package is incomplete, export it again") from None
+        raise ArtifactError(
+            f"{where}: {SPEC_FILE} is missing; the package is incomplete, export it again"
+        ) from None
     except (DecodeError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{where}: {SPEC_FILE} does not parse ({exc.__class__.__name__}); the file is damaged, "
-                            "export it again") from None
+        raise ArtifactError(
+            f"{where}: {SPEC_FILE} does not parse ({exc.__class__.__name__}); the file is damaged, "
+            "export it again"
+        ) from None
     return spec
 
 
@@ -59,21 +63,29 @@ def package_paths(path: str | Path) -> tuple[Path, Path | None]:
             root = doc["itemInfoEntries"][doc["rootModelIdentifier"]]["path"]
             spec_path = p / "Data" / root
         except (ValueError, KeyError, TypeError):
-            raise ArtifactError(f"{p.name}/Manifest.json is not a valid package manifest; re-export the .mlpackage") from None
+            raise ArtifactError(
+                f"{p.name}/Manifest.json is not a valid package manifest; re-export the .mlpackage"
+            ) from None
     if not spec_path.is_file():
-        raise ArtifactError(f"{p.name} has no {spec_path.relative_to(p)}; it is not a complete .mlpackage, re-export it")
+        raise ArtifactError(
+            f"{p.name} has no {spec_path.relative_to(p)}; it is not a complete .mlpackage, re-export it"
+        )
     return spec_path, spec_path.parent / "weights"
 
 
 def main_function(spec, source: str = "<spec>"):
     """The program's `main` function; ArtifactError when the spec is not a complete ML Program."""
     if spec.WhichOneof("Type") != "mlProgram":
-        raise ArtifactError(f"{source} holds a {spec.WhichOneof('Type')} model, not an ML Program; re-export with convert_to='mlprogram'")
+        raise ArtifactError(
+            f"{source} holds a {spec.WhichOneof('Type')} model, not an ML Program; re-export with convert_to='mlprogram'"
+        )
     if "main" not in spec.mlProgram.functions:
         raise ArtifactError(f"{source}: the ML Program has no 'main' function; re-export the model")
     function = spec.mlProgram.functions["main"]
     if function.opset not in function.block_specializations:
-        raise ArtifactError(f"{source}: function 'main' has no block for its opset {function.opset}; re-export the model")
+        raise ArtifactError(
+            f"{source}: function 'main' has no block for its opset {function.opset}; re-export the model"
+        )
     return function
 
 
@@ -93,6 +105,7 @@ def operations(spec) -> list:
 
 def walk_operations(spec) -> Iterator:
     """Every operation, nested blocks included, in program order (depth first)."""
+
     def walk(ops):
         for op in ops:
             yield op

@@ -100,16 +100,24 @@ class CoreMLTarget(Target):
     def validate(self, built, options: ExportOptions) -> None:
         precision = str(options.precision or DEFAULT_PRECISION)
         if precision not in PRECISIONS:
-            raise UsageError(f"Core ML precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}")
+            raise UsageError(
+                f"Core ML precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}"
+            )
         cq.deployment_target(options.compress, options.deployment_target)  # raises with what works
         if options.input_kind not in INPUT_NAMES:
-            raise UsageError(f"Core ML input {options.input_kind!r} is not supported; choose one of: {', '.join(INPUT_NAMES)}")
+            raise UsageError(
+                f"Core ML input {options.input_kind!r} is not supported; choose one of: {', '.join(INPUT_NAMES)}"
+            )
         if options.input_kind == "image" and not options.normalize_in_model:
-            raise UsageError("an image input cannot leave normalization to the app (Core ML hands the model pixels); "
-                             "drop --normalize-outside or add --input tensor")
+            raise UsageError(
+                "an image input cannot leave normalization to the app (Core ML hands the model pixels); "
+                "drop --normalize-outside or add --input tensor"
+            )
         if options.compress == "w8a8" and not _executor_available():
-            raise UsageError("--compress w8a8 calibrates activations by running the model, which on Linux needs the ML Program "
-                             "executor (mobile_export.coreml.mil) that is not available here; use --compress int8")
+            raise UsageError(
+                "--compress w8a8 calibrates activations by running the model, which on Linux needs the ML Program "
+                "executor (mobile_export.coreml.mil) that is not available here; use --compress int8"
+            )
 
     # --- export ----------------------------------------------------------------------
 
@@ -124,8 +132,10 @@ class CoreMLTarget(Target):
             wrapper, conv = _prepare(built, plan, fold=False)  # keep 1/std as an explicit multiply
             exported = _export(wrapper, built)
         folded = conv is not None
-        log(f"coreml: converting ({precision}, iOS{ios}, {plan.input_kind} input, std "
-            f"{'folded into the first conv' if folded else 'as an in-model multiply'})")
+        log(
+            f"coreml: converting ({precision}, iOS{ios}, {plan.input_kind} input, std "
+            f"{'folded into the first conv' if folded else 'as an in-model multiply'})"
+        )
         mlmodel = _convert(exported, built, plan, precision, ios)
         stats, calib, choice = None, None, None
         if mode.needs_calibration:
@@ -143,8 +153,10 @@ class CoreMLTarget(Target):
         spec = load_spec(dest)
         problems = pitfalls(spec)
         if problems:
-            raise ExportError(f"{built.spec.name}: the Core ML graph has a known Neural Engine pitfall ({problems[0]}); "
-                              "report this model, it needs a 1x1-conv head")
+            raise ExportError(
+                f"{built.spec.name}: the Core ML graph has a known Neural Engine pitfall ({problems[0]}); "
+                "report this model, it needs a 1x1-conv head"
+            )
         ops = op_types(spec)
         quant = {"mode": mode.name, "weights": mode.weights}
         if mode.activations:
@@ -169,7 +181,11 @@ class CoreMLTarget(Target):
                 "compute_precision": precision,
                 "opset": opset(spec),
                 "std_folded_into_first_conv": folded,
-                "files": {rel: (dest / rel).stat().st_size for rel in (SPEC_FILE, WEIGHTS_FILE) if (dest / rel).exists()},
+                "files": {
+                    rel: (dest / rel).stat().st_size
+                    for rel in (SPEC_FILE, WEIGHTS_FILE)
+                    if (dest / rel).exists()
+                },
                 "ops": ops,
                 "run_returns": "logits (the softmax input)" if plan.classifier else plan.output_kind,
             },
@@ -183,24 +199,38 @@ class CoreMLTarget(Target):
             raise ArtifactError(f"{artifact.name}: not an .mlpackage folder; export it again")
         for rel in (PACKAGE_MANIFEST, SPEC_FILE):
             if not (artifact / rel).is_file():
-                raise ArtifactError(f"{artifact.name}: {rel} is missing; the package is incomplete, export it again")
+                raise ArtifactError(
+                    f"{artifact.name}: {rel} is missing; the package is incomplete, export it again"
+                )
         try:
             json.loads((artifact / PACKAGE_MANIFEST).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{artifact.name}: {PACKAGE_MANIFEST} is not valid JSON ({exc.__class__.__name__}); export it again") from None
+            raise ArtifactError(
+                f"{artifact.name}: {PACKAGE_MANIFEST} is not valid JSON ({exc.__class__.__name__}); export it again"
+            ) from None
         spec = load_spec(artifact)
         if spec.WhichOneof("Type") != "mlProgram":
-            raise ArtifactError(f"{artifact.name}: not an ML Program (found {spec.WhichOneof('Type')}); export it again with mobile-export")
+            raise ArtifactError(
+                f"{artifact.name}: not an ML Program (found {spec.WhichOneof('Type')}); export it again with mobile-export"
+            )
         # A damaged model.mlmodel can still parse as a protobuf with parts missing.
         function = spec.mlProgram.functions.get("main")
-        if not spec.description.input or not spec.description.output or function is None \
-                or function.opset not in function.block_specializations:
-            raise ArtifactError(f"{artifact.name}: {SPEC_FILE} lacks its inputs, outputs or main function; the file is damaged, export it again")
+        if (
+            not spec.description.input
+            or not spec.description.output
+            or function is None
+            or function.opset not in function.block_specializations
+        ):
+            raise ArtifactError(
+                f"{artifact.name}: {SPEC_FILE} lacks its inputs, outputs or main function; the file is damaged, export it again"
+            )
         blobs = blob_files(spec)
         for name in blobs:
             rel = name.replace("@model_path/", "Data/com.apple.CoreML/")
             if not (artifact / rel).is_file():
-                raise ArtifactError(f"{artifact.name}: weights file {rel} is missing; the package is incomplete, export it again")
+                raise ArtifactError(
+                    f"{artifact.name}: weights file {rel} is missing; the package is incomplete, export it again"
+                )
 
     def output_quantity(self, entry: dict) -> str:
         """What `run` returns for this artifact: "logits" (classifiers and logits artifacts on
@@ -227,9 +257,12 @@ class CoreMLTarget(Target):
         scale = 255.0 if info.kind == "image" else 1.0
         feeds = [{info.name: np.asarray(x, np.float32) * scale} for x in raw]
         ops = layer_values(program, built.module, feeds, inputs.normalized, sink)
-        return PerOpValues(ops=ops, title=f"{artifact.name}: per-layer error ({len(feeds)} real images, Linux executor)",
-                           source="Linux ML Program executor vs the PyTorch layers, conv/linear by conv/linear",
-                           whole=OpInfo("output", "mlpackage vs PyTorch", "(whole program, Linux ML Program executor)"))
+        return PerOpValues(
+            ops=ops,
+            title=f"{artifact.name}: per-layer error ({len(feeds)} real images, Linux executor)",
+            source="Linux ML Program executor vs the PyTorch layers, conv/linear by conv/linear",
+            whole=OpInfo("output", "mlpackage vs PyTorch", "(whole program, Linux ML Program executor)"),
+        )
 
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
         """Size, op counts and output precisions of the package: what Linux can tell (Core ML
@@ -314,8 +347,13 @@ class _Plan:
             low = min((0.0 - m) / s for m, s in zip(self.mean, self.std))
             high = max((1.0 - m) / s for m, s in zip(self.mean, self.std))
         return {
-            "name": self.input_name, "kind": self.input_kind, "shape": list(built.input_shape), "layout": "NCHW",
-            "dtype": "uint8" if image else "float32", "color": "RGB", "value_range": [low, high],
+            "name": self.input_name,
+            "kind": self.input_kind,
+            "shape": list(built.input_shape),
+            "layout": "NCHW",
+            "dtype": "uint8" if image else "float32",
+            "color": "RGB",
+            "value_range": [low, high],
             "normalized_in_model": self.normalize,
         }
 
@@ -323,8 +361,13 @@ class _Plan:
         if self.features:
             return {"name": FEATURES_NAME, "kind": "features", "shape": None, "dtype": "float32"}
         if self.classifier:
-            return {"name": PROBS_NAME, "kind": "classifier", "label": LABEL_NAME,
-                    "shape": [1, built.num_classes], "dtype": "float32"}
+            return {
+                "name": PROBS_NAME,
+                "kind": "classifier",
+                "label": LABEL_NAME,
+                "shape": [1, built.num_classes],
+                "dtype": "float32",
+            }
         return {"name": LOGITS_NAME, "kind": "logits", "shape": [1, built.num_classes], "dtype": "float32"}
 
 
@@ -414,7 +457,11 @@ def _input_feeds_only(exported, wrapper, conv) -> bool:
     an input without 1/std."""
     names = {id(p): n for n, p in wrapper.named_parameters()}
     param_of = dict(exported.graph_signature.inputs_to_parameters)
-    user_inputs = [n for n in exported.graph.nodes if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs]
+    user_inputs = [
+        n
+        for n in exported.graph.nodes
+        if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs
+    ]
     if len(user_inputs) != 1:
         return False
     node = user_inputs[0]
@@ -435,8 +482,10 @@ def _export(wrapper, built):
         with _quiet(), torch.no_grad():
             return torch.export.export(wrapper, (example,)).run_decompositions({})
     except Exception as exc:
-        raise ExportError(f"{built.spec.name}: torch.export failed before Core ML conversion "
-                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); report this model") from None
+        raise ExportError(
+            f"{built.spec.name}: torch.export failed before Core ML conversion "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); report this model"
+        ) from None
 
 
 def _convert(exported, built, plan: _Plan, precision: str, ios: int):
@@ -444,29 +493,43 @@ def _convert(exported, built, plan: _Plan, precision: str, ios: int):
         import coremltools as ct
 
         if plan.input_kind == "image":
-            inputs = [ct.ImageType(name=plan.input_name, shape=built.input_shape, scale=1.0 / 255.0,
-                                   bias=[-m for m in plan.mean] if plan.normalize else [0.0, 0.0, 0.0],
-                                   color_layout=ct.colorlayout.RGB)]
+            inputs = [
+                ct.ImageType(
+                    name=plan.input_name,
+                    shape=built.input_shape,
+                    scale=1.0 / 255.0,
+                    bias=[-m for m in plan.mean] if plan.normalize else [0.0, 0.0, 0.0],
+                    color_layout=ct.colorlayout.RGB,
+                )
+            ]
         else:
             inputs = [ct.TensorType(name=plan.input_name, shape=built.input_shape, dtype=np.float32)]
         kwargs = {}
         if plan.classifier:
             kwargs["classifier_config"] = ct.ClassifierConfig(plan.labels, predicted_feature_name=LABEL_NAME)
         else:
-            kwargs["outputs"] = [ct.TensorType(name=FEATURES_NAME if plan.features else LOGITS_NAME, dtype=np.float32)]
+            kwargs["outputs"] = [
+                ct.TensorType(name=FEATURES_NAME if plan.features else LOGITS_NAME, dtype=np.float32)
+            ]
         from coremltools.converters.mil.converter import _reset_conversion_state
 
         _reset_conversion_state()  # op-name counters: a failed conversion must not rename the next one
         try:
             return ct.convert(
-                exported, inputs=inputs, convert_to="mlprogram",
+                exported,
+                inputs=inputs,
+                convert_to="mlprogram",
                 compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                minimum_deployment_target=cq.ct_target(ios), pass_pipeline=cq.guarded_pipeline(),
-                skip_model_load=True, **kwargs,
+                minimum_deployment_target=cq.ct_target(ios),
+                pass_pipeline=cq.guarded_pipeline(),
+                skip_model_load=True,
+                **kwargs,
             )
         except Exception as exc:
-            raise ExportError(f"{built.spec.name}: coremltools could not convert the model ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); try --precision fp32 or report this model") from None
+            raise ExportError(
+                f"{built.spec.name}: coremltools could not convert the model ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); try --precision fp32 or report this model"
+            ) from None
 
 
 def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Path, log):
@@ -489,8 +552,13 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, dest:
 def _calibration_samples(built, options: ExportOptions, plan: _Plan, log):
     from ..quantize.calibration import load_calibration
 
-    calib = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
-                             normalized=not plan.normalize, log=log)
+    calib = load_calibration(
+        options.calibration,
+        built.preprocess,
+        limit=options.calibration_limit,
+        normalized=not plan.normalize,
+        log=log,
+    )
     scale = 255.0 if plan.input_kind == "image" else 1.0
     return calib, [{plan.input_name: np.asarray(x, np.float32) * scale} for x in calib.inputs]
 
@@ -519,19 +587,37 @@ def _palette_bits(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Pat
         with _quiet():
             mlmodel.save(str(float_pkg))
         program = mil.load_program(float_pkg)
-        floats = {n: np.asarray(v) for n, v in program.consts.items()
-                  if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        floats = {
+            n: np.asarray(v)
+            for n, v in program.consts.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+        }
         missing = [w.name for w in weights if w.name not in floats]
         if missing:
-            raise ExportError(f"{built.spec.name}: weight {missing[0]!r} is not a constant of the program; "
-                              "use --compress palettize4 or palettize6")
+            raise ExportError(
+                f"{built.spec.name}: weight {missing[0]!r} is not a constant of the program; "
+                "use --compress palettize4 or palettize6"
+            )
         fp32_bytes = 4.0 * sum(v.size for v in floats.values())
         fixed = 2.0 * sum(v.size for n, v in floats.items() if n not in shapes)  # stays fp16
-        log(f"coreml: measuring the sensitivity of {len(weights)} weights on {len(samples)} calibration image(s)")
-        choice = plan_bits(program, samples, weights, cq.kmeans_lut, options.size_budget * fp32_bytes, fixed,
-                           fp32_bytes, output=softmax_input(program.spec), log=log)
-    log(f"coreml: palette bits {choice.record()['layers_per_bits']} (layers per bits), "
-        f"{choice.compressed_bytes / fp32_bytes:.3f}x the fp32 weights, predicted {choice.predicted_sqnr_db:.1f} dB")
+        log(
+            f"coreml: measuring the sensitivity of {len(weights)} weights on {len(samples)} calibration image(s)"
+        )
+        choice = plan_bits(
+            program,
+            samples,
+            weights,
+            cq.kmeans_lut,
+            options.size_budget * fp32_bytes,
+            fixed,
+            fp32_bytes,
+            output=softmax_input(program.spec),
+            log=log,
+        )
+    log(
+        f"coreml: palette bits {choice.record()['layers_per_bits']} (layers per bits), "
+        f"{choice.compressed_bytes / fp32_bytes:.3f}x the fp32 weights, predicted {choice.predicted_sqnr_db:.1f} dB"
+    )
     return choice, calib.record()
 
 
@@ -541,29 +627,39 @@ def _describe(mlmodel, built, plan: _Plan, precision: str, mode, ios: int) -> No
     from ..manifest import new_manifest
 
     spec = built.spec
-    source = spec.weight_source(built.weights.get("tag")) if built.weights.get("source") == "imagenet" else None
+    source = (
+        spec.weight_source(built.weights.get("tag")) if built.weights.get("source") == "imagenet" else None
+    )
     pre = built.preprocess
     compression = "" if mode.name == "none" else f", {mode.name}"
     mlmodel.author = AUTHOR
     mlmodel.license = source.license if source else "Apache-2.0 (export); weights: see weights.source"
-    mlmodel.short_description = (f"{spec.family} {spec.variant or ''} {spec.name} ({spec.paper}), "
-                                 f"{built.resolution}x{built.resolution}, {precision}{compression}").replace("  ", " ")
+    mlmodel.short_description = (
+        f"{spec.family} {spec.variant or ''} {spec.name} ({spec.paper}), "
+        f"{built.resolution}x{built.resolution}, {precision}{compression}"
+    ).replace("  ", " ")
     mlmodel.version = __version__
     if plan.input_kind == "image":
-        text = (f"RGB image {built.resolution}x{built.resolution}: resize the shorter side to {pre.resize} "
-                f"({pre.interpolation}) and center-crop (Vision: .centerCrop); mean/std are applied inside")
+        text = (
+            f"RGB image {built.resolution}x{built.resolution}: resize the shorter side to {pre.resize} "
+            f"({pre.interpolation}) and center-crop (Vision: .centerCrop); mean/std are applied inside"
+        )
     elif plan.normalize:
         text = f"float32 RGB NCHW 1x3x{built.resolution}x{built.resolution} in [0, 1]; mean/std are applied inside"
     else:
         text = f"float32 RGB NCHW 1x3x{built.resolution}x{built.resolution}, normalized: (x - {list(pre.mean)}) / {list(pre.std)}"
     mlmodel.input_description[plan.input_name] = text
     if plan.classifier:
-        mlmodel.output_description[PROBS_NAME] = f"probability of each of the {built.num_classes} labels (softmax)"
+        mlmodel.output_description[PROBS_NAME] = (
+            f"probability of each of the {built.num_classes} labels (softmax)"
+        )
         mlmodel.output_description[LABEL_NAME] = "the most probable label"
     elif plan.features:
         mlmodel.output_description[FEATURES_NAME] = "feature map (no classifier head)"
     else:
-        mlmodel.output_description[LOGITS_NAME] = f"raw logits over {built.num_classes} classes (apply softmax for probabilities)"
+        mlmodel.output_description[LOGITS_NAME] = (
+            f"raw logits over {built.num_classes} classes (apply softmax for probabilities)"
+        )
     facts = new_manifest(built)
     meta = mlmodel.user_defined_metadata
     if _DATE_KEY in meta:
@@ -594,8 +690,13 @@ def _make_reproducible(package: Path) -> None:
     (package / SPEC_FILE).write_bytes(spec.SerializeToString(deterministic=True))
     manifest_path = package / PACKAGE_MANIFEST
     doc = json.loads(manifest_path.read_text(encoding="utf-8"))
-    renamed = {old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"])) for old, item in doc["itemInfoEntries"].items()}
-    doc["itemInfoEntries"] = {renamed[old]: item for old, item in sorted(doc["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])}
+    renamed = {
+        old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"])) for old, item in doc["itemInfoEntries"].items()
+    }
+    doc["itemInfoEntries"] = {
+        renamed[old]: item
+        for old, item in sorted(doc["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])
+    }
     doc["rootModelIdentifier"] = renamed[doc["rootModelIdentifier"]]
     manifest_path.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -626,9 +727,13 @@ def pitfalls(spec) -> list[str]:
             if src is None:
                 continue
             if op.type in _HARD_ACTIVATIONS and src.type == "linear":
-                found.append(f"linear {src.outputs[0].name} feeds {op.type} (2-D hardswish drifts on the ANE)")
+                found.append(
+                    f"linear {src.outputs[0].name} feeds {op.type} (2-D hardswish drifts on the ANE)"
+                )
             if op.type == "batch_norm" and src.type == "conv":
-                found.append(f"batch_norm after conv {src.outputs[0].name} was not folded (fp32 epsilon beside fp16, #2470)")
+                found.append(
+                    f"batch_norm after conv {src.outputs[0].name} was not folded (fp32 epsilon beside fp16, #2470)"
+                )
     return found
 
 
@@ -680,7 +785,9 @@ def _run_coreml(artifact: Path, spec, input_name: str, is_image: bool, inputs) -
             probs = np.array([result[PROBS_NAME][label] for label in labels], np.float64)
             outputs.append(np.log(np.maximum(probs, 1e-45)).astype(np.float32)[None])
         else:
-            outputs.append(np.asarray(result[spec.description.output[0].name], np.float32).reshape(x.shape[0], -1))
+            outputs.append(
+                np.asarray(result[spec.description.output[0].name], np.float32).reshape(x.shape[0], -1)
+            )
     return outputs
 
 

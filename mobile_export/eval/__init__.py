@@ -13,4 +13,12 @@ from __future__ import annotations
 from .report import build_report, format_markdown, format_text, write_report
 from .runner import EvalOptions, LocalExecutor, run_eval
 
-__all__ = ["EvalOptions", "LocalExecutor", "run_eval", "build_report", "format_markdown", "format_text", "write_report"]
+__all__ = [
+    "EvalOptions",
+    "LocalExecutor",
+    "run_eval",
+    "build_report",
+    "format_markdown",
+    "format_text",
+    "write_report",
+]

@@ -53,15 +53,18 @@ class Dataset:
     total: int  # labelled images before --every/--limit
 
 
-def load_dataset(root: str | Path, labels: list[str] | None, num_classes: int, every: int = 1,
-                 limit: int | None = None) -> Dataset:
+def load_dataset(
+    root: str | Path, labels: list[str] | None, num_classes: int, every: int = 1, limit: int | None = None
+) -> Dataset:
     """The labelled images of `root` in a fixed order (sorted by relative path), every
     `every`-th one, at most `limit`. `labels`: the manifest's class names (or None)."""
     root = Path(root)
     if not root.exists():
         raise ImageError(f"dataset folder {str(root)!r} does not exist; pass --dataset DIR")
     if not root.is_dir():
-        raise ImageError(f"{str(root)!r} is not a folder; pass --dataset DIR (class folders, a CSV, or ImageNet val)")
+        raise ImageError(
+            f"{str(root)!r} is not a folder; pass --dataset DIR (class folders, a CSV, or ImageNet val)"
+        )
     if every < 1 or (limit is not None and limit < 1):
         raise UsageError("--every and --limit must be at least 1")
     gt = _imagenet_ground_truth(root)
@@ -72,11 +75,15 @@ def load_dataset(root: str | Path, labels: list[str] | None, num_classes: int, e
     elif any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
         layout, (items, source) = "imagefolder", _imagefolder(root, labels, num_classes)
     else:
-        raise ImageError(f"{str(root)!r} has no class folders, no labels.csv and no ImageNet ground-truth file; "
-                         "see `mobile-export eval --help` for the three layouts")
+        raise ImageError(
+            f"{str(root)!r} has no class folders, no labels.csv and no ImageNet ground-truth file; "
+            "see `mobile-export eval --help` for the three layouts"
+        )
     items.sort(key=lambda it: it.name)
     if not items:
-        raise ImageError(f"no labelled images (jpg/png/webp/bmp) in {str(root)!r}; add some or point to another folder")
+        raise ImageError(
+            f"no labelled images (jpg/png/webp/bmp) in {str(root)!r}; add some or point to another folder"
+        )
     chosen = items[::every]
     if limit is not None:
         chosen = chosen[:limit]
@@ -104,9 +111,14 @@ def class_index(name: str, labels: list[str] | None, num_classes: int) -> int | 
 
 
 def _unmatched_error(names: list[str], labels: list[str] | None, what: str) -> UsageError:
-    shown = ", ".join(repr(n) for n in sorted(names)[:10]) + (f" (+{len(names) - 10} more)" if len(names) > 10 else "")
-    known = (f"the model's labels are e.g. {', '.join(repr(x) for x in labels[:5])}" if labels
-             else "the manifest has no labels, so use 0-based class indices")
+    shown = ", ".join(repr(n) for n in sorted(names)[:10]) + (
+        f" (+{len(names) - 10} more)" if len(names) > 10 else ""
+    )
+    known = (
+        f"the model's labels are e.g. {', '.join(repr(x) for x in labels[:5])}"
+        if labels
+        else "the manifest has no labels, so use 0-based class indices"
+    )
     return UsageError(f"{len(names)} {what} match no class of the model: {shown}; {known}")
 
 
@@ -116,8 +128,12 @@ def _imagefolder(root: Path, labels, num_classes) -> tuple[list[Item], str | Non
     unmatched = [n for n, i in index.items() if i is None]
     if unmatched:
         raise _unmatched_error(unmatched, labels, "class folder name(s)")
-    items = [Item(p, index[f.name], p.relative_to(root).as_posix())
-             for f in folders for p in f.rglob("*") if _is_image(p)]
+    items = [
+        Item(p, index[f.name], p.relative_to(root).as_posix())
+        for f in folders
+        for p in f.rglob("*")
+        if _is_image(p)
+    ]
     return items, None
 
 
@@ -144,7 +160,7 @@ def _csv(root: Path, path: Path, labels, num_classes) -> tuple[list[Item], str]:
             if len(row) < 2:
                 raise UsageError(f"{path.name} line {n + 1}: expected `file,label`, got {','.join(row)!r}")
             file, label = row[0].strip(), row[1].strip()
-            if n == 0 and file.lower() in ("file", "filename", "image", "path") :
+            if n == 0 and file.lower() in ("file", "filename", "image", "path"):
                 continue  # header
             index = class_index(label, labels, num_classes)
             if index is None:
@@ -158,8 +174,10 @@ def _csv(root: Path, path: Path, labels, num_classes) -> tuple[list[Item], str]:
     if unmatched:
         raise _unmatched_error(sorted(unmatched), labels, f"label(s) in {path.name}")
     if missing:
-        raise ImageError(f"{len(missing)} file(s) listed in {path.name} are not in {str(root)!r}, e.g. {missing[0]!r}; "
-                         "fix the CSV or add the files")
+        raise ImageError(
+            f"{len(missing)} file(s) listed in {path.name} are not in {str(root)!r}, e.g. {missing[0]!r}; "
+            "fix the CSV or add the files"
+        )
     return items, path.name
 
 
@@ -179,8 +197,10 @@ def _imagenet_ground_truth(root: Path) -> Path | None:
 
 def _imagenet(root: Path, gt: Path, num_classes: int) -> tuple[list[Item], str]:
     if num_classes != IMAGENET_CLASSES:
-        raise UsageError(f"{gt.name} labels the 1000 ImageNet classes but the model has {num_classes}; "
-                         "use class folders or a labels.csv for a fine-tuned model")
+        raise UsageError(
+            f"{gt.name} labels the 1000 ImageNet classes but the model has {num_classes}; "
+            "use class folders or a labels.csv for a fine-tuned model"
+        )
     files = {m.group(1): p for p in root.iterdir() if (m := IMAGENET_VAL.match(p.name))}
     if gt.name == DEVKIT_GT:
         by_number = _devkit_labels(gt)
@@ -191,7 +211,9 @@ def _imagenet(root: Path, gt: Path, num_classes: int) -> tuple[list[Item], str]:
     items = [Item(p, by_number[num], p.name) for num, p in files.items() if num in by_number]
     unlabelled = len(files) - len(items)
     if unlabelled and not items:
-        raise ImageError(f"none of the {len(files)} ILSVRC2012_val images is listed in {gt.name}; check the ground-truth file")
+        raise ImageError(
+            f"none of the {len(files)} ILSVRC2012_val images is listed in {gt.name}; check the ground-truth file"
+        )
     return items, gt.name
 
 
@@ -203,18 +225,26 @@ def _val_txt_labels(gt: Path) -> dict[str, int]:
             continue
         m = IMAGENET_VAL.match(Path(parts[0]).name)
         if len(parts) != 2 or not m or not parts[1].isdigit() or int(parts[1]) >= IMAGENET_CLASSES:
-            raise UsageError(f"{gt.name} line {n + 1}: expected `ILSVRC2012_val_NNNNNNNN.JPEG INDEX` with INDEX 0..999")
+            raise UsageError(
+                f"{gt.name} line {n + 1}: expected `ILSVRC2012_val_NNNNNNNN.JPEG INDEX` with INDEX 0..999"
+            )
         out[m.group(1)] = int(parts[1])
     return out
 
 
 def _kaggle_labels(gt: Path) -> dict[str, int]:
-    mapping = next((p for p in (gt.parent / KAGGLE_SYNSETS, gt.parent.parent / KAGGLE_SYNSETS) if p.is_file()), None)
+    mapping = next(
+        (p for p in (gt.parent / KAGGLE_SYNSETS, gt.parent.parent / KAGGLE_SYNSETS) if p.is_file()), None
+    )
     if mapping is None:
-        raise UsageError(f"{gt.name} names classes by WNID; put {KAGGLE_SYNSETS} (from the same Kaggle download) beside it")
+        raise UsageError(
+            f"{gt.name} names classes by WNID; put {KAGGLE_SYNSETS} (from the same Kaggle download) beside it"
+        )
     wnids = [line.split()[0] for line in mapping.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(wnids) != IMAGENET_CLASSES or wnids != sorted(wnids):
-        raise UsageError(f"{mapping.name} should list the 1000 WNIDs in sorted order; it has {len(wnids)} lines")
+        raise UsageError(
+            f"{mapping.name} should list the 1000 WNIDs in sorted order; it has {len(wnids)} lines"
+        )
     index = {w: i for i, w in enumerate(wnids)}
     out = {}
     with open(gt, newline="", encoding="utf-8") as fh:
@@ -224,7 +254,9 @@ def _kaggle_labels(gt: Path) -> dict[str, int]:
             m = re.match(r"^ILSVRC2012_val_(\d{8})$", row[0].strip())
             wnid = row[1].split()[0] if len(row) > 1 and row[1].split() else ""
             if not m or wnid not in index:
-                raise UsageError(f"{gt.name}: cannot read the row {','.join(row)[:80]!r}; expected ImageId,WNID ...")
+                raise UsageError(
+                    f"{gt.name}: cannot read the row {','.join(row)[:80]!r}; expected ImageId,WNID ..."
+                )
             out[m.group(1)] = index[wnid]
     return out
 
@@ -240,7 +272,9 @@ def devkit_id_to_index(meta_mat: Path) -> dict[int, int]:
         synsets = loadmat(str(meta_mat), squeeze_me=True)["synsets"]
         leaves = [(int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in synsets if int(s["num_children"]) == 0]
     except Exception as exc:  # scipy raises many types for a damaged file
-        raise UsageError(f"{meta_mat}: not the ImageNet devkit's meta.mat ({exc.__class__.__name__})") from None
+        raise UsageError(
+            f"{meta_mat}: not the ImageNet devkit's meta.mat ({exc.__class__.__name__})"
+        ) from None
     if len(leaves) != IMAGENET_CLASSES or not all(WNID.match(w) for _, w in leaves):
         raise UsageError(f"{meta_mat}: expected 1000 leaf synsets with WNIDs, found {len(leaves)}")
     order = {w: i for i, w in enumerate(sorted(w for _, w in leaves))}
@@ -248,11 +282,17 @@ def devkit_id_to_index(meta_mat: Path) -> dict[int, int]:
 
 
 def _devkit_labels(gt: Path) -> dict[str, int]:
-    candidates = [gt.parent / "meta.mat", gt.parent / "data" / "meta.mat", gt.parent.parent / "data" / "meta.mat"]
+    candidates = [
+        gt.parent / "meta.mat",
+        gt.parent / "data" / "meta.mat",
+        gt.parent.parent / "data" / "meta.mat",
+    ]
     meta = next((p for p in candidates if p.is_file()), None)
     if meta is None:
-        raise UsageError(f"{gt.name} uses the devkit's class IDs, whose order differs from the model's; put the devkit's "
-                         "data/meta.mat beside it (or use a val.txt with sorted-WNID indices)")
+        raise UsageError(
+            f"{gt.name} uses the devkit's class IDs, whose order differs from the model's; put the devkit's "
+            "data/meta.mat beside it (or use a val.txt with sorted-WNID indices)"
+        )
     mapping = devkit_id_to_index(meta)
     out = {}
     for n, line in enumerate(gt.read_text(encoding="utf-8").split()):

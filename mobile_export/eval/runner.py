@@ -126,12 +126,22 @@ def _labels_of(manifest: dict, directory: Path | None) -> list[str] | None:
 
 def _model_identity(manifest: dict) -> dict:
     model = manifest["model"]
-    return {"name": model["name"], "num_classes": model["num_classes"], "resolution": model["resolution"],
-            "weights": (model.get("weights") or {}).get("sha256"), "preprocess": manifest["preprocess"]}
+    return {
+        "name": model["name"],
+        "num_classes": model["num_classes"],
+        "resolution": model["resolution"],
+        "weights": (model.get("weights") or {}).get("sha256"),
+        "preprocess": manifest["preprocess"],
+    }
 
 
 def contract_digest(pre: Preprocess, takes_raw: bool) -> str:
-    doc = {"preprocess": pre.to_dict(), "normalized_in_model": takes_raw, "topk": TOPK, "decoder": "preprocess.load_input/1"}
+    doc = {
+        "preprocess": pre.to_dict(),
+        "normalized_in_model": takes_raw,
+        "topk": TOPK,
+        "decoder": "preprocess.load_input/1",
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,9 +167,11 @@ def make_plan(artifacts: list[str | Path]) -> Plan:
         if first is None:
             first = (path, manifest)
         elif _model_identity(manifest) != _model_identity(first[1]):
-            raise UsageError(f"{path.name} is not the same model as {first[0].name} "
-                             f"({manifest['model']['name']} vs {first[1]['model']['name']}, or other weights/preprocessing); "
-                             "evaluate one model per call")
+            raise UsageError(
+                f"{path.name} is not the same model as {first[0].name} "
+                f"({manifest['model']['name']} vs {first[1]['model']['name']}, or other weights/preprocessing); "
+                "evaluate one model per call"
+            )
         if any(r.path and Path(r.path).resolve() == path.resolve() for r in rows):
             raise UsageError(f"{path.name} is given twice")
         pre = preprocess_of(manifest)
@@ -170,7 +182,9 @@ def make_plan(artifacts: list[str | Path]) -> Plan:
     assert first is not None
     manifest = first[1]
     pre = preprocess_of(manifest)
-    weights_id = json.dumps({"model": _model_identity(manifest), "weights": manifest["model"].get("weights")}, sort_keys=True)
+    weights_id = json.dumps(
+        {"model": _model_identity(manifest), "weights": manifest["model"].get("weights")}, sort_keys=True
+    )
     ref_key = hashlib.sha256(f"pytorch|{weights_id}|{contract_digest(pre, False)}".encode()).hexdigest()
     reference = Row(ref_key, f"PyTorch {manifest['model']['name']} (reference)", REFERENCE)
     return Plan(manifest, pre, [reference, *rows], manifest_dir=first[0].resolve().parent)
@@ -195,7 +209,10 @@ class Evaluator:
             path = Path((paths or {}).get(row.key, row.path))
             # the entry names its target (a .pte may be XNNPACK or the Core ML delegate); workers
             # need no manifest on their disk
-            target = get_target(ArtifactEntry.from_dict(row.entry).target or ("coreml" if row.kind == "coreml" else "executorch"))
+            target = get_target(
+                ArtifactEntry.from_dict(row.entry).target
+                or ("coreml" if row.kind == "coreml" else "executorch")
+            )
             self._runners[row.key] = target.open_runner(path, row.entry, threads=threads)
 
     def evaluate(self, unit: WorkUnit) -> UnitResult:
@@ -253,7 +270,9 @@ class LocalExecutor:
     def __init__(self, threads: int = 1):
         self.threads = threads
 
-    def map(self, plan: Plan, reference_module, units: Iterable[WorkUnit]) -> Iterator[tuple[WorkUnit, UnitResult]]:
+    def map(
+        self, plan: Plan, reference_module, units: Iterable[WorkUnit]
+    ) -> Iterator[tuple[WorkUnit, UnitResult]]:
         evaluator = Evaluator(plan, reference_module, threads=self.threads)
         for unit in units:
             yield unit, evaluator.evaluate(unit)
@@ -278,10 +297,14 @@ class ResultCache:
         self.path = directory / CACHE_FILE
         try:
             self.db = sqlite3.connect(str(self.path))
-            self.db.execute("CREATE TABLE IF NOT EXISTS results (row TEXT, image TEXT, top5 TEXT, PRIMARY KEY (row, image))")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS results (row TEXT, image TEXT, top5 TEXT, PRIMARY KEY (row, image))"
+            )
             self.db.commit()
         except sqlite3.DatabaseError as exc:
-            raise ImageError(f"the eval cache {self.path} is unreadable ({exc}); delete it to start afresh") from None
+            raise ImageError(
+                f"the eval cache {self.path} is unreadable ({exc}); delete it to start afresh"
+            ) from None
 
     def get(self, row: str, image: str) -> list[int] | None:
         hit = self.db.execute("SELECT top5 FROM results WHERE row = ? AND image = ?", (row, image)).fetchone()
@@ -289,8 +312,9 @@ class ResultCache:
 
     def put_many(self, rows: list[tuple[str, str, list[int]]]) -> None:
         with self.db:  # one commit: a unit is cached whole or not at all
-            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                                [(r, i, json.dumps(t)) for r, i, t in rows])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?)", [(r, i, json.dumps(t)) for r, i, t in rows]
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -317,9 +341,13 @@ class Outcome:
     executor: dict
 
 
-def run_eval(artifacts: list[str | Path], options: EvalOptions, executor=None,
-             progress: Callable[[int], object] | None = None,
-             on_unit: Callable[[WorkUnit, UnitResult], None] | None = None) -> Outcome:
+def run_eval(
+    artifacts: list[str | Path],
+    options: EvalOptions,
+    executor=None,
+    progress: Callable[[int], object] | None = None,
+    on_unit: Callable[[WorkUnit, UnitResult], None] | None = None,
+) -> Outcome:
     """Evaluate every artifact and the reference on the dataset. `progress(total)` returns
     an object with update(n) and close() (the CLI passes a tqdm bar); `on_unit` is called
     after each unit is cached (tests interrupt there)."""
@@ -328,7 +356,9 @@ def run_eval(artifacts: list[str | Path], options: EvalOptions, executor=None,
     t0 = time.perf_counter()
     plan = make_plan(artifacts)
     model = plan.manifest["model"]
-    data = datasets.load_dataset(options.dataset, plan.labels, int(model["num_classes"]), options.every, options.limit)
+    data = datasets.load_dataset(
+        options.dataset, plan.labels, int(model["num_classes"]), options.every, options.limit
+    )
     built = rebuild_reference(plan.manifest, options.weights)
     executor = executor or LocalExecutor()
     n = len(data.items)
@@ -386,8 +416,10 @@ def run_eval(artifacts: list[str | Path], options: EvalOptions, executor=None,
         if bar is not None:
             bar.close()
     if len(skipped) == n:
-        raise ImageError(f"none of the {n} images in {str(options.dataset)!r} could be read; "
-                         f"e.g. {next(iter(skipped.values()))}")
+        raise ImageError(
+            f"none of the {n} images in {str(options.dataset)!r} could be read; "
+            f"e.g. {next(iter(skipped.values()))}"
+        )
     return Outcome(plan, data, top5, skipped, computed, time.perf_counter() - t0, executor.describe())
 
 

@@ -45,10 +45,12 @@ def mcnemar_exact(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(comb(n, k) for k in range(min(b, c) + 1))
-    return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
-def drop_ci(p: Paired, resamples: int = RESAMPLES, seed: int = SEED, level: float = 0.95) -> tuple[float, float]:
+def drop_ci(
+    p: Paired, resamples: int = RESAMPLES, seed: int = SEED, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of the bootstrap distribution of the drop, in points."""
     if p.n == 0:
         return (0.0, 0.0)

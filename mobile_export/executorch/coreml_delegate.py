@@ -48,14 +48,24 @@ from .target import MAGIC, MIN_BYTES, input_contract
 BACKEND = "CoreMLBackend"
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PRECISION = "fp16"
-COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU"}
+COMPUTE_UNITS = {
+    "all": "ALL",
+    "cpu_and_ne": "CPU_AND_NE",
+    "cpu_only": "CPU_ONLY",
+    "cpu_and_gpu": "CPU_AND_GPU",
+}
 DEFAULT_COMPUTE_UNITS = "all"
 IOS_VERSIONS = (16, 17, 18)
 DEFAULT_IOS = 17
 COMPRESS = ("none", "int8", "w8a8")
 PACKAGE_DIR = "model.mlpackage"  # inside the payload's root directory (lowered_module)
 COMPILED_DIR = "model.mlmodelc"
-WEIGHT_OP_CONFIG = {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel", "weight_threshold": 2048}
+WEIGHT_OP_CONFIG = {
+    "mode": "linear_symmetric",
+    "dtype": "int8",
+    "granularity": "per_channel",
+    "weight_threshold": 2048,
+}
 # coremltools' dequantize_quantize_pair_elimination treats dequantize(uint8) -> quantize(int8)
 # with the same scale as a no-op (it compares scale, zero point and axis, not the integer type;
 # the torch frontend drops all-zero zero points, so the two look alike) and replaces an int8
@@ -68,10 +78,13 @@ W8A8_REFUSAL = (
     "in coremltools' dequantize_quantize_pair_elimination pass (it takes a uint8/int8 dequantize->quantize pair with "
     "equal scales for a no-op and swaps the types); with that pass removed it lowers fully but measured 9.8 dB / "
     "cosine 0.95 against float on the trained MobileNetV2 (the W8A8 row needs 20 dB); use --compress int8 "
-    "(weight-only) or --target coreml --compress w8a8")
+    "(weight-only) or --target coreml --compress w8a8"
+)
 _DATE_KEY = "com.github.apple.coremltools.conversion_date"
-COREML_DELEGATE_LATENCY = ("not measured: ExecuTorch's Linux runtime has no CoreMLBackend and Core ML runs only on Apple "
-                           "devices; measure on an iPhone (demo app) or a Mac")
+COREML_DELEGATE_LATENCY = (
+    "not measured: ExecuTorch's Linux runtime has no CoreMLBackend and Core ML runs only on Apple "
+    "devices; measure on an iPhone (demo app) or a Mac"
+)
 _UUID_NAMESPACE = uuid.UUID("0d6bd5b0-4f6a-4f21-9b3c-6c3a4b1e2f70")
 
 
@@ -99,19 +112,29 @@ class ExecuTorchCoreMLTarget(Target):
     def validate(self, built, options: ExportOptions) -> None:
         precision = options.precision or DEFAULT_PRECISION
         if precision not in PRECISIONS:
-            raise UsageError(f"precision {precision!r} is not supported by the Core ML delegate; choose one of: {', '.join(PRECISIONS)}")
+            raise UsageError(
+                f"precision {precision!r} is not supported by the Core ML delegate; choose one of: {', '.join(PRECISIONS)}"
+            )
         if options.compute_units not in COMPUTE_UNITS:
-            raise UsageError(f"--compute-units {options.compute_units!r} is not supported; choose one of: {', '.join(COMPUTE_UNITS)}")
+            raise UsageError(
+                f"--compute-units {options.compute_units!r} is not supported; choose one of: {', '.join(COMPUTE_UNITS)}"
+            )
         if options.quantize != "none":
-            raise UsageError("--quantize int8 is XNNPACK's int8; for the Core ML delegate use --compress int8 (weight-only int8)")
+            raise UsageError(
+                "--quantize int8 is XNNPACK's int8; for the Core ML delegate use --compress int8 (weight-only int8)"
+            )
         if options.compress not in COMPRESS:
-            raise UsageError(f"--compress {options.compress} is not available through ExecuTorch's Core ML delegate; "
-                             "use --compress int8 (weight-only), or --target coreml for palettized .mlpackage files")
+            raise UsageError(
+                f"--compress {options.compress} is not available through ExecuTorch's Core ML delegate; "
+                "use --compress int8 (weight-only), or --target coreml for palettized .mlpackage files"
+            )
         if options.compress == "w8a8" and not self.w8a8_experimental:
             raise UsageError(W8A8_REFUSAL)  # the path stays reachable (w8a8_experimental) to measure it again
         if self.model_type == "compiled_model":
-            raise UsageError("MODEL_TYPE.COMPILED_MODEL needs Core ML's compiler, which runs only on macOS; "
-                             "export MODEL_TYPE.MODEL here (the device compiles it on first load) or export on a Mac")
+            raise UsageError(
+                "MODEL_TYPE.COMPILED_MODEL needs Core ML's compiler, which runs only on macOS; "
+                "export MODEL_TYPE.MODEL here (the device compiles it on first load) or export on a Mac"
+            )
         ios_of(options)
 
     # --- export ----------------------------------------------------------------------
@@ -123,7 +146,11 @@ class ExecuTorchCoreMLTarget(Target):
         precision = options.precision or DEFAULT_PRECISION
         ios = ios_of(options)
         pre = built.preprocess
-        model = with_normalization(built.module, pre.mean, pre.std) if options.normalize_in_model else built.module
+        model = (
+            with_normalization(built.module, pre.mean, pre.std)
+            if options.normalize_in_model
+            else built.module
+        )
         model.eval()
         example = torch.zeros(built.input_shape, dtype=torch.float32)
         with torch.no_grad():
@@ -136,22 +163,27 @@ class ExecuTorchCoreMLTarget(Target):
         outside = delegation["outside"]
         if outside and not options.allow_partial:
             named = ", ".join(f"{op} x{n}" for op, n in sorted(outside.items()))
-            raise DelegationError(f"{sum(outside.values())} compute op(s) left outside the Core ML delegate ({named}); "
-                                  "they would run on ExecuTorch's portable CPU kernels; rewrite them or pass --allow-partial")
+            raise DelegationError(
+                f"{sum(outside.values())} compute op(s) left outside the Core ML delegate ({named}); "
+                "they would run on ExecuTorch's portable CPU kernels; rewrite them or pass --allow-partial"
+            )
         buffer = manager.buffer
         dest.write_bytes(buffer)
         ops = payload_ops(buffer)
         if options.compress == "int8":
             quantization = {
-                "mode": "int8", "weights": "int8 linear symmetric, one scale per output channel (weights >= 2048 elements)",
+                "mode": "int8",
+                "weights": "int8 linear symmetric, one scale per output channel (weights >= 2048 elements)",
                 "how": "compile spec op_linear_quantizer_config (coremltools linear_quantize_weights)",
                 "op_linear_quantizer_config": WEIGHT_OP_CONFIG,
             }
         elif options.compress == "w8a8":
             quantization = {
-                "mode": "w8a8", "weights": "int8 symmetric, one scale per output channel",
+                "mode": "w8a8",
+                "weights": "int8 symmetric, one scale per output channel",
                 "activations": "uint8 symmetric (CoreMLQuantizer's only integer activation type), min/max observers",
-                "how": "CoreMLQuantizer + prepare_pt2e/convert_pt2e; Core ML pass pipeline without " + ", ".join(W8A8_PASSES_REMOVED),
+                "how": "CoreMLQuantizer + prepare_pt2e/convert_pt2e; Core ML pass pipeline without "
+                + ", ".join(W8A8_PASSES_REMOVED),
                 "passes_removed": list(W8A8_PASSES_REMOVED),
                 "calibration": {**calibration.record(), "limit": options.calibration_limit},
             }
@@ -163,7 +195,12 @@ class ExecuTorchCoreMLTarget(Target):
             "precision": "mixed" if options.compress == "w8a8" else precision,
             "quantization": quantization,
             "input": input_contract(built, options.normalize_in_model),
-            "output": {"name": built.spec.output, "kind": built.spec.output, "shape": out_shape, "dtype": "float32"},
+            "output": {
+                "name": built.spec.output,
+                "kind": built.spec.output,
+                "shape": out_shape,
+                "dtype": "float32",
+            },
             "delegation": delegation,
             "runtime": runtime_record(BACKEND),
             "coreml": {
@@ -195,8 +232,10 @@ class ExecuTorchCoreMLTarget(Target):
             raise ArtifactError(f"{p} is not a file; check the path or export again")
         data = p.read_bytes()
         if len(data) < MIN_BYTES or data[4:8] != MAGIC:
-            raise ArtifactError(f"{p.name} does not start like an ExecuTorch program (bytes 4-8 are {data[4:8]!r}, expected "
-                                f"{MAGIC!r}); the file is damaged or of another format, export it again")
+            raise ArtifactError(
+                f"{p.name} does not start like an ExecuTorch program (bytes 4-8 are {data[4:8]!r}, expected "
+                f"{MAGIC!r}); the file is damaged or of another format, export it again"
+            )
         core_ml_payload(data, p.name)
 
     def output_quantity(self, entry: dict) -> str:
@@ -222,7 +261,9 @@ class ExecuTorchCoreMLTarget(Target):
         executor's load), `repeats` times. No latency: nothing here runs the Core ML delegate."""
         from ..coreml import mil
 
-        log(f"reading {Path(artifact).name}'s Core ML payload (no latency: nothing here runs the Core ML delegate)...")
+        log(
+            f"reading {Path(artifact).name}'s Core ML payload (no latency: nothing here runs the Core ML delegate)..."
+        )
         data = Path(artifact).read_bytes()
         ops = payload_ops(data)
         times = []
@@ -240,8 +281,10 @@ class ExecuTorchCoreMLTarget(Target):
             "payload_bytes": ops["payload_bytes"],
             "opset": ops["opset"],
             "compile_specs": ops["compile_specs"],
-            "ops_by_backend": {delegation.get("backend", "CoreMLBackend"): delegation.get("delegated_ops"),
-                               "portable CPU (outside the delegate)": sum(outside.values())},
+            "ops_by_backend": {
+                delegation.get("backend", "CoreMLBackend"): delegation.get("delegated_ops"),
+                "portable CPU (outside the delegate)": sum(outside.values()),
+            },
             "core_ml_ops": ops["ops"],
             "payload_load_ms": sorted(times)[len(times) // 2],
             "latency": COREML_DELEGATE_LATENCY,
@@ -260,10 +303,15 @@ class ExecuTorchCoreMLTarget(Target):
             name = program.inputs[0].name
             feeds = [{name: np.ascontiguousarray(x, dtype=np.float32)} for x in raw]
             ops = layer_values(program, built.module, feeds, inputs.normalized, sink)
-        return PerOpValues(ops=ops, title=f"{artifact.name}: per-layer error of its Core ML payload ({len(feeds)} real images, "
-                                          "Linux executor)",
-                           source="Linux ML Program executor (the .pte's Core ML payload) vs the PyTorch layers",
-                           whole=OpInfo("output", "Core ML payload vs PyTorch", "(whole program, Linux ML Program executor)"))
+        return PerOpValues(
+            ops=ops,
+            title=f"{artifact.name}: per-layer error of its Core ML payload ({len(feeds)} real images, "
+            "Linux executor)",
+            source="Linux ML Program executor (the .pte's Core ML payload) vs the PyTorch layers",
+            whole=OpInfo(
+                "output", "Core ML payload vs PyTorch", "(whole program, Linux ML Program executor)"
+            ),
+        )
 
 
 # --- building blocks ---------------------------------------------------------------------
@@ -277,7 +325,9 @@ def ios_of(options: ExportOptions) -> int:
     except (TypeError, ValueError):
         ios = -1
     if ios not in IOS_VERSIONS:
-        raise UsageError(f"--ios {options.deployment_target} is not supported; choose one of: {', '.join(map(str, IOS_VERSIONS))}")
+        raise UsageError(
+            f"--ios {options.deployment_target} is not supported; choose one of: {', '.join(map(str, IOS_VERSIONS))}"
+        )
     return ios
 
 
@@ -314,8 +364,13 @@ def quantize_w8a8(model, example, built, options: ExportOptions, log):
     from ..coreml.target import _quiet
     from ..quantize.calibration import load_calibration, to_tensor
 
-    calibration = load_calibration(options.calibration, built.preprocess, limit=options.calibration_limit,
-                                   normalized=not options.normalize_in_model, log=log)
+    calibration = load_calibration(
+        options.calibration,
+        built.preprocess,
+        limit=options.calibration_limit,
+        normalized=not options.normalize_in_model,
+        log=log,
+    )
     with _quiet():
         from coremltools.optimize.torch.quantization.quantization_config import (
             LinearQuantizerConfig,
@@ -324,9 +379,16 @@ def quantize_w8a8(model, example, built, options: ExportOptions, log):
         from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        config = LinearQuantizerConfig.from_dict({"global_config": {
-            "quantization_scheme": QuantizationScheme.symmetric, "activation_dtype": torch.quint8,
-            "weight_dtype": torch.qint8, "weight_per_channel": True}})
+        config = LinearQuantizerConfig.from_dict(
+            {
+                "global_config": {
+                    "quantization_scheme": QuantizationScheme.symmetric,
+                    "activation_dtype": torch.quint8,
+                    "weight_dtype": torch.qint8,
+                    "weight_per_channel": True,
+                }
+            }
+        )
         try:
             with torch.no_grad():
                 exported = torch.export.export(model, (example,), strict=False)
@@ -335,7 +397,9 @@ def quantize_w8a8(model, example, built, options: ExportOptions, log):
                     prepared(to_tensor(x))
                 converted = convert_pt2e(prepared)
         except Exception as exc:
-            raise ExportError(f"CoreMLQuantizer failed ({first_line(exc)}); use --compress int8 (weight-only)") from None
+            raise ExportError(
+                f"CoreMLQuantizer failed ({first_line(exc)}); use --compress int8 (weight-only)"
+            ) from None
     log(f"w8a8: CoreMLQuantizer calibrated on {len(calibration.inputs)} image(s)")
     return converted, calibration
 
@@ -368,10 +432,14 @@ def lower(module, example, specs, log=lambda _m: None):
     except (ExportError, ArtifactError, MemoryError):
         raise
     except Exception as exc:  # torch.export / exir / coremltools raise many types; keep one line
-        raise ExportError(f"Core ML delegate lowering failed ({first_line(exc)}); try --precision fp32, --allow-partial "
-                          "or --target coreml") from None
-    log(f"lowered to the Core ML delegate in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) in "
-        f"{delegation['delegated_subgraphs']} partition(s), {sum(delegation['outside'].values())} outside")
+        raise ExportError(
+            f"Core ML delegate lowering failed ({first_line(exc)}); try --precision fp32, --allow-partial "
+            "or --target coreml"
+        ) from None
+    log(
+        f"lowered to the Core ML delegate in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) in "
+        f"{delegation['delegated_subgraphs']} partition(s), {sum(delegation['outside'].values())} outside"
+    )
     return manager, delegation, normalized == delegation["delegated_subgraphs"]
 
 
@@ -394,9 +462,14 @@ def normalize_payload(payload: bytes) -> bytes:
     manifest_rel = f"{PACKAGE_DIR}/Manifest.json"
     if manifest_rel in files:
         doc = json.loads(files[manifest_rel])
-        renamed = {old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"])) for old, item in doc["itemInfoEntries"].items()}
-        doc["itemInfoEntries"] = {renamed[old]: item for old, item in
-                                  sorted(doc["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])}
+        renamed = {
+            old: str(uuid.uuid5(_UUID_NAMESPACE, item["path"]))
+            for old, item in doc["itemInfoEntries"].items()
+        }
+        doc["itemInfoEntries"] = {
+            renamed[old]: item
+            for old, item in sorted(doc["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])
+        }
         doc["rootModelIdentifier"] = renamed[doc["rootModelIdentifier"]]
         files[manifest_rel] = (json.dumps(doc, indent=4, sort_keys=True) + "\n").encode("utf-8")
     if "metadata.json" in files:
@@ -418,13 +491,18 @@ def core_ml_payload(pte: bytes, name: str = "program") -> tuple[pte_reader.Deleg
     core_ml = [d for d in found if d.backend == BACKEND]
     others = sorted({d.backend for d in found if d.backend != BACKEND})
     if len(core_ml) != 1 or others:
-        raise ArtifactError(f"{name} has {len(core_ml)} {BACKEND} delegate(s)" + (f" and {', '.join(others)}" if others else "")
-                            + f"; an executorch-coreml program has exactly one {BACKEND} delegate, export it again")
+        raise ArtifactError(
+            f"{name} has {len(core_ml)} {BACKEND} delegate(s)"
+            + (f" and {', '.join(others)}" if others else "")
+            + f"; an executorch-coreml program has exactly one {BACKEND} delegate, export it again"
+        )
     payload = pte_reader.payload(pte, core_ml[0])
     root, _ = flatfs.read_index(payload)
     if PACKAGE_DIR not in root.children:
         hint = " (a compiled model: not readable on Linux)" if COMPILED_DIR in root.children else ""
-        raise ArtifactError(f"{name}'s Core ML payload has no {PACKAGE_DIR}{hint}; export it again with --target executorch-coreml")
+        raise ArtifactError(
+            f"{name}'s Core ML payload has no {PACKAGE_DIR}{hint}; export it again with --target executorch-coreml"
+        )
     return core_ml[0], payload
 
 
@@ -472,7 +550,10 @@ def payload_ops(pte: bytes) -> dict:
 
     walk(operations(spec))
     meta = json.loads(files.get("metadata.json", b"{}") or b"{}")
-    return {"payload_bytes": delegate.size, "opset": _opset(spec), "ops": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "identifier": meta.get("identifier"), "compile_specs": {k: v.decode("utf-8", "replace") for k, v in delegate.compile_specs.items()}}
-
-
+    return {
+        "payload_bytes": delegate.size,
+        "opset": _opset(spec),
+        "ops": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "identifier": meta.get("identifier"),
+        "compile_specs": {k: v.decode("utf-8", "replace") for k, v in delegate.compile_specs.items()},
+    }

@@ -33,8 +33,13 @@ FP32_EXACT_DB = 150.0  # above float32 rounding (~138 dB): an input this clean c
 KEEP_ENV = "MOBILE_EXPORT_KEEP_TWIN"  # a folder: keep the twin's program, ETRecord and dumps there
 
 
-def twin_values(built, entry: dict, feed: Sequence[np.ndarray], sink: ValueSink,
-                log: Callable[[str], None] = lambda _m: None) -> list[OpInfo]:
+def twin_values(
+    built,
+    entry: dict,
+    feed: Sequence[np.ndarray],
+    sink: ValueSink,
+    log: Callable[[str], None] = lambda _m: None,
+) -> list[OpInfo]:
     """Lower the per-op twin into a temp dir (or the folder named by $MOBILE_EXPORT_KEEP_TWIN,
     kept for opening the Inspector by hand), run it with ETDump on `feed` (the images in the
     artifact's input contract), pass every op's values to `sink` and return the ops in graph
@@ -42,7 +47,9 @@ def twin_values(built, entry: dict, feed: Sequence[np.ndarray], sink: ValueSink,
     from executorch.devtools.etrecord import parse_etrecord
 
     keep = os.environ.get(KEEP_ENV)
-    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="mobile-export-twin-")) as tmp:
+    with (
+        contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="mobile-export-twin-")
+    ) as tmp:
         work = ensure_writable_dir(tmp)
         program, etrecord = lower_twin(built, entry, work, log)
         dumps = work / "etdump"
@@ -61,12 +68,22 @@ def lower_twin(built, entry: dict, workdir: Path, log) -> tuple[Path, Path]:
     from .lowering import TANH_GELU_FAST, lower, with_normalization
 
     pre = built.preprocess
-    model = with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
+    model = (
+        with_normalization(built.module, pre.mean, pre.std) if _normalized_in_model(entry) else built.module
+    )
     model.eval()
-    fast_gelu = ((ArtifactEntry.from_dict(entry).delegation or {}).get("tanh_gelu") or {}).get("runs_as") == TANH_GELU_FAST
+    fast_gelu = ((ArtifactEntry.from_dict(entry).delegation or {}).get("tanh_gelu") or {}).get(
+        "runs_as"
+    ) == TANH_GELU_FAST
     with _buffers_persistent(model):
-        manager, _ = lower(model, torch.zeros(built.input_shape, dtype=torch.float32), lambda m: log(f"per-op twin: {m}"),
-                           per_op=True, etrecord=True, exact_tanh_gelu=not fast_gelu)
+        manager, _ = lower(
+            model,
+            torch.zeros(built.input_shape, dtype=torch.float32),
+            lambda m: log(f"per-op twin: {m}"),
+            per_op=True,
+            etrecord=True,
+            exact_tanh_gelu=not fast_gelu,
+        )
     program, etrecord = workdir / "twin.pte", workdir / "twin.etrecord"
     with atomic_path(program) as tmp:
         tmp.write_bytes(manager.buffer)
@@ -108,8 +125,9 @@ def debug_buffer_bytes(record) -> int:
     return 2 * total + (16 << 20)
 
 
-def numeric_gap_values(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], sink: ValueSink,
-                       in_wrapper: bool = False) -> list[OpInfo]:
+def numeric_gap_values(
+    etrecord, dump_dir: Path, feed: Sequence[np.ndarray], sink: ValueSink, in_wrapper: bool = False
+) -> list[OpInfo]:
     """Inspector.calculate_numeric_gap per image (image i: dump_dir/etdump_i.etdp + debug_i.bin):
     the values of each AOT op (or fused group of ops) go to `sink`, one call per image; returns
     the ops in graph order. `etrecord`: a path or a parsed ETRecord (a test may alter its
@@ -126,13 +144,20 @@ def numeric_gap_values(etrecord, dump_dir: Path, feed: Sequence[np.ndarray], sin
         record.update_representative_inputs([(to_tensor(x),)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            inspector = Inspector(etdump_path=str(dump_dir / f"etdump_{i}.etdp"), etrecord=record,
-                                  debug_buffer_path=str(dump_dir / f"debug_{i}.bin"))
+            inspector = Inspector(
+                etdump_path=str(dump_dir / f"etdump_{i}.etdp"),
+                etrecord=record,
+                debug_buffer_path=str(dump_dir / f"debug_{i}.bin"),
+            )
             gap = inspector.calculate_numeric_gap("L1")
         if gap.empty:
             continue
-        for handle, ops, aot, runtime in zip(gap["aot_debug_handle"], gap["aot_ops"], gap["aot_intermediate_output"],
-                                             gap["runtime_intermediate_output"]):
+        for handle, ops, aot, runtime in zip(
+            gap["aot_debug_handle"],
+            gap["aot_ops"],
+            gap["aot_intermediate_output"],
+            gap["runtime_intermediate_output"],
+        ):
             aot, runtime = _tensor(aot), _tensor(runtime)
             if aot is None or runtime is None or aot.size != runtime.size:
                 continue
@@ -158,7 +183,7 @@ def _reference_nodes(record) -> list:
     edge program it falls back to when debug handles do not map back (names rarely clash)."""
     nodes, seen = [], set()
     for program in (record.exported_program, record.edge_dialect_program):
-        for node in (program.graph.nodes if program is not None and hasattr(program, "graph") else ()):
+        for node in program.graph.nodes if program is not None and hasattr(program, "graph") else ():
             if node.name not in seen:
                 seen.add(node.name)
                 nodes.append(node)
@@ -170,25 +195,41 @@ def _ops(graph_nodes: list, names: dict, in_wrapper: bool) -> list[OpInfo]:
     unmeasured nodes (none for the graph input: exact), losses capped at FP32_EXACT_DB."""
     order = {n.name: i for i, n in enumerate(graph_nodes)}
     nodes = {n.name: n for n in graph_nodes}
-    groups = {key: [nodes[name] for name in sorted(names[key], key=lambda n: order.get(n, math.inf)) if name in nodes]
-              for key in names}
+    groups = {
+        key: [
+            nodes[name] for name in sorted(names[key], key=lambda n: order.get(n, math.inf)) if name in nodes
+        ]
+        for key in names
+    }
     group_of = {node.name: "+".join(names[key]) for key, members in groups.items() for node in members}
     ops = []
-    for key, members in sorted(groups.items(), key=lambda kv: order.get(kv[1][0].name, math.inf) if kv[1] else math.inf):
+    for key, members in sorted(
+        groups.items(), key=lambda kv: order.get(kv[1][0].name, math.inf) if kv[1] else math.inf
+    ):
         seen = {m.name for m in members}
         feeds: dict[str, None] = {}
         for m in members:
             measured_inputs(m, group_of, seen, feeds)
         first = members[0] if members else None
-        ops.append(OpInfo(name="+".join(names[key]), op="+".join(short_op_name(m) for m in members) or "?",
-                          module=_module(first, in_wrapper) if first is not None else "", feeds=tuple(feeds)))
+        ops.append(
+            OpInfo(
+                name="+".join(names[key]),
+                op="+".join(short_op_name(m) for m in members) or "?",
+                module=_module(first, in_wrapper) if first is not None else "",
+                feeds=tuple(feeds),
+            )
+        )
     return ops
 
 
 def _module(node, in_wrapper: bool) -> str:
     path = module_path(node)
     if in_wrapper:
-        path = path[len("model."):] if path.startswith("model.") else ("(input normalization)" if path in ("", "model") else path)
+        path = (
+            path[len("model.") :]
+            if path.startswith("model.")
+            else ("(input normalization)" if path in ("", "model") else path)
+        )
     return path
 
 

@@ -43,8 +43,10 @@ def _index_length(reversed_tail: bytes) -> int:
     """Length of the JSON object at the start of `reversed_tail`: balanced braces, strings
     (with escapes) skipped, as upstream's reader scans it."""
     if not reversed_tail or reversed_tail[:1] != b"{":
-        raise ArtifactError("the Core ML payload does not end with a directory index (no '{' at its end); "
-                            "the file is damaged, export it again")
+        raise ArtifactError(
+            "the Core ML payload does not end with a directory index (no '{' at its end); "
+            "the file is damaged, export it again"
+        )
     depth, in_string, escaped = 0, False, False
     for i, byte in enumerate(reversed_tail):
         ch = chr(byte)
@@ -63,7 +65,9 @@ def _index_length(reversed_tail: bytes) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-    raise ArtifactError("the Core ML payload's directory index is cut off; the file is damaged, export it again")
+    raise ArtifactError(
+        "the Core ML payload's directory index is cut off; the file is damaged, export it again"
+    )
 
 
 MAX_INDEX_BYTES = 1 << 20  # an index of a few files is ~1 KB; a 1 MB scan bounds damaged input
@@ -78,20 +82,31 @@ def read_index(payload: bytes) -> tuple[Node, int]:
         doc = json.loads(tail[:length].decode("utf-8"))
         raw = doc["nodes"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"the Core ML payload's directory index does not parse ({exc.__class__.__name__}); "
-                            "the file is damaged, export it again") from None
+        raise ArtifactError(
+            f"the Core ML payload's directory index does not parse ({exc.__class__.__name__}); "
+            "the file is damaged, export it again"
+        ) from None
     index_start = len(payload) - length
     if not isinstance(raw, list) or not raw:
-        raise ArtifactError("the Core ML payload's directory index lists no files; the file is damaged, export it again")
+        raise ArtifactError(
+            "the Core ML payload's directory index lists no files; the file is damaged, export it again"
+        )
     nodes: list[Node] = []
     try:
         for i, item in enumerate(raw):
             kind = int(item["kind"])
             region = item.get("dataRegion") or {}
-            node = Node(name=str(item["name"]), kind=kind, offset=int(region.get("offset", 0)), size=int(region.get("size", 0)))
+            node = Node(
+                name=str(item["name"]),
+                kind=kind,
+                offset=int(region.get("offset", 0)),
+                size=int(region.get("size", 0)),
+            )
             if kind == FILE:
                 if node.offset < 0 or node.size < 0 or node.offset + node.size > index_start:
-                    raise ValueError(f"file {node.name!r} lies outside the data ({node.offset}+{node.size} > {index_start})")
+                    raise ValueError(
+                        f"file {node.name!r} lies outside the data ({node.offset}+{node.size} > {index_start})"
+                    )
             elif kind == DIRECTORY:
                 for child, j in (item.get("children") or {}).items():
                     if not 0 <= int(j) < i:  # children come first
@@ -103,11 +118,15 @@ def read_index(payload: bytes) -> tuple[Node, int]:
                 raise ValueError(f"node name {node.name!r} is not a plain name")
             nodes.append(node)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"the Core ML payload's directory index is inconsistent ({exc}); the file is damaged, "
-                            "export it again") from None
+        raise ArtifactError(
+            f"the Core ML payload's directory index is inconsistent ({exc}); the file is damaged, "
+            "export it again"
+        ) from None
     root = nodes[-1]
     if not root.is_dir:
-        raise ArtifactError("the Core ML payload's last index node is not a directory; the file is damaged, export it again")
+        raise ArtifactError(
+            "the Core ML payload's last index node is not a directory; the file is damaged, export it again"
+        )
     return root, index_start
 
 
@@ -126,7 +145,7 @@ def read_files(payload: bytes) -> dict[str, bytes]:
     """Relative path (under the root directory) -> content, for every file."""
     root, _ = read_index(payload)
     view = memoryview(payload)
-    return {path: bytes(view[n.offset:n.offset + n.size]) for path, n in walk_files(root)}
+    return {path: bytes(view[n.offset : n.offset + n.size]) for path, n in walk_files(root)}
 
 
 def file_regions(payload: bytes) -> dict[str, tuple[int, int]]:
@@ -145,7 +164,7 @@ def unflatten(payload: bytes, dest: str | Path) -> Path:
     for rel, node in walk_files(root):
         target = top / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(view[node.offset:node.offset + node.size])
+        target.write_bytes(view[node.offset : node.offset + node.size])
     return top
 
 
@@ -166,11 +185,20 @@ def flatten(files: dict[str, bytes], root_name: str) -> bytes:
     def add(name: str, subtree) -> int:
         if isinstance(subtree, str):
             content = files[subtree]
-            nodes.append({"children": {}, "dataRegion": {"offset": len(data), "size": len(content)}, "kind": FILE, "name": name})
+            nodes.append(
+                {
+                    "children": {},
+                    "dataRegion": {"offset": len(data), "size": len(content)},
+                    "kind": FILE,
+                    "name": name,
+                }
+            )
             data.extend(content)
             return len(nodes) - 1
         children = {child: add(child, subtree[child]) for child in sorted(subtree)}
-        nodes.append({"children": children, "dataRegion": {"offset": 0, "size": 0}, "kind": DIRECTORY, "name": name})
+        nodes.append(
+            {"children": children, "dataRegion": {"offset": 0, "size": 0}, "kind": DIRECTORY, "name": name}
+        )
         return len(nodes) - 1
 
     add(root_name, tree)

@@ -33,8 +33,14 @@ def with_normalization(module, mean, std):
     return NormalizedInput(module, mean, std).eval()
 
 
-def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: bool = False,
-          exact_tanh_gelu: bool = True):
+def lower(
+    module,
+    example,
+    log=lambda _m: None,
+    per_op: bool = False,
+    etrecord: bool = False,
+    exact_tanh_gelu: bool = True,
+):
     """torch.export + XNNPACK lowering; returns (ExecutorchProgramManager, delegation summary).
     `per_op`: one delegate per op (for per-layer numerics); `etrecord`: keep an ETRecord;
     `exact_tanh_gelu`: False lets XNNPACK run tanh GELU as its erf GELU (faster, see
@@ -52,20 +58,29 @@ def lower(module, example, log=lambda _m: None, per_op: bool = False, etrecord: 
             if tanh_gelus and exact_tanh_gelu:
                 exported = spell_out_tanh_gelu(exported)
             edge = to_edge_transform_and_lower(
-                exported, partitioner=[XnnpackPartitioner(per_op_mode=per_op)],
-                transform_passes=get_transform_passes(), generate_etrecord=etrecord,
+                exported,
+                partitioner=[XnnpackPartitioner(per_op_mode=per_op)],
+                transform_passes=get_transform_passes(),
+                generate_etrecord=etrecord,
             )
         delegation = delegation_summary(edge.exported_program().graph_module)
         if tanh_gelus:
-            delegation["tanh_gelu"] = {"count": tanh_gelus, "runs_as": TANH_GELU_EXACT if exact_tanh_gelu else TANH_GELU_FAST}
+            delegation["tanh_gelu"] = {
+                "count": tanh_gelus,
+                "runs_as": TANH_GELU_EXACT if exact_tanh_gelu else TANH_GELU_FAST,
+            }
         manager = edge.to_executorch()
     except (ExportError, MemoryError):
         raise
     except Exception as exc:  # torch.export / exir raise many types; keep one line
-        raise ExportError(f"ExecuTorch lowering failed ({first_line(exc)}); the model uses an op torch.export/XNNPACK cannot take") from None
-    log(f"lowered to XNNPACK in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) delegated in "
+        raise ExportError(
+            f"ExecuTorch lowering failed ({first_line(exc)}); the model uses an op torch.export/XNNPACK cannot take"
+        ) from None
+    log(
+        f"lowered to XNNPACK in {time.perf_counter() - t0:.1f}s: {delegation['delegated_ops']} op(s) delegated in "
         f"{delegation['delegated_subgraphs']} subgraph(s), {sum(delegation['outside'].values())} outside"
-        + (f"; {tanh_gelus} tanh GELU run as {delegation['tanh_gelu']['runs_as']}" if tanh_gelus else ""))
+        + (f"; {tanh_gelus} tanh GELU run as {delegation['tanh_gelu']['runs_as']}" if tanh_gelus else "")
+    )
     return manager, delegation
 
 
@@ -86,8 +101,11 @@ def uses_tanh_gelu(module) -> bool:
 def count_tanh_gelu(exported) -> int:
     import torch
 
-    return sum(1 for n in exported.graph.nodes
-               if n.target == torch.ops.aten.gelu.default and n.kwargs.get("approximate", "none") == "tanh")
+    return sum(
+        1
+        for n in exported.graph.nodes
+        if n.target == torch.ops.aten.gelu.default and n.kwargs.get("approximate", "none") == "tanh"
+    )
 
 
 def spell_out_tanh_gelu(exported):

@@ -33,7 +33,9 @@ def delegates(pte: bytes) -> list[Delegate]:
         program_size = header.program_size if header is not None else len(pte)
         program = _flatbuffer_to_program(pte[:program_size])
     except Exception as exc:  # the flatbuffer reader raises many types on damaged input
-        raise ArtifactError(f"the ExecuTorch program does not parse ({first_line(exc)}); the file is damaged, export it again") from None
+        raise ArtifactError(
+            f"the ExecuTorch program does not parse ({first_line(exc)}); the file is damaged, export it again"
+        ) from None
     found = []
     for plan in program.execution_plan:
         for d in plan.delegates:
@@ -41,8 +43,10 @@ def delegates(pte: bytes) -> list[Delegate]:
             entry = Delegate(backend=d.id, method=plan.name, compile_specs=specs)
             if d.processed.location == DataLocation.SEGMENT:
                 if header is None:
-                    raise ArtifactError(f"delegate {d.id} points into a segment but the file has no segment header; "
-                                        "the file is damaged, export it again")
+                    raise ArtifactError(
+                        f"delegate {d.id} points into a segment but the file has no segment header; "
+                        "the file is damaged, export it again"
+                    )
                 segment = program.segments[d.processed.index]
                 entry.offset = header.segment_base_offset + segment.offset
                 entry.size = segment.size
@@ -50,10 +54,12 @@ def delegates(pte: bytes) -> list[Delegate]:
                 data = bytes(program.backend_delegate_data[d.processed.index].data)
                 entry.offset, entry.size, entry.inline = pte.find(data), len(data), True
             if entry.offset < 0 or entry.offset + entry.size > len(pte):
-                raise ArtifactError(f"delegate {d.id}'s payload lies outside the file; it is truncated, export it again")
+                raise ArtifactError(
+                    f"delegate {d.id}'s payload lies outside the file; it is truncated, export it again"
+                )
             found.append(entry)
     return found
 
 
 def payload(pte: bytes, delegate: Delegate) -> bytes:
-    return pte[delegate.offset:delegate.offset + delegate.size]
+    return pte[delegate.offset : delegate.offset + delegate.size]

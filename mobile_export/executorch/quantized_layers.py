@@ -13,8 +13,23 @@ from ..targets.base import OpInfo, ValueSink
 
 EXACT_DB = 100.0  # an input this clean counts as exact when computing a layer's loss
 
-_SKIP = ("getitem", "quantize_per", "dequantize_per", "choose_qparams", "view", "reshape", "flatten",
-         "permute", "transpose", "squeeze", "unsqueeze", "expand", "contiguous", "clone", "_assert")
+_SKIP = (
+    "getitem",
+    "quantize_per",
+    "dequantize_per",
+    "choose_qparams",
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "contiguous",
+    "clone",
+    "_assert",
+)
 
 
 def _tracked(node) -> bool:
@@ -86,7 +101,14 @@ def quantized_layer_values(quantized, inputs: Sequence[np.ndarray], sink: ValueS
             measured_inputs(node, {name: name for name in measured}, set(), feeds)
         module = module_path(node)
         if module.startswith("model."):
-            module = module[len("model."):]
-        ops.append(OpInfo(name=node.name, op="input" if node.op == "placeholder" else short_op_name(node),
-                          module=module, feeds=tuple(feeds), index=i))
+            module = module[len("model.") :]
+        ops.append(
+            OpInfo(
+                name=node.name,
+                op="input" if node.op == "placeholder" else short_op_name(node),
+                module=module,
+                feeds=tuple(feeds),
+                index=i,
+            )
+        )
     return ops

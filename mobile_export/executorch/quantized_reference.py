@@ -22,7 +22,9 @@ def rebuild(entry: dict, built) -> QuantizedReference:
     cal = quant.get("calibration") or {}
     folder = cal.get("folder")
     if cal.get("source") == "folder" and (not folder or not Path(folder).is_dir()):
-        return QuantizedReference(None, f"unavailable: the calibration folder {folder!r} is not here to rebuild it")
+        return QuantizedReference(
+            None, f"unavailable: the calibration folder {folder!r} is not here to rebuild it"
+        )
     model, how = _rebuild(entry, built, quant, cal, folder)
     return QuantizedReference(model, how)
 
@@ -36,14 +38,25 @@ def _rebuild(entry, built, quant, cal, folder):
     in_model = entry.normalized_in_model
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if in_model else built.module
-    calibration = load_calibration(folder if cal.get("source") == "folder" else None, pre,
-                                   limit=int(cal.get("limit") or cal.get("images") or 64), normalized=not in_model,
-                                   progress=False)
+    calibration = load_calibration(
+        folder if cal.get("source") == "folder" else None,
+        pre,
+        limit=int(cal.get("limit") or cal.get("images") or 64),
+        normalized=not in_model,
+        progress=False,
+    )
     if cal.get("files") and [p.name for p in calibration.paths] != list(cal["files"]):
         return None, "unavailable: the calibration images differ from the ones recorded at export"
     shape = tuple(entry.input["shape"])
     quantized = quantize_pt2e(model, torch.zeros(shape), calibration.inputs, QuantRecipe.from_dict(quant))
     recorded = quant.get("output_scale")
-    if recorded is not None and quantized.output_scale is not None and abs(quantized.output_scale - recorded) > 1e-9 * max(1.0, abs(recorded)):
-        return None, f"unavailable: the rebuilt output scale {quantized.output_scale:.6g} differs from the recorded {recorded:.6g}"
+    if (
+        recorded is not None
+        and quantized.output_scale is not None
+        and abs(quantized.output_scale - recorded) > 1e-9 * max(1.0, abs(recorded))
+    ):
+        return (
+            None,
+            f"unavailable: the rebuilt output scale {quantized.output_scale:.6g} differs from the recorded {recorded:.6g}",
+        )
     return quantized, "rebuilt from the manifest (same weights, recipe, calibration images and output scale)"

@@ -60,26 +60,53 @@ def run_isolated(
     program = Path(program)
     with tempfile.TemporaryDirectory(prefix="mobile-export-run-") as tmp:
         in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
-        np.savez(in_path, **{f"in{i}": np.array(x, dtype=np.float32, order="C", copy=True) for i, x in enumerate(inputs)})
-        cmd = [sys.executable, "-m", "mobile_export.executorch.runtime", str(program), str(in_path), str(out_path),
-               "--threads", str(threads)]
+        np.savez(
+            in_path,
+            **{f"in{i}": np.array(x, dtype=np.float32, order="C", copy=True) for i, x in enumerate(inputs)},
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "mobile_export.executorch.runtime",
+            str(program),
+            str(in_path),
+            str(out_path),
+            "--threads",
+            str(threads),
+        ]
         if etdump_dir is not None:
-            cmd += ["--etdump", str(etdump_dir), "--debug-buffer", str(int(debug_buffer_bytes or DEBUG_BUFFER_BYTES))]
+            cmd += [
+                "--etdump",
+                str(etdump_dir),
+                "--debug-buffer",
+                str(int(debug_buffer_bytes or DEBUG_BUFFER_BYTES)),
+            ]
         if bundled_cases is not None:
             cmd += ["--bundled-cases", str(int(bundled_cases))]
         if bundled_tolerance is not None:
-            cmd += ["--bundled-rtol", repr(float(bundled_tolerance[0])), "--bundled-atol", repr(float(bundled_tolerance[1]))]
+            cmd += [
+                "--bundled-rtol",
+                repr(float(bundled_tolerance[0])),
+                "--bundled-atol",
+                repr(float(bundled_tolerance[1])),
+            ]
         if time_runs is not None:
             cmd += ["--time", str(int(time_runs)), "--warmup", str(int(warmup))]
         if profile_runs is not None:
             cmd += ["--profile", str(int(profile_runs))]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=env)
+            proc = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=env
+            )
         except subprocess.TimeoutExpired:
-            raise ArtifactError(f"{program.name}: the ExecuTorch runtime did not finish within {timeout:.0f}s; the file may be damaged, export it again") from None
+            raise ArtifactError(
+                f"{program.name}: the ExecuTorch runtime did not finish within {timeout:.0f}s; the file may be damaged, export it again"
+            ) from None
         if proc.returncode != 0 or not out_path.exists():
-            raise ArtifactError(f"{program.name}: {_why(proc.returncode, proc.stderr)}; the file is damaged or not an ExecuTorch program, export it again")
+            raise ArtifactError(
+                f"{program.name}: {_why(proc.returncode, proc.stderr)}; the file is damaged or not an ExecuTorch program, export it again"
+            )
         with np.load(out_path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
@@ -87,7 +114,7 @@ def run_isolated(
 def _why(code: int, stderr: bytes) -> str:
     text = stderr.decode("utf-8", errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    ours = [ln[len(ERROR_PREFIX):] for ln in lines if ln.startswith(ERROR_PREFIX)]
+    ours = [ln[len(ERROR_PREFIX) :] for ln in lines if ln.startswith(ERROR_PREFIX)]
     if ours:
         return "the ExecuTorch runtime rejected it (" + ours[-1][:300] + ")"
     if code < 0:
@@ -96,7 +123,10 @@ def _why(code: int, stderr: bytes) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"the ExecuTorch runtime crashed ({name}) while loading or running it"
-    hint = next((ln for ln in reversed(lines) if "error" in ln.lower() or "fail" in ln.lower()), lines[-1] if lines else "")
+    hint = next(
+        (ln for ln in reversed(lines) if "error" in ln.lower() or "fail" in ln.lower()),
+        lines[-1] if lines else "",
+    )
     return f"the ExecuTorch runtime failed (exit code {code}{': ' + hint[:200] if hint else ''})"
 
 
@@ -134,7 +164,9 @@ def _child(argv: list[str]) -> int:
         elif args.profile is not None:
             outputs = _profile_program(data, inputs[0], args.profile, Path(args.etdump))
         elif Path(args.program).suffix.lower() == ".bpte":
-            outputs, results["bundled_ok"] = _run_bundled(portable_lib, data, inputs, args.bundled_cases, args.bundled_rtol, args.bundled_atol)
+            outputs, results["bundled_ok"] = _run_bundled(
+                portable_lib, data, inputs, args.bundled_cases, args.bundled_rtol, args.bundled_atol
+            )
         else:
             outputs = _run_program(data, inputs, args.etdump, args.debug_buffer)
         for i, out in enumerate(outputs):
@@ -150,11 +182,16 @@ def _child(argv: list[str]) -> int:
         return 3
 
 
-def _run_program(data: bytes, inputs, etdump_dir: str | None, debug_buffer: int = DEBUG_BUFFER_BYTES) -> list[np.ndarray]:
+def _run_program(
+    data: bytes, inputs, etdump_dir: str | None, debug_buffer: int = DEBUG_BUFFER_BYTES
+) -> list[np.ndarray]:
     from executorch.runtime import Runtime
 
     if etdump_dir is not None:
-        return [_run_with_etdump(Runtime.get(), data, x, Path(etdump_dir), i, debug_buffer) for i, x in enumerate(inputs)]
+        return [
+            _run_with_etdump(Runtime.get(), data, x, Path(etdump_dir), i, debug_buffer)
+            for i, x in enumerate(inputs)
+        ]
     method = _forward(Runtime.get().load_program(data))
     return [method.execute((x,))[0].detach().numpy().copy() for x in inputs]
 
@@ -197,7 +234,9 @@ def _time_program(data: bytes, x, runs: int, warmup: int, results: dict) -> list
         t0 = time.perf_counter()
         method.execute((x,))
         times.append((time.perf_counter() - t0) * 1000)
-    results.update(load_ms=np.float64(load_ms), first_ms=np.float64(first_ms), times_ms=np.asarray(times, np.float64))
+    results.update(
+        load_ms=np.float64(load_ms), first_ms=np.float64(first_ms), times_ms=np.asarray(times, np.float64)
+    )
     return [out]
 
 
@@ -207,7 +246,9 @@ def _profile_program(data: bytes, x, runs: int, etdump_dir: Path) -> list[np.nda
     for _ in range(runs):
         out = method.execute((x,))[0]
     etdump_dir.mkdir(parents=True, exist_ok=True)
-    program.write_etdump_result_to_file(str(etdump_dir / "etdump_profile.etdp"), str(etdump_dir / "debug_profile.bin"))
+    program.write_etdump_result_to_file(
+        str(etdump_dir / "etdump_profile.etdp"), str(etdump_dir / "debug_profile.bin")
+    )
     return [out.detach().numpy().copy()]
 
 
@@ -215,7 +256,9 @@ def _run_with_etdump(runtime, data: bytes, x, etdump_dir: Path, index: int, debu
     program = runtime.load_program(data, enable_etdump=True, debug_buffer_size=debug_buffer)
     out = _forward(program).execute((x,))[0].detach().numpy().copy()
     etdump_dir.mkdir(parents=True, exist_ok=True)
-    program.write_etdump_result_to_file(str(etdump_dir / f"etdump_{index}.etdp"), str(etdump_dir / f"debug_{index}.bin"))
+    program.write_etdump_result_to_file(
+        str(etdump_dir / f"etdump_{index}.etdp"), str(etdump_dir / f"debug_{index}.bin")
+    )
     return out
 
 

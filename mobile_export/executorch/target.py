@@ -25,8 +25,17 @@ from .lowering import (
     with_normalization,
 )
 
-__all__ = ["ExecuTorchTarget", "MAGIC", "BUNDLED_MAGIC", "TANH_GELU_EXACT", "TANH_GELU_FAST", "lower",
-           "with_normalization", "input_contract", "write_bundled"]
+__all__ = [
+    "ExecuTorchTarget",
+    "MAGIC",
+    "BUNDLED_MAGIC",
+    "TANH_GELU_EXACT",
+    "TANH_GELU_FAST",
+    "lower",
+    "with_normalization",
+    "input_contract",
+    "write_bundled",
+]
 
 MAGIC = b"ET12"  # flatbuffer file identifier of an ExecuTorch program, bytes 4..8
 BUNDLED_MAGIC = b"BP08"  # the same for a BundledProgram
@@ -47,14 +56,18 @@ class ExecuTorchTarget(Target):
     def validate(self, built, options: ExportOptions) -> None:
         opts = options.executorch  # modes and the recipe's observer are checked when it is built
         if opts.gelu == Gelu.FAST and not uses_tanh_gelu(built.module):
-            raise UsageError(f"--fast-gelu changes only tanh GELU, which {built.spec.name} does not use (V5 does); drop the flag")
+            raise UsageError(
+                f"--fast-gelu changes only tanh GELU, which {built.spec.name} does not use (V5 does); drop the flag"
+            )
         if opts.recipe is not None:
             from ..quantize.pt2e import unmatched_modules
 
             missing = unmatched_modules(built.module, opts.recipe.fp32_modules)
             if missing:
-                raise UsageError(f"fp32 module(s) {', '.join(missing)} match no module of {built.spec.name}; "
-                                 "name them as in its state dict (e.g. conv_stem, blocks.0, *.se)")
+                raise UsageError(
+                    f"fp32 module(s) {', '.join(missing)} match no module of {built.spec.name}; "
+                    "name them as in its state dict (e.g. conv_stem, blocks.0, *.se)"
+                )
 
     # --- export -------------------------------------------------------------------------
 
@@ -63,7 +76,11 @@ class ExecuTorchTarget(Target):
 
         t0 = time.perf_counter()
         pre = built.preprocess
-        model = with_normalization(built.module, pre.mean, pre.std) if options.normalize_in_model else built.module
+        model = (
+            with_normalization(built.module, pre.mean, pre.std)
+            if options.normalize_in_model
+            else built.module
+        )
         model.eval()
         example = torch.zeros(built.input_shape, dtype=torch.float32)
         with torch.no_grad():
@@ -76,13 +93,19 @@ class ExecuTorchTarget(Target):
             from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
 
             recipe = opts.recipe or QuantRecipe()
-            calibration = load_calibration(options.calibration, pre, limit=options.calibration_limit,
-                                           normalized=not options.normalize_in_model, log=log)
+            calibration = load_calibration(
+                options.calibration,
+                pre,
+                limit=options.calibration_limit,
+                normalized=not options.normalize_in_model,
+                log=log,
+            )
             quantized = quantize_pt2e(model, example, calibration.inputs, recipe, log)
             quantization = {
                 "mode": QUANT_MODE,
-                "scheme": "XNNPACKQuantizer symmetric int8, per-channel weights" if recipe.per_channel
-                          else "XNNPACKQuantizer symmetric int8, per-tensor weights",
+                "scheme": "XNNPACKQuantizer symmetric int8, per-channel weights"
+                if recipe.per_channel
+                else "XNNPACKQuantizer symmetric int8, per-tensor weights",
                 **recipe.to_dict(),
                 "calibration": {**calibration.record(), "limit": options.calibration_limit},
                 "output_scale": quantized.output_scale,
@@ -108,7 +131,12 @@ class ExecuTorchTarget(Target):
             "precision": "int8" if quantized is not None else "fp32",
             "quantization": quantization,
             "input": input_contract(built, options.normalize_in_model),
-            "output": {"name": built.spec.output, "kind": built.spec.output, "shape": out_shape, "dtype": "float32"},
+            "output": {
+                "name": built.spec.output,
+                "kind": built.spec.output,
+                "shape": out_shape,
+                "dtype": "float32",
+            },
             "delegation": delegation,
             "runtime": runtime_record("XnnpackBackend"),
             "export": {
@@ -120,7 +148,9 @@ class ExecuTorchTarget(Target):
         }
         if opts.bundled:
             side = dest.with_suffix(".bpte")
-            cases = write_bundled(manager, dest, built, options, side, quantized.output_scale if quantized else None)
+            cases = write_bundled(
+                manager, dest, built, options, side, quantized.output_scale if quantized else None
+            )
             fields["export"]["bundled"] = cases
             fields["side_files"] = [side]
         if quantized is not None:  # handed to verify by the caller, never written to the manifest
@@ -137,7 +167,9 @@ class ExecuTorchTarget(Target):
             raise ArtifactError(f"{p.name} is not a file; an ExecuTorch program is a single .pte/.bpte file")
         size = p.stat().st_size
         if size < MIN_BYTES:
-            raise ArtifactError(f"{p.name} is {size} bytes, too small to be an ExecuTorch program; it is truncated, export it again")
+            raise ArtifactError(
+                f"{p.name} is {size} bytes, too small to be an ExecuTorch program; it is truncated, export it again"
+            )
         with open(p, "rb") as fh:
             head = fh.read(8)
         expected = BUNDLED_MAGIC if p.suffix.lower() == ".bpte" else MAGIC
@@ -155,8 +187,14 @@ class ExecuTorchTarget(Target):
         """One child process per batch (each untrusted file runs isolated), `threads` each."""
         return lambda inputs: self.run_with_extras(artifact, entry, inputs, threads=threads)[0]
 
-    def run_with_extras(self, artifact: Path, entry: dict, inputs: list[np.ndarray], threads: int = 1,
-                        etdump_dir: Path | None = None) -> tuple[list[np.ndarray], dict]:
+    def run_with_extras(
+        self,
+        artifact: Path,
+        entry: dict,
+        inputs: list[np.ndarray],
+        threads: int = 1,
+        etdump_dir: Path | None = None,
+    ) -> tuple[list[np.ndarray], dict]:
         """Outputs plus what the child reported besides them (for a .bpte, the result of
         each embedded self-check case)."""
         from .runtime import run_isolated
@@ -164,12 +202,17 @@ class ExecuTorchTarget(Target):
         self.check_file(Path(artifact))
         bundled = ArtifactEntry.from_dict(entry).bundled if Path(artifact).suffix == ".bpte" else {}
         tolerance = (bundled["rtol"], bundled["atol"]) if "rtol" in bundled else None
-        results = run_isolated(artifact, inputs, threads=threads, etdump_dir=etdump_dir,
-                               bundled_cases=bundled.get("cases"), bundled_tolerance=tolerance)
+        results = run_isolated(
+            artifact,
+            inputs,
+            threads=threads,
+            etdump_dir=etdump_dir,
+            bundled_cases=bundled.get("cases"),
+            bundled_tolerance=tolerance,
+        )
         outputs = [results[f"out{i}"] for i in range(len(inputs))]
         extras = {k: v for k, v in results.items() if not k.startswith("out")}
         return outputs, extras
-
 
     # --- what verify and bench ask besides ----------------------------------------------
 
@@ -180,22 +223,32 @@ class ExecuTorchTarget(Target):
 
         self.check_file(Path(artifact))
         log(f"timing {Path(artifact).name} in the ExecuTorch runtime ({threads} thread(s), {runs} runs)...")
-        x = np.random.default_rng(0).random(tuple(ArtifactEntry.from_dict(entry).input["shape"]), dtype=np.float32)
-        results = run_isolated(artifact, [x], threads=threads, time_runs=runs, warmup=warmup, timeout=BENCH_TIMEOUT_S)
-        return {"load_ms": round(float(results["load_ms"]), 3), "first_run_ms": round(float(results["first_ms"]), 3),
-                "times_ms": [float(t) for t in results["times_ms"]]}
+        x = np.random.default_rng(0).random(
+            tuple(ArtifactEntry.from_dict(entry).input["shape"]), dtype=np.float32
+        )
+        results = run_isolated(
+            artifact, [x], threads=threads, time_runs=runs, warmup=warmup, timeout=BENCH_TIMEOUT_S
+        )
+        return {
+            "load_ms": round(float(results["load_ms"]), 3),
+            "first_run_ms": round(float(results["first_ms"]), 3),
+            "times_ms": [float(t) for t in results["times_ms"]],
+        }
 
     # --- what verify asks besides ------------------------------------------------------
 
-    def quantized_reference(self, artifact: Path, entry: dict, built, manifest: dict) -> QuantizedReference | None:
+    def quantized_reference(
+        self, artifact: Path, entry: dict, built, manifest: dict
+    ) -> QuantizedReference | None:
         if not ArtifactEntry.from_dict(entry).quantized:
             return None
         from .quantized_reference import rebuild
 
         return rebuild(entry, built)
 
-    def per_op_values(self, artifact: Path, entry: dict, built, inputs, quantized: QuantizedReference | None,
-                      sink, log) -> PerOpValues:
+    def per_op_values(
+        self, artifact: Path, entry: dict, built, inputs, quantized: QuantizedReference | None, sink, log
+    ) -> PerOpValues:
         """int8: the quantized PyTorch model vs its float twin, layer by layer (where quantization
         error enters). fp32: the shipped .pte is one XNNPACK delegate and cannot give per-op
         values, so its per-op twin (etdump.py: the same model lowered one delegate per op) runs
@@ -203,16 +256,23 @@ class ExecuTorchTarget(Target):
         logged and only the whole-program row is written."""
         artifact = Path(artifact)
         feed = inputs.raw if ArtifactEntry.from_dict(entry).normalized_in_model else inputs.normalized
-        whole = OpInfo("runtime", f"{artifact.suffix.lstrip('.')} vs PyTorch", "(whole program, XNNPACK kernels)")
+        whole = OpInfo(
+            "runtime", f"{artifact.suffix.lstrip('.')} vs PyTorch", "(whole program, XNNPACK kernels)"
+        )
         if quantized is not None and quantized.model is not None:
             from .quantized_layers import EXACT_DB, quantized_layer_values
 
-            return PerOpValues(ops=quantized_layer_values(quantized.model, feed, sink),
-                               title=f"{artifact.name}: per-layer error ({len(feed)} real images)",
-                               source="quantized PyTorch model vs its float twin, layer by layer", whole=whole,
-                               exact_db=EXACT_DB)
+            return PerOpValues(
+                ops=quantized_layer_values(quantized.model, feed, sink),
+                title=f"{artifact.name}: per-layer error ({len(feed)} real images)",
+                source="quantized PyTorch model vs its float twin, layer by layer",
+                whole=whole,
+                exact_db=EXACT_DB,
+            )
         if quantized is not None:
-            raise MobileExportError(f"--per-layer needs the quantized PyTorch model, which is {quantized.how}")
+            raise MobileExportError(
+                f"--per-layer needs the quantized PyTorch model, which is {quantized.how}"
+            )
         from .etdump import FP32_EXACT_DB, TWIN_IMAGES, twin_values
 
         images = list(feed[:TWIN_IMAGES])
@@ -221,11 +281,22 @@ class ExecuTorchTarget(Target):
         except Exception as exc:  # lowering, the child, ETRecord and the Inspector raise many types
             why = f"per-op twin of {artifact.name} failed ({first_line(exc)}); whole-program row only"
             log(why)
-            return PerOpValues(ops=[], title=f"{artifact.name}: whole-program error only ({len(feed)} real images)",
-                               source=why, whole=whole)
-        return PerOpValues(ops=ops, title=(f"{artifact.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump "
-                                           f"on {len(images)} real images) + the shipped .pte as the last row"),
-                           source="per-op twin of the .pte, ETDump + Inspector", whole=whole, exact_db=FP32_EXACT_DB)
+            return PerOpValues(
+                ops=[],
+                title=f"{artifact.name}: whole-program error only ({len(feed)} real images)",
+                source=why,
+                whole=whole,
+            )
+        return PerOpValues(
+            ops=ops,
+            title=(
+                f"{artifact.name}: per-op twin of the .pte (one XNNPACK delegate per op, ETDump "
+                f"on {len(images)} real images) + the shipped .pte as the last row"
+            ),
+            source="per-op twin of the .pte, ETDump + Inspector",
+            whole=whole,
+            exact_db=FP32_EXACT_DB,
+        )
 
 
 def input_contract(built, normalized_in_model: bool) -> dict:
@@ -237,12 +308,20 @@ def input_contract(built, normalized_in_model: bool) -> dict:
         highs = [(1.0 - m) / s for m, s in zip(pre.mean, pre.std)]
         value_range = [round(min(lows), 6), round(max(highs), 6)]
     return {
-        "name": "x", "kind": "tensor", "shape": list(built.input_shape), "layout": "NCHW", "dtype": "float32",
-        "color": "RGB", "value_range": value_range, "normalized_in_model": normalized_in_model,
+        "name": "x",
+        "kind": "tensor",
+        "shape": list(built.input_shape),
+        "layout": "NCHW",
+        "dtype": "float32",
+        "color": "RGB",
+        "value_range": value_range,
+        "normalized_in_model": normalized_in_model,
     }
 
 
-def write_bundled(manager, program_path: Path, built, options: ExportOptions, dest: Path, output_scale) -> dict:
+def write_bundled(
+    manager, program_path: Path, built, options: ExportOptions, dest: Path, output_scale
+) -> dict:
     """A .bpte: the same program plus BUNDLED_CASES real photos and the outputs this program
     gives for them in the desktop runtime (already checked against PyTorch by verify), so
     the app can check the runtime on the device itself. Tolerance: float kernels differ by
@@ -267,14 +346,24 @@ def write_bundled(manager, program_path: Path, built, options: ExportOptions, de
     batch = default_images(built.preprocess, normalized=not options.normalize_in_model)
     inputs = batch.inputs[:BUNDLED_CASES]
     results = run_isolated(program_path, inputs)
-    cases = [MethodTestCase(inputs=[to_tensor(x)], expected_outputs=[to_tensor(results[f"out{i}"])])
-             for i, x in enumerate(inputs)]
+    cases = [
+        MethodTestCase(inputs=[to_tensor(x)], expected_outputs=[to_tensor(results[f"out{i}"])])
+        for i, x in enumerate(inputs)
+    ]
     suite = MethodTestSuite(method_name="forward", test_cases=cases)
     try:
         data = serialize_from_bundled_program_to_flatbuffer(BundledProgram(manager, [suite]))
     except Exception as exc:
-        raise ExportError(f"could not build the bundled program ({first_line(exc)}); export without --bundled") from None
+        raise ExportError(
+            f"could not build the bundled program ({first_line(exc)}); export without --bundled"
+        ) from None
     dest.write_bytes(data)
     rtol, atol = (0.0, 1.01 * output_scale) if output_scale else (1e-3, 1e-4)
-    return {"file": dest.name, "cases": len(cases), "images": [p.name for p in batch.paths[:BUNDLED_CASES]],
-            "expected": "desktop ExecuTorch runtime outputs of this program", "rtol": rtol, "atol": atol}
+    return {
+        "file": dest.name,
+        "cases": len(cases),
+        "images": [p.name for p in batch.paths[:BUNDLED_CASES]],
+        "expected": "desktop ExecuTorch runtime outputs of this program",
+        "rtol": rtol,
+        "atol": atol,
+    }

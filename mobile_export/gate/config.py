@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,10 +128,8 @@ def _check_limit(key: str, value, where: str) -> None:
 
 
 def _toml_load(path: Path) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    import tomllib
+
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

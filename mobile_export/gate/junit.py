@@ -13,7 +13,7 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..fsutil import write_bytes_atomic
@@ -90,7 +90,7 @@ def to_xml(suite: str, cases: list[JUnitCase], timestamp: datetime | None = None
     }
     total = sum(c.seconds for c in cases)
     root = ET.Element("testsuites", name=suite, time=f"{total:.3f}", **{k: str(v) for k, v in counts.items()})
-    when = (timestamp or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S")
+    when = (timestamp or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
     ts = ET.SubElement(
         root,
         "testsuite",

@@ -42,8 +42,22 @@ class CellSpec:
 
 def cli_args(spec: CellSpec, out: Path) -> list[str]:
     fmt = FORMATS[spec.format]
-    args = [spec.model, "--target", fmt.target, *fmt.flags, "--weights", spec.weights, "--seed", str(spec.seed),
-            "--resolution", str(spec.resolution), "--out", str(out), "--force", "--json"]
+    args = [
+        spec.model,
+        "--target",
+        fmt.target,
+        *fmt.flags,
+        "--weights",
+        spec.weights,
+        "--seed",
+        str(spec.seed),
+        "--resolution",
+        str(spec.resolution),
+        "--out",
+        str(out),
+        "--force",
+        "--json",
+    ]
     if spec.images:
         args += ["--images", spec.images]
     if spec.calibration and ("--quantize" in fmt.flags or "w8a8" in fmt.flags):
@@ -82,15 +96,28 @@ def _last_line(path: Path) -> str:
     return line.removeprefix("Error: ")[:300]
 
 
-def run_cell(spec: CellSpec, work: Path, baseline: Path | None, key: str, timeout: float = CELL_TIMEOUT_S,
-             bench_runs: int = 20, keep_artifact: bool = False) -> dict:
+def run_cell(
+    spec: CellSpec,
+    work: Path,
+    baseline: Path | None,
+    key: str,
+    timeout: float = CELL_TIMEOUT_S,
+    bench_runs: int = 20,
+    keep_artifact: bool = False,
+) -> dict:
     """Export, verify and time one cell; never raises for what the backends do."""
     out = work / spec.model / spec.format
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     code, wall, peak_mb = run_child(cell_command(spec, out), timeout, out / "stdout.json", out / "stderr.txt")
-    row: dict = {**asdict(spec), "key": key, "command": "mobile-export " + " ".join(cli_args(spec, Path("OUT"))),
-                 "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb, 1), "exit_code": code}
+    row: dict = {
+        **asdict(spec),
+        "key": key,
+        "command": "mobile-export " + " ".join(cli_args(spec, Path("OUT"))),
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "exit_code": code,
+    }
     if code is None:
         return {**row, "status": "timed out", "lowered": False, "reason": f"no result within {timeout:.0f} s"}
     if code < 0:
@@ -109,7 +136,9 @@ def run_cell(spec: CellSpec, work: Path, baseline: Path | None, key: str, timeou
         bytes=entry["bytes"],
         delegated_ops=delegation.get("delegated_ops"),
         outside_ops=sum((delegation.get("outside") or {}).values()) if delegation else None,
-        parity={k: vs_float.get(k) for k in ("sqnr_db", "cosine", "top1_agreement", "top5_overlap", "images")},
+        parity={
+            k: vs_float.get(k) for k in ("sqnr_db", "cosine", "top1_agreement", "top5_overlap", "images")
+        },
         passed=bool(parity.get("passed")),
         failures=parity.get("failures", []),
         threshold=(parity.get("thresholds") or {}).get("key"),
@@ -130,7 +159,9 @@ def _entry(out: Path, target: str) -> dict | None:
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    entries = [a for a in manifest.get("artifacts", []) if a.get("target") == target and a.get("format") != "bpte"]
+    entries = [
+        a for a in manifest.get("artifacts", []) if a.get("target") == target and a.get("format") != "bpte"
+    ]
     return entries[0] if entries else None
 
 

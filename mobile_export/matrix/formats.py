@@ -18,18 +18,33 @@ class Format:
     runs_on_host: bool  # a host latency can be measured here (ExecuTorch XNNPACK .pte)
 
 
-FORMATS: dict[str, Format] = {f.key: f for f in (
-    Format("et-fp32", "executorch", (), "ExecuTorch fp32", True),
-    Format("et-int8", "executorch", ("--quantize", "int8"), "ExecuTorch int8", True),
-    Format("coreml-fp16", "coreml", ("--precision", "fp16"), "Core ML fp16", False),
-    Format("coreml-fp32", "coreml", ("--precision", "fp32"), "Core ML fp32", False),
-    Format("coreml-int8", "coreml", ("--compress", "int8"), "Core ML int8 weights", False),
-    Format("coreml-palettize6", "coreml", ("--compress", "palettize6"), "Core ML 6-bit palettes", False),
-    Format("coreml-palettize4", "coreml", ("--compress", "palettize4"), "Core ML 4-bit palettes", False),
-    Format("coreml-palettize-auto", "coreml", ("--compress", "palettize-auto"), "Core ML data-aware palettes (0.15x)", False),
-    Format("coreml-w8a8", "coreml", ("--compress", "w8a8"), "Core ML W8A8", False),
-    Format("et-coreml-fp16", "executorch-coreml", ("--precision", "fp16"), "ExecuTorch Core ML delegate fp16", False),
-)}
+FORMATS: dict[str, Format] = {
+    f.key: f
+    for f in (
+        Format("et-fp32", "executorch", (), "ExecuTorch fp32", True),
+        Format("et-int8", "executorch", ("--quantize", "int8"), "ExecuTorch int8", True),
+        Format("coreml-fp16", "coreml", ("--precision", "fp16"), "Core ML fp16", False),
+        Format("coreml-fp32", "coreml", ("--precision", "fp32"), "Core ML fp32", False),
+        Format("coreml-int8", "coreml", ("--compress", "int8"), "Core ML int8 weights", False),
+        Format("coreml-palettize6", "coreml", ("--compress", "palettize6"), "Core ML 6-bit palettes", False),
+        Format("coreml-palettize4", "coreml", ("--compress", "palettize4"), "Core ML 4-bit palettes", False),
+        Format(
+            "coreml-palettize-auto",
+            "coreml",
+            ("--compress", "palettize-auto"),
+            "Core ML data-aware palettes (0.15x)",
+            False,
+        ),
+        Format("coreml-w8a8", "coreml", ("--compress", "w8a8"), "Core ML W8A8", False),
+        Format(
+            "et-coreml-fp16",
+            "executorch-coreml",
+            ("--precision", "fp16"),
+            "ExecuTorch Core ML delegate fp16",
+            False,
+        ),
+    )
+}
 BASELINE = "et-fp32"  # latency ratios are against this format, measured in the same worker
 
 

@@ -25,7 +25,11 @@ def short(row: dict) -> str:
     if not row.get("lowered"):
         return f"{'crash' if status == 'crashed' else 'no'}: {row.get('reason', status)[:60]}"
     sqnr = (row.get("parity") or {}).get("sqnr_db")
-    parts = ["ok" if row.get("passed") else "FAIL", f"{sqnr:.1f} dB" if sqnr is not None else "-", _mb(row.get("bytes"))]
+    parts = [
+        "ok" if row.get("passed") else "FAIL",
+        f"{sqnr:.1f} dB" if sqnr is not None else "-",
+        _mb(row.get("bytes")),
+    ]
     if row.get("latency_ratio") is not None:
         parts.append(f"{row['latency_ratio']:.2f}x")
     return " ".join(parts)
@@ -50,37 +54,68 @@ def header_lines(doc: dict) -> list[str]:
 
 def markdown(doc: dict) -> str:
     models, formats, by = _grid(doc)
-    lines = [*header_lines(doc), "",
-             "Each cell: parity pass (ok) or FAIL against the threshold row, SQNR vs PyTorch on real photos, "
-             "file size, host latency (1 thread) as a ratio to the fp32 .pte timed in the same worker; "
-             "`no:` the one-line reason it did not lower.", ""]
+    lines = [
+        *header_lines(doc),
+        "",
+        "Each cell: parity pass (ok) or FAIL against the threshold row, SQNR vs PyTorch on real photos, "
+        "file size, host latency (1 thread) as a ratio to the fp32 .pte timed in the same worker; "
+        "`no:` the one-line reason it did not lower.",
+        "",
+    ]
     lines.append("| model | res | " + " | ".join(FORMATS[f].label for f in formats) + " |")
     lines.append("|---|---|" + "---|" * len(formats))
     for model in models:
         res = next(r["resolution"] for r in doc["cells"] if r["model"] == model)
         cells = [short(by[(model, f)]) if (model, f) in by else "not run" for f in formats]
         lines.append(f"| {model} | {res} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    lines += ["", "Every cell (delegated ops / ops outside the delegate; latency median ms; export+verify wall s; "
-              "peak RSS of the largest process):", "",
-              "| model | format | status | delegated / outside | SQNR dB | cosine | top-1 agr. | size | latency ms | x fp32 | wall s | peak MB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Every cell (delegated ops / ops outside the delegate; latency median ms; export+verify wall s; "
+        "peak RSS of the largest process):",
+        "",
+        "| model | format | status | delegated / outside | SQNR dB | cosine | top-1 agr. | size | latency ms | x fp32 | wall s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in doc["cells"]:
         p = r.get("parity") or {}
-        deleg = f"{r.get('delegated_ops')} / {r.get('outside_ops')}" if r.get("delegated_ops") is not None else "-"
+        deleg = (
+            f"{r.get('delegated_ops')} / {r.get('outside_ops')}"
+            if r.get("delegated_ops") is not None
+            else "-"
+        )
         fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
         status = r["status"] if r.get("lowered") else f"{r['status']}: {r.get('reason', '')[:80]}"
-        lines.append(" | ".join([
-            f"| {r['model']}", r["format"], status.replace("|", "/"), deleg, fmt(p.get("sqnr_db"), "{:.1f}"),
-            fmt(p.get("cosine"), "{:.5f}"), fmt(p.get("top1_agreement"), "{:.3f}"), _mb(r.get("bytes")),
-            fmt(r.get("latency_ms"), "{:.3f}"), fmt(r.get("latency_ratio"), "{:.2f}"), fmt(r.get("wall_seconds"), "{:.0f}"),
-            fmt(r.get("peak_rss_mb"), "{:.0f}")]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['model']}",
+                    r["format"],
+                    status.replace("|", "/"),
+                    deleg,
+                    fmt(p.get("sqnr_db"), "{:.1f}"),
+                    fmt(p.get("cosine"), "{:.5f}"),
+                    fmt(p.get("top1_agreement"), "{:.3f}"),
+                    _mb(r.get("bytes")),
+                    fmt(r.get("latency_ms"), "{:.3f}"),
+                    fmt(r.get("latency_ratio"), "{:.2f}"),
+                    fmt(r.get("wall_seconds"), "{:.0f}"),
+                    fmt(r.get("peak_rss_mb"), "{:.0f}"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def html_page(doc: dict) -> str:
     models, formats, by = _grid(doc)
-    colour = {"passed": "#c8e6c9", "parity failed": "#ffe0b2", "not lowered": "#ffcdd2", "crashed": "#ef9a9a",
-              "timed out": "#e0e0e0"}
+    colour = {
+        "passed": "#c8e6c9",
+        "parity failed": "#ffe0b2",
+        "not lowered": "#ffcdd2",
+        "crashed": "#ef9a9a",
+        "timed out": "#e0e0e0",
+    }
     head = "".join(f"<th>{html.escape(FORMATS[f].label)}</th>" for f in formats)
     rows = []
     for model in models:
@@ -91,26 +126,37 @@ def html_page(doc: dict) -> str:
                 tds.append('<td style="background:#f5f5f5">not run</td>')
                 continue
             title = "; ".join(r.get("failures") or []) or r.get("reason", "")
-            tds.append(f'<td style="background:{colour.get(r["status"], "#fff")}" title="{html.escape(title)}">'
-                       f"{html.escape(short(r))}</td>")
+            tds.append(
+                f'<td style="background:{colour.get(r["status"], "#fff")}" title="{html.escape(title)}">'
+                f"{html.escape(short(r))}</td>"
+            )
         rows.append(f"<tr><th>{html.escape(model)}</th>{''.join(tds)}</tr>")
     about = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(doc))
-    return ("<!doctype html><meta charset=utf-8><title>mobile-export matrix</title>"
-            "<style>body{font:13px system-ui,sans-serif;margin:16px}table{border-collapse:collapse}"
-            "td,th{border:1px solid #bbb;padding:3px 6px;white-space:nowrap}</style>"
-            f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>\n")
+    return (
+        "<!doctype html><meta charset=utf-8><title>mobile-export matrix</title>"
+        "<style>body{font:13px system-ui,sans-serif;margin:16px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;white-space:nowrap}</style>"
+        f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>\n"
+    )
 
 
 def write_outputs(doc: dict, out: Path, publish: Path | None = None) -> list[Path]:
     """matrix.md and matrix.html beside matrix.json; with `publish`, the Markdown between the
     markers of that page (created with the markers when it does not exist)."""
     text = markdown(doc)
-    written = [write_text_atomic(out / "matrix.md", text), write_text_atomic(out / "matrix.html", html_page(doc))]
+    written = [
+        write_text_atomic(out / "matrix.md", text),
+        write_text_atomic(out / "matrix.html", html_page(doc)),
+    ]
     if publish is not None:
-        page = publish.read_text() if publish.is_file() else f"# The family x format matrix\n\n{BEGIN}\n{END}\n"
+        page = (
+            publish.read_text() if publish.is_file() else f"# The family x format matrix\n\n{BEGIN}\n{END}\n"
+        )
         if BEGIN not in page or END not in page:
             page = page.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-        page = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: f"{BEGIN}\n{text}{END}", page, flags=re.S)
+        page = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: f"{BEGIN}\n{text}{END}", page, flags=re.S
+        )
         written.append(write_text_atomic(publish, page))
         written.append(write_text_atomic(publish.with_suffix(".html"), html_page(doc)))
     return written

@@ -24,8 +24,12 @@ Log = Callable[[str], None]
 
 # What a model's cells need at most, for Ray to place them where they fit (measured: V5-300m
 # export + verify peaks near 8 GB; docs/v5.md). Everything else stays under 2 GB.
-MEMORY_GB = {"mobilenet_v5_300m": 8.0, "mobilenet_v5_base": 5.0, "mobilenet_v4_conv_large": 3.0,
-             "mobilenet_v4_hybrid_large": 3.0}
+MEMORY_GB = {
+    "mobilenet_v5_300m": 8.0,
+    "mobilenet_v5_base": 5.0,
+    "mobilenet_v4_conv_large": 3.0,
+    "mobilenet_v4_hybrid_large": 3.0,
+}
 DEFAULT_MEMORY_GB = 2.0
 
 
@@ -67,8 +71,11 @@ def resolve_models(patterns: list[str]) -> list:
     specs = all_specs()
     chosen = []
     for pattern in patterns:
-        hits = [s for s in specs if fnmatch.fnmatchcase(s.name, pattern)
-                or any(fnmatch.fnmatchcase(a, pattern) for a in s.aliases)]
+        hits = [
+            s
+            for s in specs
+            if fnmatch.fnmatchcase(s.name, pattern) or any(fnmatch.fnmatchcase(a, pattern) for a in s.aliases)
+        ]
         if not hits:
             raise UsageError(f"model {pattern!r} matches no variant; see `mobile-export list`")
         chosen += [s for s in hits if s not in chosen]
@@ -96,13 +103,29 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
     for spec in resolve_models(request.models):
         resolution = request.resolution or spec.resolution
         ordered = sorted(formats, key=lambda f: f.key != BASELINE)  # the baseline first
-        cells = tuple(CellSpec(model=spec.name, format=f.key, resolution=resolution, weights=request.weights,
-                               seed=request.seed, images=str(request.images) if request.images else None,
-                               calibration=str(request.calibration) if request.calibration else None)
-                      for f in ordered)
+        cells = tuple(
+            CellSpec(
+                model=spec.name,
+                format=f.key,
+                resolution=resolution,
+                weights=request.weights,
+                seed=request.seed,
+                images=str(request.images) if request.images else None,
+                calibration=str(request.calibration) if request.calibration else None,
+            )
+            for f in ordered
+        )
         keys = tuple(c.cache_key(versions, code) for c in cells)
-        jobs.append(ModelJob(spec.name, cells, keys, str(Path(request.out) / "work"), request.bench_runs,
-                             request.keep_artifacts))
+        jobs.append(
+            ModelJob(
+                spec.name,
+                cells,
+                keys,
+                str(Path(request.out) / "work"),
+                request.bench_runs,
+                request.keep_artifacts,
+            )
+        )
     return jobs, {"versions": versions, "code": code, "formats": [f.key for f in formats]}
 
 
@@ -129,8 +152,14 @@ def run_model(job: ModelJob, log: Log = lambda _m: None) -> list[dict]:
             log(f"{cell.model} {cell.format}: cached ({row['status']})")
         else:
             log(f"{cell.model} {cell.format}: running ...")
-            row = run_cell(cell, Path(job.work), baseline, key, bench_runs=job.bench_runs,
-                           keep_artifact=job.keep_artifacts)
+            row = run_cell(
+                cell,
+                Path(job.work),
+                baseline,
+                key,
+                bench_runs=job.bench_runs,
+                keep_artifact=job.keep_artifacts,
+            )
             write_text_atomic(cell_path(out, cell), json.dumps(row, indent=1, default=str) + "\n")
             log(f"{cell.model} {cell.format}: {row['status']} in {row['wall_seconds']} s")
         if cell.format == BASELINE and row.get("baseline_file") and Path(row["baseline_file"]).is_file():
@@ -153,8 +182,13 @@ def run_matrix(request: MatrixRequest, log: Log = lambda _m: None) -> dict:
     else:
         from ..cluster import map_on_ray
 
-        per_job = map_on_ray(run_model, jobs, address=request.ray,
-                             memory_bytes=[int(j.memory_gb * 2**30) for j in jobs], log=log)
+        per_job = map_on_ray(
+            run_model,
+            jobs,
+            address=request.ray,
+            memory_bytes=[int(j.memory_gb * 2**30) for j in jobs],
+            log=log,
+        )
         rows = [row for job_rows in per_job for row in job_rows]
         where = f"Ray cluster at {request.ray}"
     doc = {
@@ -170,4 +204,3 @@ def run_matrix(request: MatrixRequest, log: Log = lambda _m: None) -> dict:
     }
     write_text_atomic(out / "matrix.json", json.dumps(doc, indent=1, default=str) + "\n")
     return doc
-

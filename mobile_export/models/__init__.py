@@ -13,8 +13,18 @@ from ..errors import UsageError
 from .contract import ContractOverride
 from .registry import ModelSpec, Preprocess, all_specs, get_spec
 
-__all__ = ["BuiltModel", "ContractOverride", "ModelSpec", "Preprocess", "all_specs", "get_spec", "create_model",
-           "build_architecture", "read_labels", "imagenet_labels"]
+__all__ = [
+    "BuiltModel",
+    "ContractOverride",
+    "ModelSpec",
+    "Preprocess",
+    "all_specs",
+    "get_spec",
+    "create_model",
+    "build_architecture",
+    "read_labels",
+    "imagenet_labels",
+]
 
 
 @dataclass
@@ -51,9 +61,13 @@ def read_labels(path: str | Path) -> list[str]:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise MobileExportError(f"labels file {str(p)!r} does not exist; pass a text file with one label per line") from None
+        raise MobileExportError(
+            f"labels file {str(p)!r} does not exist; pass a text file with one label per line"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise MobileExportError(f"cannot read labels file {str(p)!r} ({exc.__class__.__name__}); pass a UTF-8 text file with one label per line") from None
+        raise MobileExportError(
+            f"cannot read labels file {str(p)!r} ({exc.__class__.__name__}); pass a UTF-8 text file with one label per line"
+        ) from None
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise MobileExportError(f"labels file {str(p)!r} is empty; put one label per line")
@@ -88,9 +102,7 @@ def create_model(
 
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
     if spec.output == "features" and (labels is not None or num_classes is not None):
-        raise UsageError(
-            f"{spec.name} is a feature encoder (no classifier); drop --num-classes and --labels"
-        )
+        raise UsageError(f"{spec.name} is a feature encoder (no classifier); drop --num-classes and --labels")
     if labels is not None:
         if num_classes is None:
             num_classes = len(labels)
@@ -121,14 +133,23 @@ def create_model(
     if contract is not None and contract.given():
         given = contract.given()
         preprocess = contract.apply(preprocess)
-        contract_source = f"command line ({' '.join(given)})" + (f" over {stated.source}" if len(given) < 4 else "")
+        contract_source = f"command line ({' '.join(given)})" + (
+            f" over {stated.source}" if len(given) < 4 else ""
+        )
         assumed = assumed and len(given) < 4
     res = resolution or preprocess.crop
     if labels is None and source is not None and n_classes == 1000 and spec.output == "logits":
         labels = imagenet_labels()  # a published ImageNet checkpoint: its class names ship with us
     return BuiltModel(
-        module=module, spec=spec, preprocess=preprocess.at_resolution(res), num_classes=n_classes,
-        resolution=res, weights=info, labels=labels, contract_source=contract_source, contract_assumed=assumed,
+        module=module,
+        spec=spec,
+        preprocess=preprocess.at_resolution(res),
+        num_classes=n_classes,
+        resolution=res,
+        weights=info,
+        labels=labels,
+        contract_source=contract_source,
+        contract_assumed=assumed,
     )
 
 
@@ -139,6 +160,11 @@ def create_from_manifest(model: dict, weights: str, seed: int = 0) -> BuiltModel
     encoder = model.get("output") == "features"
     record = model.get("weights") or {}
     random_init = record.get("init", "plain") if record.get("source") == "random" else "input-dependent"
-    return create_model(model["name"], weights=weights, seed=seed,
-                        num_classes=None if encoder else int(model["num_classes"]),
-                        resolution=int(model["resolution"]), random_init=random_init)
+    return create_model(
+        model["name"],
+        weights=weights,
+        seed=seed,
+        num_classes=None if encoder else int(model["num_classes"]),
+        resolution=int(model["resolution"]),
+        random_init=random_init,
+    )

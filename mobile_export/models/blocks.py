@@ -14,7 +14,9 @@ from torch.nn import functional as F
 Row = TypeVar("Row")
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+def make_divisible(
+    value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
+) -> int:
     """Round a channel count to a multiple of `divisor` without losing more than 10% (TF/timm rule);
     every width multiplier goes through this so counts match the reference implementations."""
     min_value = min_value or divisor
@@ -56,7 +58,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return self.act(super().forward(x))
 
 
-def conv2d(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
+def conv2d(
+    in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False
+) -> nn.Conv2d:
     """Symmetric 'same'-style padding (k // 2), as torchvision and timm's non-TF models use."""
     return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
 
@@ -85,8 +89,19 @@ class DepthwiseSeparable(nn.Module):
     """dw kxk + BN + act [+ SE] -> 1x1 + BN [+ act]. V1's block (pw act, never residual), and
     the first block of V2/V3 where the expansion is 1 (linear projection, residual if shapes allow)."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, act: str, *,
-                 pw_act: bool = False, se: bool = False, residual: bool = True, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel: int,
+        stride: int,
+        act: str,
+        *,
+        pw_act: bool = False,
+        se: bool = False,
+        residual: bool = True,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         self.has_skip = residual and stride == 1 and in_chs == out_chs
         self.conv_dw = conv2d(in_chs, in_chs, kernel, stride, groups=in_chs)
@@ -106,8 +121,18 @@ class InvertedResidual(nn.Module):
     """1x1 expand + BN + act -> dw kxk + BN + act [+ SE] -> 1x1 project + BN (linear
     bottleneck, no act) -> residual iff stride 1 and in == out (V2 paper, section 3.3)."""
 
-    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, kernel: int, stride: int, act: str, *,
-                 se: bool = False, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        in_chs: int,
+        mid_chs: int,
+        out_chs: int,
+        kernel: int,
+        stride: int,
+        act: str,
+        *,
+        se: bool = False,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = conv2d(in_chs, mid_chs, 1)
@@ -158,8 +183,17 @@ def classifier(in_features: int, num_classes: int) -> nn.Module:
 class MobileNet(nn.Module):
     """V1/V2 layout: stem -> blocks -> [1x1 conv head + BN + act] -> pool -> dropout -> linear."""
 
-    def __init__(self, conv_stem: nn.Module, bn1: nn.Module, blocks: nn.Sequential, conv_head: nn.Module,
-                 bn2: nn.Module, num_features: int, num_classes: int, dropout: float):
+    def __init__(
+        self,
+        conv_stem: nn.Module,
+        bn1: nn.Module,
+        blocks: nn.Sequential,
+        conv_head: nn.Module,
+        bn2: nn.Module,
+        num_features: int,
+        num_classes: int,
+        dropout: float,
+    ):
         super().__init__()
         self.conv_stem, self.bn1, self.blocks = conv_stem, bn1, blocks
         self.conv_head, self.bn2 = conv_head, bn2
@@ -182,9 +216,19 @@ class MobileNetEfficientHead(nn.Module):
     [+ norm] + act -> dropout -> linear. Pooling before the wide head saves its MACs at 7x7; a
     1x1 conv on a 1x1 map is what Core ML and XNNPACK run best."""
 
-    def __init__(self, conv_stem: nn.Module, bn1: nn.Module, blocks: nn.Sequential, head_in: int, head_out: int,
-                 act: str | None, num_classes: int, dropout: float, head_bias: bool = True,
-                 norm_head: nn.Module | None = None):
+    def __init__(
+        self,
+        conv_stem: nn.Module,
+        bn1: nn.Module,
+        blocks: nn.Sequential,
+        head_in: int,
+        head_out: int,
+        act: str | None,
+        num_classes: int,
+        dropout: float,
+        head_bias: bool = True,
+        norm_head: nn.Module | None = None,
+    ):
         super().__init__()
         self.conv_stem, self.bn1, self.blocks = conv_stem, bn1, blocks
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -204,8 +248,12 @@ class MobileNetEfficientHead(nn.Module):
         return self.classifier(self.dropout(self.flatten(x)))
 
 
-def build_blocks(rows: Sequence[Row], in_chs: int, block: Callable[[Row, int], tuple[nn.Module, int]],
-                 paper_width: Callable[[Row], int] = lambda row: row.out) -> tuple[nn.Sequential, int]:
+def build_blocks(
+    rows: Sequence[Row],
+    in_chs: int,
+    block: Callable[[Row, int], tuple[nn.Module, int]],
+    paper_width: Callable[[Row], int] = lambda row: row.out,
+) -> tuple[nn.Sequential, int]:
     """Walk a generation's table: `block(row, in_chs)` -> (module, out_chs) for each row, grouped
     into timm's stages. Returns `blocks` (a Sequential of Sequentials) and the last width."""
     stages = []
@@ -226,10 +274,12 @@ def build_blocks(rows: Sequence[Row], in_chs: int, block: Callable[[Row, int], t
 from dataclasses import dataclass  # noqa: E402  (this section reads as its own module)
 from typing import NamedTuple  # noqa: E402
 
-ACTIVATIONS.update({
-    "gelu": nn.GELU,  # exact erf GELU: V4 Hybrid-Large
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # V5 (Gemma 3n)
-})
+ACTIVATIONS.update(
+    {
+        "gelu": nn.GELU,  # exact erf GELU: V4 Hybrid-Large
+        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # V5 (Gemma 3n)
+    }
+)
 
 
 class RmsNormAct2d(nn.Module):
@@ -244,7 +294,9 @@ class RmsNormAct2d(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
-        self.register_buffer("channel_mean", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
+        self.register_buffer(
+            "channel_mean", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False
+        )
         self.act = activation(act) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,8 +318,15 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
-def conv2d_same(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1,
-                bias: bool = False, tf_same: bool = False) -> nn.Conv2d:
+def conv2d_same(
+    in_chs: int,
+    out_chs: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    tf_same: bool = False,
+) -> nn.Conv2d:
     """timm's create_conv2d: with TF padding only a strided conv differs from symmetric k // 2."""
     if tf_same and stride > 1:
         return Conv2dSame(in_chs, out_chs, kernel, stride, padding=0, groups=groups, bias=bias)
@@ -308,8 +367,18 @@ class LayerScale2d(nn.Module):
 class ConvNormAct(nn.Module):
     """conv -> norm [-> act], children `conv` / `bn` as timm's ConvNormAct."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, style: BlockStyle, *, stride: int = 1,
-                 groups: int = 1, act: bool = True, bias: bool = False):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel: int,
+        style: BlockStyle,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        bias: bool = False,
+    ):
         super().__init__()
         self.conv = conv2d_same(in_chs, out_chs, kernel, stride, groups, bias, style.tf_same)
         self.bn = style.norm_act(out_chs, style.act if act else None)
@@ -319,13 +388,19 @@ class ConvNormAct(nn.Module):
 
 
 def dw_or_identity(channels: int, kernel: int, stride: int, style: BlockStyle, act: bool) -> nn.Module:
-    return ConvNormAct(channels, channels, kernel, style, stride=stride, groups=channels, act=act) if kernel else nn.Identity()
+    return (
+        ConvNormAct(channels, channels, kernel, style, stride=stride, groups=channels, act=act)
+        if kernel
+        else nn.Identity()
+    )
 
 
 class EdgeResidual(nn.Module):
     """FusedIB: kxk conv expand (strided) + norm + act -> 1x1 project + norm; residual if shapes allow."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: float, style: BlockStyle):
+    def __init__(
+        self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: float, style: BlockStyle
+    ):
         super().__init__()
         mid_chs = make_divisible(in_chs * expansion)
         self.has_skip = stride == 1 and in_chs == out_chs
@@ -345,8 +420,18 @@ class UniversalInvertedResidual(nn.Module):
     (ExtraDW: both, IB: mid, ConvNext: start, FFN: neither); the stride sits on the mid dw when
     there is one, else on the start dw."""
 
-    def __init__(self, in_chs: int, out_chs: int, start_kernel: int, mid_kernel: int, stride: int,
-                 expansion: float, style: BlockStyle, *, skip: bool = True):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        start_kernel: int,
+        mid_kernel: int,
+        stride: int,
+        expansion: float,
+        style: BlockStyle,
+        *,
+        skip: bool = True,
+    ):
         super().__init__()
         mid_chs = make_divisible(in_chs * expansion)
         self.has_skip = skip and stride == 1 and in_chs == out_chs
@@ -377,10 +462,11 @@ class MultiQueryAttention2d(nn.Module):
     rows of one plain matmul -> softmax -> matmul (no broadcast, no 5-D tensors), which is what
     XNNPACK and Core ML lower whole. Numerically equal to timm's SDPA path."""
 
-    def __init__(self, dim: int, dim_out: int, heads: int, key_dim: int, kv_stride: int, kernel: int,
-                 style: BlockStyle):
+    def __init__(
+        self, dim: int, dim_out: int, heads: int, key_dim: int, kv_stride: int, kernel: int, style: BlockStyle
+    ):
         super().__init__()
-        self.heads, self.key_dim, self.scale = heads, key_dim, key_dim ** -0.5
+        self.heads, self.key_dim, self.scale = heads, key_dim, key_dim**-0.5
         self.query = named_sequential(proj=conv2d(dim, heads * key_dim, 1))
         self.key = self._shared_head(dim, key_dim, kv_stride, kernel, style)
         self.value = self._shared_head(dim, key_dim, kv_stride, kernel, style)
@@ -390,8 +476,11 @@ class MultiQueryAttention2d(nn.Module):
     def _shared_head(dim: int, key_dim: int, stride: int, kernel: int, style: BlockStyle) -> nn.Sequential:
         if stride == 1:
             return named_sequential(proj=conv2d(dim, key_dim, 1))
-        return named_sequential(down_conv=conv2d_same(dim, dim, kernel, stride, groups=dim, tf_same=style.tf_same),
-                                norm=style.norm_act(dim), proj=conv2d(dim, key_dim, 1))
+        return named_sequential(
+            down_conv=conv2d_same(dim, dim, kernel, stride, groups=dim, tf_same=style.tf_same),
+            norm=style.norm_act(dim),
+            proj=conv2d(dim, key_dim, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -407,8 +496,16 @@ class MultiQueryAttention2d(nn.Module):
 class MobileAttention(nn.Module):
     """norm -> Mobile MQA -> [layer scale] -> residual (timm MobileAttention, multi-query)."""
 
-    def __init__(self, in_chs: int, out_chs: int, heads: int, key_dim: int, kv_stride: int, kernel: int,
-                 style: BlockStyle):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        heads: int,
+        key_dim: int,
+        kv_stride: int,
+        kernel: int,
+        style: BlockStyle,
+    ):
         super().__init__()
         self.has_skip = in_chs == out_chs
         self.norm = style.norm_act(in_chs)
@@ -422,6 +519,7 @@ class MobileAttention(nn.Module):
 
 # One row of a V4/V5 stage table per block, in the column order of timm's block strings
 # (`uir_a3_k5_s2_e4_c80` is UIB(start=3, mid=5, stride=2, expand=4, out=80)).
+
 
 class Conv(NamedTuple):
     """`cn`: conv + BN + act, as in V4 Conv-S's first stages and every V4's 1x1 to 960."""
@@ -458,7 +556,9 @@ class UIB(NamedTuple):
     out: int
 
     def build(self, in_chs: int, out_chs: int, style: BlockStyle) -> nn.Module:
-        return UniversalInvertedResidual(in_chs, out_chs, self.start, self.mid, self.stride, self.expand, style)
+        return UniversalInvertedResidual(
+            in_chs, out_chs, self.start, self.mid, self.stride, self.expand, style
+        )
 
 
 class MQA(NamedTuple):
@@ -482,8 +582,9 @@ def round_channels(channels: int, width: float = 1.0) -> int:
     return make_divisible(channels * width) if width != 1.0 else channels
 
 
-def build_stages(in_chs: int, stages: Sequence[Sequence[StageRow]], style: BlockStyle,
-                 width: float = 1.0) -> tuple[nn.Sequential, list[int]]:
+def build_stages(
+    in_chs: int, stages: Sequence[Sequence[StageRow]], style: BlockStyle, width: float = 1.0
+) -> tuple[nn.Sequential, list[int]]:
     """`blocks.<stage>.<index>` from a table of stages; returns the blocks and each stage's width."""
     built, widths = [], []
     for stage in stages:

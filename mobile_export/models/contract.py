@@ -42,17 +42,29 @@ class ContractOverride:
             if values is not None:
                 _check_triple(values, flag, positive=flag == "--std")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise UsageError(f"--interpolation {self.interpolation!r} is unknown; choose one of: {', '.join(INTERPOLATIONS)}")
+            raise UsageError(
+                f"--interpolation {self.interpolation!r} is unknown; choose one of: {', '.join(INTERPOLATIONS)}"
+            )
         if self.crop_pct is not None and not (math.isfinite(self.crop_pct) and 0.0 < self.crop_pct <= 1.0):
             raise UsageError(f"--crop-pct must be in (0, 1] (crop / resize, e.g. 0.875), got {self.crop_pct}")
 
     @classmethod
-    def from_text(cls, mean: str | None = None, std: str | None = None, interpolation: str | None = None,
-                  crop_pct: float | None = None) -> ContractOverride:
+    def from_text(
+        cls,
+        mean: str | None = None,
+        std: str | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
+    ) -> ContractOverride:
         return cls(parse_triple(mean, "--mean"), parse_triple(std, "--std"), interpolation, crop_pct)
 
     def given(self) -> list[str]:
-        names = {"mean": "--mean", "std": "--std", "interpolation": "--interpolation", "crop_pct": "--crop-pct"}
+        names = {
+            "mean": "--mean",
+            "std": "--std",
+            "interpolation": "--interpolation",
+            "crop_pct": "--crop-pct",
+        }
         return [flag for key, flag in names.items() if getattr(self, key) is not None]
 
     def apply(self, base: Preprocess) -> Preprocess:
@@ -69,14 +81,16 @@ class ContractOverride:
 
 
 def parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
-    """"0.485,0.456,0.406" -> a checked 3-tuple (R, G, B)."""
+    """ "0.485,0.456,0.406" -> a checked 3-tuple (R, G, B)."""
     if text is None:
         return None
     parts = [p for p in str(text).replace(" ", ",").split(",") if p]
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise UsageError(f"{flag} {text!r} is not three numbers; write R,G,B e.g. {flag} 0.485,0.456,0.406") from None
+        raise UsageError(
+            f"{flag} {text!r} is not three numbers; write R,G,B e.g. {flag} 0.485,0.456,0.406"
+        ) from None
     return _check_triple(values, flag, positive=flag == "--std")
 
 
@@ -87,7 +101,9 @@ def _check_triple(values, flag: str, positive: bool) -> tuple[float, float, floa
     if not all(math.isfinite(v) for v in values):
         raise UsageError(f"{flag} values must be finite numbers, got {values}")
     if positive and not all(v > 0 for v in values):
-        raise UsageError(f"{flag} values must be positive (they divide the input), got {', '.join(f'{v:g}' for v in values)}")
+        raise UsageError(
+            f"{flag} values must be positive (they divide the input), got {', '.join(f'{v:g}' for v in values)}"
+        )
     return values
 
 
@@ -100,8 +116,13 @@ class Contract:
 
 def from_mapping(d: dict) -> Preprocess:
     """Our metadata / manifest form (resize, crop, interpolation, mean, std)."""
-    return Preprocess(crop=int(d["crop"]), resize=int(d["resize"]), interpolation=str(d["interpolation"]),
-                      mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]))
+    return Preprocess(
+        crop=int(d["crop"]),
+        resize=int(d["resize"]),
+        interpolation=str(d["interpolation"]),
+        mean=tuple(float(x) for x in d["mean"]),
+        std=tuple(float(x) for x in d["std"]),
+    )
 
 
 def from_pretrained_cfg(cfg: dict, fallback: Preprocess, where: str) -> Preprocess:
@@ -113,14 +134,22 @@ def from_pretrained_cfg(cfg: dict, fallback: Preprocess, where: str) -> Preproce
         interpolation = str(cfg.get("interpolation") or fallback.interpolation)
         mean = tuple(float(x) for x in cfg["mean"]) if cfg.get("mean") is not None else fallback.mean
         std = tuple(float(x) for x in cfg["std"]) if cfg.get("std") is not None else fallback.std
-        override = ContractOverride(mean=mean, std=std, interpolation=interpolation if interpolation in INTERPOLATIONS else None,
-                                    crop_pct=crop_pct)
+        override = ContractOverride(
+            mean=mean,
+            std=std,
+            interpolation=interpolation if interpolation in INTERPOLATIONS else None,
+            crop_pct=crop_pct,
+        )
     except (UsageError, TypeError, ValueError, KeyError, IndexError) as exc:
-        raise WeightsError(f"{where}: unusable preprocessing ({str(exc) or exc.__class__.__name__}); fix it or state the "
-                           "contract with --mean/--std/--interpolation/--crop-pct") from None
+        raise WeightsError(
+            f"{where}: unusable preprocessing ({str(exc) or exc.__class__.__name__}); fix it or state the "
+            "contract with --mean/--std/--interpolation/--crop-pct"
+        ) from None
     if interpolation not in INTERPOLATIONS:
-        raise WeightsError(f"{where}: interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}; "
-                           "pass --interpolation")
+        raise WeightsError(
+            f"{where}: interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}; "
+            "pass --interpolation"
+        )
     return override.apply(replace(fallback, crop=crop, resize=crop))
 
 
@@ -132,7 +161,9 @@ def read_config_json(checkpoint: Path, fallback: Preprocess) -> Contract | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: not readable JSON ({exc.__class__.__name__}); fix or remove it") from None
+        raise WeightsError(
+            f"{path}: not readable JSON ({exc.__class__.__name__}); fix or remove it"
+        ) from None
     if not isinstance(doc, dict):
         return None
     cfg = doc.get("pretrained_cfg") if isinstance(doc.get("pretrained_cfg"), dict) else doc

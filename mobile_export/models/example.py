@@ -25,8 +25,14 @@ class ExampleWeights:
         return Path(str(resources.files("mobile_export").joinpath(self.file)))
 
     def to_dict(self) -> dict:
-        return {"weights": "example", "model": self.model, "resolution": self.resolution, "classes": self.classes,
-                "held_out_top1": self.held_out_top1, "trained_on": self.trained_on}
+        return {
+            "weights": "example",
+            "model": self.model,
+            "resolution": self.resolution,
+            "classes": self.classes,
+            "held_out_top1": self.held_out_top1,
+            "trained_on": self.trained_on,
+        }
 
 
 EXAMPLE = ExampleWeights(
@@ -35,7 +41,9 @@ EXAMPLE = ExampleWeights(
     resolution=64,
     classes=17,
     held_out_top1=88.92,
-    trained_on=("17 photographs bundled with scikit-image and scikit-learn (astronaut, chelsea the cat, coffee, "
-                "rocket, ...): 'which photo is this crop from', 64 px crops from the left 65% of each photo, "
-                "scripts/train_small.py --dataset photos, 10 epochs; not ImageNet, 17 labels only"),
+    trained_on=(
+        "17 photographs bundled with scikit-image and scikit-learn (astronaut, chelsea the cat, coffee, "
+        "rocket, ...): 'which photo is this crop from', 64 px crops from the left 65% of each photo, "
+        "scripts/train_small.py --dataset photos, 10 epochs; not ImageNet, 17 labels only"
+    ),
 )

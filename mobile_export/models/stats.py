@@ -17,8 +17,9 @@ def count_params(module: nn.Module) -> int:
 LAYER_OPS = ("aten.convolution", "aten.addmm", "aten.mm")
 
 
-def count_macs(module: nn.Module, resolution: int | tuple[int, int], *, attention: bool = False,
-               channels: int = 3) -> int:
+def count_macs(
+    module: nn.Module, resolution: int | tuple[int, int], *, attention: bool = False, channels: int = 3
+) -> int:
     """Multiply-accumulates of one forward pass on a 1 x C x H x W input: FLOPs / 2 as torch's
     FlopCounterMode counts them. By default conv and linear layers only (the registry's
     definition); `attention=True` adds the attention matmuls (all the counter sees).

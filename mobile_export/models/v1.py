@@ -34,15 +34,26 @@ ROWS = (
 ACT = "relu6"
 
 
-def mobilenet_v1(num_classes: int = 1000, width: float = 1.0, *, bn_eps: float = 1e-5,
-                 dropout: float = 0.001) -> MobileNet:
+def mobilenet_v1(
+    num_classes: int = 1000, width: float = 1.0, *, bn_eps: float = 1e-5, dropout: float = 0.001
+) -> MobileNet:
     """`width` scales every layer (the paper's alpha). Dropout 0.001 = slim's keep_prob 0.999."""
 
     def block(row: DepthwiseSeparableRow, in_chs: int) -> tuple[nn.Module, int]:
         out = make_divisible(row.out * width)
-        return DepthwiseSeparable(in_chs, out, 3, row.stride, ACT, pw_act=True, residual=False, bn_eps=bn_eps), out
+        return DepthwiseSeparable(
+            in_chs, out, 3, row.stride, ACT, pw_act=True, residual=False, bn_eps=bn_eps
+        ), out
 
     stem = make_divisible(STEM * width)
     blocks, features = build_blocks(ROWS, stem, block)
-    return MobileNet(conv2d(3, stem, 3, stride=2), BatchNormAct2d(stem, ACT, bn_eps), blocks,
-                     nn.Identity(), nn.Identity(), features, num_classes, dropout)
+    return MobileNet(
+        conv2d(3, stem, 3, stride=2),
+        BatchNormAct2d(stem, ACT, bn_eps),
+        blocks,
+        nn.Identity(),
+        nn.Identity(),
+        features,
+        num_classes,
+        dropout,
+    )

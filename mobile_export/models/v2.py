@@ -51,8 +51,9 @@ def blocks_of(rows=ROWS) -> list[Block]:
     return [Block(r.t, r.c, r.s if i == 0 else 1) for r in rows for i in range(r.n)]
 
 
-def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, *, bn_eps: float = 1e-5,
-                 dropout: float = 0.2) -> MobileNet:
+def mobilenet_v2(
+    num_classes: int = 1000, width: float = 1.0, *, bn_eps: float = 1e-5, dropout: float = 0.2
+) -> MobileNet:
     """Width scales every layer; the head keeps at least 1280 channels (paper, section 6.1)."""
 
     def block(row: Block, in_chs: int) -> tuple[nn.Module, int]:
@@ -65,5 +66,13 @@ def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, *, bn_eps: float =
     stem = make_divisible(STEM * width)
     blocks, last = build_blocks(blocks_of(), stem, block)
     head = max(HEAD, make_divisible(HEAD * width))
-    return MobileNet(conv2d(3, stem, 3, stride=2), BatchNormAct2d(stem, ACT, bn_eps), blocks,
-                     conv2d(last, head, 1), BatchNormAct2d(head, ACT, bn_eps), head, num_classes, dropout)
+    return MobileNet(
+        conv2d(3, stem, 3, stride=2),
+        BatchNormAct2d(stem, ACT, bn_eps),
+        blocks,
+        conv2d(last, head, 1),
+        BatchNormAct2d(head, ACT, bn_eps),
+        head,
+        num_classes,
+        dropout,
+    )

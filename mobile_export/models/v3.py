@@ -83,8 +83,15 @@ def minimalistic(row: BneckRow) -> BneckRow:
     return row._replace(k=3, se=False, nl="RE")
 
 
-def mobilenet_v3(num_classes: int = 1000, size: str = "large", width: float = 1.0, minimal: bool = False, *,
-                 bn_eps: float = 1e-5, dropout: float = 0.2) -> MobileNetEfficientHead:
+def mobilenet_v3(
+    num_classes: int = 1000,
+    size: str = "large",
+    width: float = 1.0,
+    minimal: bool = False,
+    *,
+    bn_eps: float = 1e-5,
+    dropout: float = 0.2,
+) -> MobileNetEfficientHead:
     """`bn_eps`: timm's checkpoints use 1e-5, torchvision's 1e-3."""
     rows, last_conv, head = SIZES[size]
     rows = tuple(map(minimalistic, rows)) if minimal else rows
@@ -101,5 +108,13 @@ def mobilenet_v3(num_classes: int = 1000, size: str = "large", width: float = 1.
     blocks, in_chs = build_blocks(rows, stem, block)
     last = make_divisible(last_conv * width)
     blocks.append(nn.Sequential(ConvBnAct(in_chs, last, 1, 1, act, bn_eps)))
-    return MobileNetEfficientHead(conv2d(3, stem, 3, stride=2), BatchNormAct2d(stem, act, bn_eps), blocks,
-                                  last, head, act, num_classes, dropout)
+    return MobileNetEfficientHead(
+        conv2d(3, stem, 3, stride=2),
+        BatchNormAct2d(stem, act, bn_eps),
+        blocks,
+        last,
+        head,
+        act,
+        num_classes,
+        dropout,
+    )

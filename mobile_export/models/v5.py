@@ -41,8 +41,13 @@ def _stage0() -> tuple[StageRow, ...]:
 
 
 def _stage1() -> tuple[StageRow, ...]:
-    return (UIB(3, 5, 2, 6, 256), UIB(5, 0, 1, 4, 256), UIB(3, 0, 1, 4, 256), UIB(5, 0, 1, 4, 256),
-            UIB(3, 0, 1, 4, 256))
+    return (
+        UIB(3, 5, 2, 6, 256),
+        UIB(5, 0, 1, 4, 256),
+        UIB(3, 0, 1, 4, 256),
+        UIB(5, 0, 1, 4, 256),
+        UIB(3, 0, 1, 4, 256),
+    )
 
 
 def _attention_run(attn: MQA, out: int, pairs: int) -> tuple[StageRow, ...]:
@@ -53,8 +58,12 @@ def _attention_run(attn: MQA, out: int, pairs: int) -> tuple[StageRow, ...]:
 STAGES_300M: Sequence[Sequence[StageRow]] = (
     _stage0(),
     _stage1(),
-    (UIB(5, 5, 2, 6, 640), *[UIB(5, 0, 1, 4, 640)] * 7, UIB(0, 0, 1, 1, 640),
-     *_attention_run(MQA(12, 64, 2, 640), 640, 14)),
+    (
+        UIB(5, 5, 2, 6, 640),
+        *[UIB(5, 0, 1, 4, 640)] * 7,
+        UIB(0, 0, 1, 1, 640),
+        *_attention_run(MQA(12, 64, 2, 640), 640, 14),
+    ),
     (UIB(5, 5, 2, 6, 1280), *_attention_run(MQA(16, 96, 1, 1280), 1280, 19)),
 )
 
@@ -63,8 +72,12 @@ STAGES_300M: Sequence[Sequence[StageRow]] = (
 STAGES_BASE: Sequence[Sequence[StageRow]] = (
     _stage0(),
     _stage1(),
-    (UIB(5, 5, 2, 6, 512), *[UIB(5, 0, 1, 4, 512)] * 2, UIB(0, 0, 1, 1, 512),
-     *_attention_run(MQA(8, 64, 1, 512), 512, 6)),
+    (
+        UIB(5, 5, 2, 6, 512),
+        *[UIB(5, 0, 1, 4, 512)] * 2,
+        UIB(0, 0, 1, 1, 512),
+        *_attention_run(MQA(8, 64, 1, 512), 512, 6),
+    ),
     (UIB(5, 5, 2, 6, 1024), *_attention_run(MQA(16, 64, 1, 1024), 1024, 7)),
 )
 
@@ -92,8 +105,9 @@ class MultiScaleFusionAdapter(nn.Module):
     def __init__(self, in_chs: Sequence[int], out_chs: int, grid: int, style: BlockStyle):
         super().__init__()
         self.grid = grid
-        self.ffn = UniversalInvertedResidual(sum(in_chs), out_chs, 0, 0, 1, 2.0, replace(style, layer_scale=None),
-                                             skip=False)
+        self.ffn = UniversalInvertedResidual(
+            sum(in_chs), out_chs, 0, 0, 1, 2.0, replace(style, layer_scale=None), skip=False
+        )
         self.norm = RmsNormAct2d(out_chs, None, style.eps)
         # Nearest 2x upsampling as a depthwise transposed conv with a ones kernel: the same
         # numbers, and XNNPACK has no nearest-neighbour resize (it would split the graph).
@@ -145,8 +159,9 @@ class MobileNetV5(nn.Module):
         return self.classifier(self.head(x))
 
 
-def mobilenet_v5(num_classes: int = 1000, kind: str = "300m", *, width: float = 1.0,
-                 dropout: float = 0.0) -> MobileNetV5:
+def mobilenet_v5(
+    num_classes: int = 1000, kind: str = "300m", *, width: float = 1.0, dropout: float = 0.0
+) -> MobileNetV5:
     """`width` < 1 is timm's channel_multiplier (stem and MSFA keep their size): a narrow model
     with the same structure, for fast tests only. The encoder ignores `num_classes` (features out)."""
     try:

@@ -29,7 +29,13 @@ OUR_FORMAT = "mobile-export.weights"
 OUR_FORMAT_VERSION = "1"
 OFFLINE_ENV = "MOBILE_EXPORT_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 60
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")  # training checkpoints
+WRAPPER_KEYS = (
+    "state_dict",
+    "model",
+    "model_state_dict",
+    "state_dict_ema",
+    "model_ema",
+)  # training checkpoints
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 POSITIONAL_GENERATIONS = ("v2", "v3")  # torchvision has these, with tensors in timm's order
 SHOW = 3  # keys shown per kind in a one-line diff
@@ -39,7 +45,7 @@ SHOW = 3  # keys shown per kind in a one-line diff
 
 
 def parse_weights_arg(weights: str) -> tuple[str, str | None]:
-    """"imagenet" / "imagenet:TAG" -> ("imagenet", tag); "random" -> ("random", None);
+    """ "imagenet" / "imagenet:TAG" -> ("imagenet", tag); "random" -> ("random", None);
     "example" -> ("example", None) (the trained file inside the package, models/example.py);
     anything else is a path -> ("file", path)."""
     text = weights.strip()
@@ -78,9 +84,11 @@ def _example_path(spec: ModelSpec) -> Path:
     from .example import EXAMPLE
 
     if spec.name != EXAMPLE.model:
-        raise UsageError(f"--weights example is a {EXAMPLE.model} trained on {EXAMPLE.classes} photo labels and fits only that "
-                         f"variant, not {spec.name}; run `mobile-export {EXAMPLE.model} --weights example`, "
-                         "or use --weights random / imagenet / FILE")
+        raise UsageError(
+            f"--weights example is a {EXAMPLE.model} trained on {EXAMPLE.classes} photo labels and fits only that "
+            f"variant, not {spec.name}; run `mobile-export {EXAMPLE.model} --weights example`, "
+            "or use --weights random / imagenet / FILE"
+        )
     path = EXAMPLE.path()
     if not path.is_file():
         raise WeightsError(f"the packaged example weights {path} are missing; reinstall mobile-export")
@@ -97,7 +105,9 @@ def stored_labels(source: WeightSource | None) -> list[str] | None:
     try:
         labels = json.loads(text)
     except json.JSONDecodeError:
-        raise WeightsError(f"{Path(source.url).name}: its 'labels' metadata is not a JSON list; re-save it or pass --labels") from None
+        raise WeightsError(
+            f"{Path(source.url).name}: its 'labels' metadata is not a JSON list; re-save it or pass --labels"
+        ) from None
     return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
@@ -144,7 +154,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     p = Path(path)
     if not p.is_file():
         hint = "" if p.suffix else "; or --weights imagenet / random"
-        raise WeightsError(f"weights file {str(p)!r} does not exist; pass an existing .pth/.pt/.safetensors file{hint}")
+        raise WeightsError(
+            f"weights file {str(p)!r} does not exist; pass an existing .pth/.pt/.safetensors file{hint}"
+        )
     stat = p.stat()
     key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _CACHE:
@@ -158,7 +170,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     elif head[8:9] == b"{" or p.suffix == ".safetensors":
         state, metadata = _read_safetensors(p)
     else:
-        raise WeightsError(f"{p.name} is neither a PyTorch checkpoint (.pth/.pt) nor a .safetensors file; pass a state dict saved by torch.save or safetensors")
+        raise WeightsError(
+            f"{p.name} is neither a PyTorch checkpoint (.pth/.pt) nor a .safetensors file; pass a state dict saved by torch.save or safetensors"
+        )
     ckpt = Checkpoint(p, _strip_prefixes(state), metadata, sha256_file(p))
     _CACHE.clear()
     _CACHE[key] = ckpt
@@ -178,7 +192,9 @@ def _read_torch(p: Path) -> dict:
             "in a trusted environment re-save only its state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
         ) from None
     except Exception as exc:  # truncated zip, bad pickle stream, ...
-        raise WeightsError(f"cannot read {p.name} ({_reason(exc)}); the file is damaged or truncated, download or save it again") from None
+        raise WeightsError(
+            f"cannot read {p.name} ({_reason(exc)}); the file is damaged or truncated, download or save it again"
+        ) from None
     return _unwrap(obj, p)
 
 
@@ -190,7 +206,9 @@ def _read_safetensors(p: Path) -> tuple[dict, dict]:
             metadata = dict(fh.metadata() or {})
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for bad headers and short files
-        raise WeightsError(f"cannot read {p.name} as safetensors ({_reason(exc)}); the file is damaged or truncated, download or save it again") from None
+        raise WeightsError(
+            f"cannot read {p.name} as safetensors ({_reason(exc)}); the file is damaged or truncated, download or save it again"
+        ) from None
     return state, metadata
 
 
@@ -211,14 +229,20 @@ def _unwrap(obj, p: Path) -> dict:
                 obj = inner
                 continue
         break
-    what = f"a dict with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, Mapping) else type(obj).__name__
-    raise WeightsError(f"{p.name} holds {what}, not a state dict of tensors; save model.state_dict() (or a dict with 'state_dict'/'model')")
+    what = (
+        f"a dict with keys {', '.join(map(str, list(obj)[:5]))}"
+        if isinstance(obj, Mapping)
+        else type(obj).__name__
+    )
+    raise WeightsError(
+        f"{p.name} holds {what}, not a state dict of tensors; save model.state_dict() (or a dict with 'state_dict'/'model')"
+    )
 
 
 def _strip_prefixes(state: dict) -> dict:
     for prefix in STRIPPED_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -226,7 +250,7 @@ def _strip_prefixes(state: dict) -> dict:
 
 
 def detect_format(keys, metadata: Mapping[str, str] | None = None, path: Path | None = None) -> str:
-    """"mobile-export" (our safetensors metadata), "torchvision" (features.*) or "timm"."""
+    """ "mobile-export" (our safetensors metadata), "torchvision" (features.*) or "timm"."""
     if (metadata or {}).get("format") == OUR_FORMAT:
         return "mobile-export"
     keys = list(keys)
@@ -247,7 +271,9 @@ def classifier_classes(shapes: Mapping[str, tuple], fmt: str) -> int | None:
     if fmt in ("timm", "mobile-export"):
         shape = shapes.get("classifier.weight")
         return int(shape[0]) if shape and len(shape) == 2 else None
-    linear = [s for k, s in shapes.items() if k.startswith("classifier.") and k.endswith(".weight") and len(s) == 2]
+    linear = [
+        s for k, s in shapes.items() if k.startswith("classifier.") and k.endswith(".weight") and len(s) == 2
+    ]
     return int(linear[-1][0]) if linear else None
 
 
@@ -297,8 +323,10 @@ class KeyPlan:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def only_classifier_differs(self) -> bool:
-        return bool(self.mismatched) and not (self.missing or self.unexpected) and all(
-            m.startswith("classifier.") for _, m in self.mismatched
+        return (
+            bool(self.mismatched)
+            and not (self.missing or self.unexpected)
+            and all(m.startswith("classifier.") for _, m in self.mismatched)
         )
 
     def describe(self, model_name: str, num_classes: int) -> str:
@@ -306,22 +334,43 @@ class KeyPlan:
         ck, md = self.ckpt_shapes, self.model_shapes
         parts = []
         if self.missing:
-            parts.append(f"{len(self.missing)} missing (" + ", ".join(f"{k} {_fmt_shape(md[k])}" for k in self.missing[:SHOW]) + ")")
+            parts.append(
+                f"{len(self.missing)} missing ("
+                + ", ".join(f"{k} {_fmt_shape(md[k])}" for k in self.missing[:SHOW])
+                + ")"
+            )
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected (" + ", ".join(f"{k} {_fmt_shape(ck[k])}" for k in self.unexpected[:SHOW]) + ")")
+            parts.append(
+                f"{len(self.unexpected)} unexpected ("
+                + ", ".join(f"{k} {_fmt_shape(ck[k])}" for k in self.unexpected[:SHOW])
+                + ")"
+            )
         if self.mismatched:
-            parts.append(f"{len(self.mismatched)} mismatched (" + ", ".join(
-                f"{c} {_fmt_shape(ck[c])} vs {m} {_fmt_shape(md[m])}" if c != m else f"{c} file {_fmt_shape(ck[c])} vs model {_fmt_shape(md[m])}"
-                for c, m in self.mismatched[:SHOW]) + ")")
+            parts.append(
+                f"{len(self.mismatched)} mismatched ("
+                + ", ".join(
+                    f"{c} {_fmt_shape(ck[c])} vs {m} {_fmt_shape(md[m])}"
+                    if c != m
+                    else f"{c} file {_fmt_shape(ck[c])} vs model {_fmt_shape(md[m])}"
+                    for c, m in self.mismatched[:SHOW]
+                )
+                + ")"
+            )
         classes = classifier_classes(ck, self.fmt)
         if self.only_classifier_differs() and classes is not None:
             fix = f"its classifier has {classes} classes, not {num_classes}: pass --num-classes {classes} (or a labels file with {classes} lines)"
         else:
-            fix = (f"the file has {_params(ck):,} parameters, {model_name} has {_params(md):,}: "
-                   "is it a checkpoint for another variant or width? (see `mobile-export list`)")
+            fix = (
+                f"the file has {_params(ck):,} parameters, {model_name} has {_params(md):,}: "
+                "is it a checkpoint for another variant or width? (see `mobile-export list`)"
+            )
         n_ck = sum(not _is_counter(k) for k in ck)
         n_md = sum(not _is_counter(k) for k in md)
-        return f"weights do not fit {model_name} ({self.fmt} format, {n_ck} tensors for {n_md}): " + "; ".join(parts) + f"; {fix}"
+        return (
+            f"weights do not fit {model_name} ({self.fmt} format, {n_ck} tensors for {n_md}): "
+            + "; ".join(parts)
+            + f"; {fix}"
+        )
 
 
 def plan_mapping(ckpt_shapes: Mapping[str, tuple], model_shapes: Mapping[str, tuple], fmt: str) -> KeyPlan:
@@ -372,12 +421,15 @@ def _plan_by_position(ck: Mapping[str, tuple], md: Mapping[str, tuple]) -> KeyPl
     if mismatched and len(ck_keys) != len(md_keys):
         # Out of step: report the first divergence, not every later pair.
         mismatched = mismatched[:1]
-    missing = md_keys[len(ck_keys):]
-    unexpected = ck_keys[len(md_keys):]
+    missing = md_keys[len(ck_keys) :]
+    unexpected = ck_keys[len(md_keys) :]
     # Counters follow their BN: X.running_mean -> Y.running_mean gives X.num_batches_tracked -> Y.
     for c, m in list(mapping.items()):
         if c.endswith(".running_mean"):
-            c_n, m_n = c[: -len("running_mean")] + "num_batches_tracked", m[: -len("running_mean")] + "num_batches_tracked"
+            c_n, m_n = (
+                c[: -len("running_mean")] + "num_batches_tracked",
+                m[: -len("running_mean")] + "num_batches_tracked",
+            )
             if c_n in ck and m_n in md:
                 mapping[c_n] = m_n
     return KeyPlan("torchvision", mapping, missing, unexpected, mismatched, ck, md)
@@ -389,8 +441,15 @@ def _plan_by_position(ck: Mapping[str, tuple], md: Mapping[str, tuple]) -> KeyPl
 RANDOM_INITS = ("input-dependent", "plain")  # plain: PyTorch's default init (manifests before 2)
 
 
-def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None, num_classes: int, seed: int = 0,
-              random_init: str = "input-dependent") -> dict:
+def load_into(
+    module,
+    spec: ModelSpec,
+    weights: str,
+    source: WeightSource | None,
+    num_classes: int,
+    seed: int = 0,
+    random_init: str = "input-dependent",
+) -> dict:
     """Fill `module` (built with its random init already seeded) from `source`; returns the
     manifest's weights record. A published checkpoint whose classifier does not match
     `num_classes` loads everything but the classifier (which stays seeded-random, as timm
@@ -399,7 +458,12 @@ def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None
     if source is None:
         if random_init not in RANDOM_INITS:
             raise UsageError(f"unknown random init {random_init!r}; choose one of: {', '.join(RANDOM_INITS)}")
-        record = {"source": "random", "detail": f"seeded random init (seed {seed})", "seed": seed, "format": None}
+        record = {
+            "source": "random",
+            "detail": f"seeded random init (seed {seed})",
+            "seed": seed,
+            "format": None,
+        }
         if random_init == "input-dependent":
             from .synthetic import RECIPE, wake
 
@@ -434,7 +498,9 @@ def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None
     _CACHE.clear()  # the tensors now live in the module; do not keep a second copy
     info = {
         "source": kind if kind in ("imagenet", "example") else "file",
-        "detail": (f"imagenet:{source.tag} ({source.format}) {source.url}" if kind == "imagenet" else str(ckpt.path)),
+        "detail": (
+            f"imagenet:{source.tag} ({source.format}) {source.url}" if kind == "imagenet" else str(ckpt.path)
+        ),
         "format": fmt,
         "sha256": digest,
     }
@@ -443,7 +509,9 @@ def load_into(module, spec: ModelSpec, weights: str, source: WeightSource | None
     elif kind == "example":
         from .example import EXAMPLE
 
-        info["detail"] = f"packaged example ({EXAMPLE.model}, {EXAMPLE.classes} classes): trained on {EXAMPLE.trained_on}"
+        info["detail"] = (
+            f"packaged example ({EXAMPLE.model}, {EXAMPLE.classes} classes): trained on {EXAMPLE.trained_on}"
+        )
     else:
         info["path"] = str(ckpt.path.resolve())
     if source.arch_overrides:
@@ -487,8 +555,17 @@ def _file_source(spec: ModelSpec, path: Path) -> tuple[WeightSource, Checkpoint]
     preprocess = file_contract(spec, ckpt, fmt).preprocess
     if fmt == "torchvision" and spec.generation == "v3":
         overrides = {"bn_eps": 1e-3}  # torchvision's V3 BatchNorm; timm and ours use 1e-5
-    source = WeightSource("file", fmt, str(path), ckpt.sha256, preprocess, None, license="unknown",
-                          arch_overrides=overrides, note="local file")
+    source = WeightSource(
+        "file",
+        fmt,
+        str(path),
+        ckpt.sha256,
+        preprocess,
+        None,
+        license="unknown",
+        arch_overrides=overrides,
+        note="local file",
+    )
     return source, ckpt
 
 
@@ -499,27 +576,36 @@ def file_contract(spec: ModelSpec, ckpt: Checkpoint, fmt: str) -> Contract:
         try:
             pre = contract_mod.from_mapping(json.loads(ckpt.metadata["preprocess"]))
         except (ValueError, KeyError, TypeError):
-            raise WeightsError(f"{ckpt.path.name}: its 'preprocess' metadata is unreadable; re-save it with this mobile-export") from None
+            raise WeightsError(
+                f"{ckpt.path.name}: its 'preprocess' metadata is unreadable; re-save it with this mobile-export"
+            ) from None
         return Contract(pre, f"{ckpt.path.name} metadata (mobile-export 'preprocess')", False)
     published = next((s for s in spec.weights if s.sha256 and ckpt.sha256.startswith(s.sha256)), None)
     same_format = [s for s in spec.weights if s.format == fmt]
-    fallback = (published or (same_format[0] if same_format else None))
+    fallback = published or (same_format[0] if same_format else None)
     base = fallback.preprocess if fallback else spec.preprocess
     stated = contract_mod.read_config_json(ckpt.path, base)
     if stated is not None:
         return stated
     if published is not None:
-        return Contract(published.preprocess, f"the published checkpoint imagenet:{published.tag} (same sha256)", False)
+        return Contract(
+            published.preprocess, f"the published checkpoint imagenet:{published.tag} (same sha256)", False
+        )
     if fallback is not None:
-        return Contract(base, f"the published {fmt} checkpoint imagenet:{fallback.tag} of {spec.name} "
-                              f"(the file states none)", True)
+        return Contract(
+            base,
+            f"the published {fmt} checkpoint imagenet:{fallback.tag} of {spec.name} (the file states none)",
+            True,
+        )
     return Contract(base, f"{spec.name}'s default (the file states none)", True)
 
 
 def contract_for(spec: ModelSpec, weights: str, source: WeightSource | None) -> Contract:
     """The contract of the weights `resolve_source` found (before any command-line override)."""
     if source is None:
-        return Contract(spec.preprocess, f"{spec.name}'s default (random weights have no contract of their own)", False)
+        return Contract(
+            spec.preprocess, f"{spec.name}'s default (random weights have no contract of their own)", False
+        )
     kind, _ = parse_weights_arg(weights)
     if kind == "imagenet":
         return Contract(source.preprocess, f"the published checkpoint imagenet:{source.tag}", False)
@@ -533,9 +619,13 @@ def contract_for(spec: ModelSpec, weights: str, source: WeightSource | None) -> 
 def _check_our_metadata(ckpt: Checkpoint, spec: ModelSpec) -> None:
     meta = ckpt.metadata
     if meta.get("version") != OUR_FORMAT_VERSION:
-        raise WeightsError(f"{ckpt.path.name} is mobile-export weights version {meta.get('version')!r}; this version reads {OUR_FORMAT_VERSION!r}: re-save it with this mobile-export")
+        raise WeightsError(
+            f"{ckpt.path.name} is mobile-export weights version {meta.get('version')!r}; this version reads {OUR_FORMAT_VERSION!r}: re-save it with this mobile-export"
+        )
     if meta.get("model") != spec.name:
-        raise WeightsError(f"{ckpt.path.name} holds weights for {meta.get('model')}, not {spec.name}; pass that model name instead")
+        raise WeightsError(
+            f"{ckpt.path.name} holds weights for {meta.get('model')}, not {spec.name}; pass that model name instead"
+        )
 
 
 def save_weights(built, dest: str | Path, force: bool = True) -> Path:
@@ -601,9 +691,13 @@ def fetch(source: WeightSource) -> tuple[Path, str]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the torch hub cache {dest.parent} ({exc.strerror}); set TORCH_HOME to a writable folder, or {fix}") from None
+        raise DownloadError(
+            f"cannot create the torch hub cache {dest.parent} ({exc.strerror}); set TORCH_HOME to a writable folder, or {fix}"
+        ) from None
     if not os.access(dest.parent, os.W_OK | os.X_OK):
-        raise DownloadError(f"the torch hub cache {dest.parent} is not writable; set TORCH_HOME to a writable folder, or {fix}")
+        raise DownloadError(
+            f"the torch hub cache {dest.parent} is not writable; set TORCH_HOME to a writable folder, or {fix}"
+        )
     digest = _download(source.url, dest, expected, source.filename)
     if source.sha256 is None:
         _write_pin(pin, digest)
@@ -620,7 +714,10 @@ def _download(url: str, dest: Path, expected: str | None, filename: str) -> str:
     try:
         with atomic_path(dest, force=True) as tmp:
             request = urllib.request.Request(url, headers={"User-Agent": "mobile-export"})
-            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response,
+                open(tmp, "wb") as out,
+            ):
                 length = response.headers.get("Content-Length")
                 received = 0
                 for block in iter(lambda: response.read(1 << 20), b""):
@@ -628,13 +725,17 @@ def _download(url: str, dest: Path, expected: str | None, filename: str) -> str:
                     out.write(block)
                     received += len(block)
             if length is not None and received != int(length):
-                raise DownloadError(f"download of {url} stopped after {received} of {length} bytes; retry, or {fix}")
+                raise DownloadError(
+                    f"download of {url} stopped after {received} of {length} bytes; retry, or {fix}"
+                )
             if expected and not digest.hexdigest().startswith(expected):
                 raise DownloadError(
                     f"{filename} from {url} has sha256 {digest.hexdigest()[:12]}, expected {expected[:12]}; nothing was kept: retry, or {fix}"
                 )
             if not expected and not _looks_like_checkpoint(tmp):  # never pin an error page
-                raise DownloadError(f"{url} did not return a checkpoint (not safetensors or a torch zip); nothing was kept: {fix}")
+                raise DownloadError(
+                    f"{url} did not return a checkpoint (not safetensors or a torch zip); nothing was kept: {fix}"
+                )
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:

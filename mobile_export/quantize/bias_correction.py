@@ -13,11 +13,18 @@ _LINEAR_OPS = ("conv2d", "linear")
 
 
 def _is_quantized_linear_op(node) -> bool:
-    if node.op != "call_function" or not any(k in str(node.target) for k in _LINEAR_OPS) or len(node.args) < 3:
+    if (
+        node.op != "call_function"
+        or not any(k in str(node.target) for k in _LINEAR_OPS)
+        or len(node.args) < 3
+    ):
         return False
     weight, bias = node.args[1], node.args[2]
-    return (getattr(weight, "op", None) == "call_function" and "dequantize" in str(weight.target)
-            and getattr(bias, "op", None) == "get_attr")
+    return (
+        getattr(weight, "op", None) == "call_function"
+        and "dequantize" in str(weight.target)
+        and getattr(bias, "op", None) == "get_attr"
+    )
 
 
 def _attr(graph_module, target: str):
@@ -58,8 +65,12 @@ def _run_per_node(graph_module, inputs: Sequence, on_node=None) -> None:
             module = graph_module.get_submodule(node.target)
             env[node] = [module(*value(node.args, i), **value(node.kwargs, i)) for i in range(count)]
         elif node.op == "call_method":
-            env[node] = [getattr(value(node.args[0], i), node.target)(*value(node.args[1:], i), **value(node.kwargs, i))
-                         for i in range(count)]
+            env[node] = [
+                getattr(value(node.args[0], i), node.target)(
+                    *value(node.args[1:], i), **value(node.kwargs, i)
+                )
+                for i in range(count)
+            ]
         elif node.op == "output":
             return
         if on_node is not None:
@@ -76,9 +87,13 @@ def correct_biases(quantized, float_graph, inputs: Sequence) -> int:
     targets = {n.name for n in quantized.graph.nodes if _is_quantized_linear_op(n)}
     float_means: dict = {}
     with torch.no_grad():
-        _run_per_node(float_graph, inputs,
-                      lambda node, values: float_means.__setitem__(node.name, _channel_mean(values))
-                      if node.name in targets else None)
+        _run_per_node(
+            float_graph,
+            inputs,
+            lambda node, values: (
+                float_means.__setitem__(node.name, _channel_mean(values)) if node.name in targets else None
+            ),
+        )
         corrected = 0
 
         def correct(node, values):

@@ -84,7 +84,9 @@ def load_calibration(
     if folder is None:
         paths = bundled_photos()
         if not paths:
-            raise ImageError("no --calibration folder given and no bundled sample photos found (install scikit-image); pass --calibration DIR")
+            raise ImageError(
+                "no --calibration folder given and no bundled sample photos found (install scikit-image); pass --calibration DIR"
+            )
         source = "bundled"
         log(FALLBACK_WARNING.format(n=len(paths)))
     else:
@@ -97,11 +99,17 @@ def load_calibration(
     inputs = StreamedInputs(used, pre, normalized)
     if not inputs:
         where = "the bundled photos" if folder is None else repr(str(folder))
-        raise ImageError(f"none of the {len(paths)} calibration images in {where} could be read; add readable jpg/png/webp/bmp files")
+        raise ImageError(
+            f"none of the {len(paths)} calibration images in {where} could be read; add readable jpg/png/webp/bmp files"
+        )
     if skipped:
         log(f"calibration: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0][1]}")
-    log(f"calibration: {len(inputs)} image(s) from {'bundled sample photos' if folder is None else str(folder)}")
-    return CalibrationSet(inputs, used, skipped, source, normalized, Path(folder) if folder is not None else None)
+    log(
+        f"calibration: {len(inputs)} image(s) from {'bundled sample photos' if folder is None else str(folder)}"
+    )
+    return CalibrationSet(
+        inputs, used, skipped, source, normalized, Path(folder) if folder is not None else None
+    )
 
 
 def _progress(iterable, total: int, enabled: bool | None):
@@ -109,8 +117,15 @@ def _progress(iterable, total: int, enabled: bool | None):
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency, but a missing bar must not stop an export
         return iterable
-    return tqdm(iterable, total=total, desc="calibrating", unit="img", file=sys.stderr,
-                disable=None if enabled is None else not enabled, leave=False)
+    return tqdm(
+        iterable,
+        total=total,
+        desc="calibrating",
+        unit="img",
+        file=sys.stderr,
+        disable=None if enabled is None else not enabled,
+        leave=False,
+    )
 
 
 def to_tensor(x: np.ndarray):

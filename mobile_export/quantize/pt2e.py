@@ -44,9 +44,12 @@ class QuantRecipe:
     @classmethod
     def from_dict(cls, d: dict | None) -> QuantRecipe:
         d = dict(d or {})
-        return cls(observer=d.get("observer", "histogram"), per_channel=bool(d.get("per_channel", True)),
-                   fp32_modules=tuple(d.get("fp32_modules", ())),
-                   bias_correction=bool(d.get("bias_correction", False)))
+        return cls(
+            observer=d.get("observer", "histogram"),
+            per_channel=bool(d.get("per_channel", True)),
+            fp32_modules=tuple(d.get("fp32_modules", ())),
+            bias_correction=bool(d.get("bias_correction", False)),
+        )
 
 
 @dataclass
@@ -67,11 +70,18 @@ def quantization_config(recipe: QuantRecipe):
     from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
     if recipe.observer not in OBSERVERS:
-        raise ExportError(f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}")
+        raise ExportError(
+            f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}"
+        )
     config = get_symmetric_quantization_config(is_per_channel=recipe.per_channel)
-    ctor = {"histogram": HistogramObserver, "minmax": MinMaxObserver,
-            "moving_average": MovingAverageMinMaxObserver}[recipe.observer]
-    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctor.with_args(eps=MIN_ACTIVATION_SCALE))
+    ctor = {
+        "histogram": HistogramObserver,
+        "minmax": MinMaxObserver,
+        "moving_average": MovingAverageMinMaxObserver,
+    }[recipe.observer]
+    act = dataclasses.replace(
+        config.input_activation, observer_or_fake_quant_ctr=ctor.with_args(eps=MIN_ACTIVATION_SCALE)
+    )
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
@@ -113,20 +123,28 @@ def annotate_conv_clamp(graph_module, config, filter_fn=None) -> int:
         if clamp.op != "call_function" or clamp.target not in clamps:
             continue
         conv = clamp.args[0]
-        if not (isinstance(conv, Node) and conv.op == "call_function" and conv.target in producers
-                and len(conv.users) == 1 and isinstance(conv.args[1], Node)):
+        if not (
+            isinstance(conv, Node)
+            and conv.op == "call_function"
+            and conv.target in producers
+            and len(conv.users) == 1
+            and isinstance(conv.args[1], Node)
+        ):
             continue
         weight = conv.args[1]
         bias = conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], Node) else None
         partition = [clamp, conv, weight] + ([bias] if bias is not None else [])
-        if xq._is_annotated(partition) or (filter_fn is not None and not all(filter_fn(n) for n in partition)):
+        if xq._is_annotated(partition) or (
+            filter_fn is not None and not all(filter_fn(n) for n in partition)
+        ):
             continue
         inputs = {conv.args[0]: xq.get_input_act_qspec(config), weight: xq.get_weight_qspec(config)}
         if bias is not None:
             inputs[bias] = xq.get_bias_qspec(config)
         conv.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
-        clamp.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=xq.get_output_act_qspec(config),
-                                                                 _annotated=True)
+        clamp.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            output_qspec=xq.get_output_act_qspec(config), _annotated=True
+        )
         xq._mark_nodes_as_annotated(partition)
         count += 1
     return count
@@ -149,6 +167,7 @@ def _module_filter(prefixes: Sequence[str]) -> Callable:
     """Node filter for XNNPACKQuantizer: False for nodes inside any excluded module.
     Matches the module path with or without the wrapper's leading attribute name; a prefix
     may be a glob ("*.se" = every squeeze-excite gate) so a family of modules is one entry."""
+
     def keep(node) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         for path, _type in stack.values():
@@ -189,19 +208,29 @@ def quantize_pt2e(
             if recipe.bias_correction:
                 from .bias_correction import correct_biases
 
-                corrected = correct_biases(converted, copy.deepcopy(float_graph), [to_tensor(x) for x in calibration_inputs])
+                corrected = correct_biases(
+                    converted, copy.deepcopy(float_graph), [to_tensor(x) for x in calibration_inputs]
+                )
                 log(f"int8: bias correction on {corrected} layer(s)")
     except ExportError:
         raise
     except Exception as exc:  # torch.export / torchao raise many types; name the stage
-        raise ExportError(f"int8 quantization failed ({first_line(exc)}); try --quantize none or report the model") from None
+        raise ExportError(
+            f"int8 quantization failed ({first_line(exc)}); try --quantize none or report the model"
+        ) from None
     scale, zero_point = output_qparams(converted)
     kept = _count_float_compute(converted) if recipe.fp32_modules else 0
     if recipe.fp32_modules and kept == 0:
-        raise ExportError(f"fp32 modules {', '.join(recipe.fp32_modules)} match no conv or linear layer; "
-                          "name modules as in the model's state dict (e.g. conv_stem, blocks.0, *.se)")
-    log(f"int8: calibrated on {len(calibration_inputs)} image(s), observer {recipe.observer}, output scale {scale}")
-    return QuantizedModel(converted, scale, zero_point, recipe, float_graph_module=float_graph, kept_fp32_nodes=kept)
+        raise ExportError(
+            f"fp32 modules {', '.join(recipe.fp32_modules)} match no conv or linear layer; "
+            "name modules as in the model's state dict (e.g. conv_stem, blocks.0, *.se)"
+        )
+    log(
+        f"int8: calibrated on {len(calibration_inputs)} image(s), observer {recipe.observer}, output scale {scale}"
+    )
+    return QuantizedModel(
+        converted, scale, zero_point, recipe, float_graph_module=float_graph, kept_fp32_nodes=kept
+    )
 
 
 _DEQUANT = ("dequantize_per_tensor",)
@@ -244,4 +273,3 @@ def _count_float_compute(graph_module) -> int:
             if not (getattr(weight, "op", None) == "call_function" and "dequantize" in str(weight.target)):
                 count += 1
     return count
-

@@ -23,17 +23,44 @@ from .base import (
 )
 
 _TARGETS = {
-    "executorch": ("mobile_export.executorch.target:ExecuTorchTarget", ".pte", "ExecuTorch .pte, XNNPACK (Android)"),
-    "coreml": ("mobile_export.coreml.target:CoreMLTarget", ".mlpackage", "Core ML ML Program .mlpackage (iOS)"),
-    "executorch-coreml": ("mobile_export.executorch.coreml_delegate:ExecuTorchCoreMLTarget", ".pte",
-                          "ExecuTorch .pte, Core ML delegate (iOS)"),
+    "executorch": (
+        "mobile_export.executorch.target:ExecuTorchTarget",
+        ".pte",
+        "ExecuTorch .pte, XNNPACK (Android)",
+    ),
+    "coreml": (
+        "mobile_export.coreml.target:CoreMLTarget",
+        ".mlpackage",
+        "Core ML ML Program .mlpackage (iOS)",
+    ),
+    "executorch-coreml": (
+        "mobile_export.executorch.coreml_delegate:ExecuTorchCoreMLTarget",
+        ".pte",
+        "ExecuTorch .pte, Core ML delegate (iOS)",
+    ),
 }
 ALL = ("executorch", "coreml")  # what "all" exports (executorch-coreml only when named)
 _SUFFIXES = {".pte": "executorch", ".bpte": "executorch", ".mlpackage": "coreml"}
 
-__all__ = ["CompressMode", "CoreMLOptions", "ExecuTorchOptions", "ExportOptions", "Gelu", "InputKind", "Precision",
-           "QuantizeMode", "OpInfo", "PerOpValues", "QuantizedReference", "Target", "ValueSink", "available",
-           "get_target", "target_for_artifact", "expand"]
+__all__ = [
+    "CompressMode",
+    "CoreMLOptions",
+    "ExecuTorchOptions",
+    "ExportOptions",
+    "Gelu",
+    "InputKind",
+    "Precision",
+    "QuantizeMode",
+    "OpInfo",
+    "PerOpValues",
+    "QuantizedReference",
+    "Target",
+    "ValueSink",
+    "available",
+    "get_target",
+    "target_for_artifact",
+    "expand",
+]
 
 
 def available() -> dict[str, str]:
@@ -41,7 +68,7 @@ def available() -> dict[str, str]:
 
 
 def expand(name: str) -> list[str]:
-    """"all" -> the XNNPACK .pte and the .mlpackage; otherwise the one name, checked."""
+    """ "all" -> the XNNPACK .pte and the .mlpackage; otherwise the one name, checked."""
     if name == "all":
         return list(ALL)
     if name not in _TARGETS:
@@ -62,7 +89,9 @@ def target_for_artifact(path: str | Path) -> Target:
     files without a readable manifest, are XNNPACK."""
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise UsageError(f"{Path(path).name}: unknown artifact type {suffix or '(none)'!r}; expected one of {', '.join(_SUFFIXES)}")
+        raise UsageError(
+            f"{Path(path).name}: unknown artifact type {suffix or '(none)'!r}; expected one of {', '.join(_SUFFIXES)}"
+        )
     name = _SUFFIXES[suffix]
     if suffix == ".pte":
         name = _recorded_target(Path(path)) or name

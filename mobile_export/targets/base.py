@@ -36,14 +36,25 @@ class Choice(str, Enum):
         try:
             return cls(value)
         except ValueError:
-            raise UsageError(f"{what} {value!r} is not supported; choose one of: {', '.join(m.value for m in cls)}") from None
+            raise UsageError(
+                f"{what} {value!r} is not supported; choose one of: {', '.join(m.value for m in cls)}"
+            ) from None
 
 
 # The modes a user picks from, as data (members are UPPER-case names of their values).
 QuantizeMode = Choice("QuantizeMode", {"NONE": "none", "INT8": "int8"}, module=__name__)
-CompressMode = Choice("CompressMode", {"NONE": "none", "INT8": "int8", "PALETTIZE4": "palettize4",
-                                       "PALETTIZE6": "palettize6", "PALETTIZE_AUTO": "palettize-auto",
-                                       "W8A8": "w8a8"}, module=__name__)
+CompressMode = Choice(
+    "CompressMode",
+    {
+        "NONE": "none",
+        "INT8": "int8",
+        "PALETTIZE4": "palettize4",
+        "PALETTIZE6": "palettize6",
+        "PALETTIZE_AUTO": "palettize-auto",
+        "W8A8": "w8a8",
+    },
+    module=__name__,
+)
 Precision = Choice("Precision", {"FP16": "fp16", "FP32": "fp32"}, module=__name__)
 InputKind = Choice("InputKind", {"IMAGE": "image", "TENSOR": "tensor"}, module=__name__)
 # How an ExecuTorch .pte runs tanh GELU (V5): written out exactly, or as XNNPACK's erf GELU.
@@ -66,11 +77,17 @@ class ExecuTorchOptions:
         if self.recipe is not None:
             from ..quantize.pt2e import OBSERVERS, QuantRecipe
 
-            recipe = self.recipe if isinstance(self.recipe, QuantRecipe) else QuantRecipe.from_dict(self.recipe)
+            recipe = (
+                self.recipe if isinstance(self.recipe, QuantRecipe) else QuantRecipe.from_dict(self.recipe)
+            )
             if recipe.observer not in OBSERVERS:
-                raise UsageError(f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}")
+                raise UsageError(
+                    f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}"
+                )
             if self.quantize != QuantizeMode.INT8:
-                raise UsageError("--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8")
+                raise UsageError(
+                    "--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8"
+                )
             object.__setattr__(self, "recipe", recipe)
 
 
@@ -84,14 +101,20 @@ class CoreMLOptions:
     classifier: bool = True  # classify op with labels + probabilities vs raw logits
     deployment_target: str | None = None  # "16" | "17" | "18"; None = fit the compression
     size_budget: float = 0.15  # palettize-auto: weights' bytes as a fraction of their fp32 bytes
-    compute_units: str = "all"  # executorch-coreml: all | cpu_and_ne | cpu_only | cpu_and_gpu (stored in the .pte)
+    compute_units: str = (
+        "all"  # executorch-coreml: all | cpu_and_ne | cpu_only | cpu_and_gpu (stored in the .pte)
+    )
 
     def __post_init__(self):
         if self.compute_units not in ("all", "cpu_and_ne", "cpu_only", "cpu_and_gpu"):
-            raise UsageError(f"--compute-units {self.compute_units!r} is not supported; "
-                             "choose one of: all, cpu_and_ne, cpu_only, cpu_and_gpu")
+            raise UsageError(
+                f"--compute-units {self.compute_units!r} is not supported; "
+                "choose one of: all, cpu_and_ne, cpu_only, cpu_and_gpu"
+            )
         if not 0.05 <= float(self.size_budget) <= 0.5:
-            raise UsageError(f"--size-budget {self.size_budget} is outside 0.05-0.5 (a fraction of the fp32 size)")
+            raise UsageError(
+                f"--size-budget {self.size_budget} is outside 0.05-0.5 (a fraction of the fp32 size)"
+            )
         object.__setattr__(self, "precision", Precision.parse(self.precision, "precision"))
         object.__setattr__(self, "compress", CompressMode.parse(self.compress, "--compress"))
         object.__setattr__(self, "input_kind", InputKind.parse(self.input_kind, "Core ML input"))
@@ -108,7 +131,9 @@ class ExportOptions:
 
     precision: Precision | None = None  # fp32 | fp16; None = the target's default
     quantize: QuantizeMode = QuantizeMode.NONE  # executorch: none | int8
-    compress: CompressMode = CompressMode.NONE  # coreml: none | int8 | palettize4 | palettize6 | palettize-auto | w8a8
+    compress: CompressMode = (
+        CompressMode.NONE
+    )  # coreml: none | int8 | palettize4 | palettize6 | palettize-auto | w8a8
     size_budget: float = 0.15  # coreml palettize-auto: weights' bytes as a fraction of their fp32 bytes
     calibration: Path | None = None  # folder of images for int8 / w8a8
     calibration_limit: int = 64
@@ -131,20 +156,39 @@ class ExportOptions:
     @classmethod
     def of(cls, executorch: ExecuTorchOptions, coreml: CoreMLOptions, **shared) -> ExportOptions:
         """From the per-backend dataclasses plus the shared fields (calibration, seed, ...)."""
-        return cls(quantize=executorch.quantize, quant_recipe=executorch.recipe, gelu=executorch.gelu,
-                   allow_partial=executorch.allow_partial, bundled=executorch.bundled, precision=coreml.precision,
-                   compress=coreml.compress, input_kind=coreml.input_kind, classifier=coreml.classifier,
-                   deployment_target=coreml.deployment_target, size_budget=coreml.size_budget,
-                   compute_units=coreml.compute_units, **shared)
+        return cls(
+            quantize=executorch.quantize,
+            quant_recipe=executorch.recipe,
+            gelu=executorch.gelu,
+            allow_partial=executorch.allow_partial,
+            bundled=executorch.bundled,
+            precision=coreml.precision,
+            compress=coreml.compress,
+            input_kind=coreml.input_kind,
+            classifier=coreml.classifier,
+            deployment_target=coreml.deployment_target,
+            size_budget=coreml.size_budget,
+            compute_units=coreml.compute_units,
+            **shared,
+        )
 
     @property
     def executorch(self) -> ExecuTorchOptions:
-        return ExecuTorchOptions(self.quantize, self.quant_recipe, self.gelu, self.allow_partial, self.bundled)
+        return ExecuTorchOptions(
+            self.quantize, self.quant_recipe, self.gelu, self.allow_partial, self.bundled
+        )
 
     @property
     def coreml(self) -> CoreMLOptions:
-        return CoreMLOptions(self.precision, self.compress, self.input_kind, self.classifier, self.deployment_target,
-                             self.size_budget, self.compute_units)
+        return CoreMLOptions(
+            self.precision,
+            self.compress,
+            self.input_kind,
+            self.classifier,
+            self.deployment_target,
+            self.size_budget,
+            self.compute_units,
+        )
 
 
 @dataclass
@@ -225,7 +269,9 @@ class Target(ABC):
         a target that can load its artifact once overrides it."""
         return lambda inputs: self.run(artifact, entry, inputs)
 
-    def run_with_extras(self, artifact: Path, entry: dict, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
+    def run_with_extras(
+        self, artifact: Path, entry: dict, inputs: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], dict]:
         """`run`, plus whatever else the run reported (e.g. a bundled program's self-check:
         {"bundled_ok": [0/1 per embedded case]})."""
         return self.run(artifact, entry, inputs), {}
@@ -236,13 +282,23 @@ class Target(ABC):
         kind = ArtifactEntry.from_dict(entry).output_kind
         return "probabilities" if kind in ("probabilities", "classifier") else kind
 
-    def quantized_reference(self, artifact: Path, entry: dict, built, manifest: dict) -> QuantizedReference | None:
+    def quantized_reference(
+        self, artifact: Path, entry: dict, built, manifest: dict
+    ) -> QuantizedReference | None:
         """The quantized PyTorch model behind a quantized artifact, rebuilt from the manifest's
         recipe; None when the target has no such model (e.g. weight-only compression)."""
         return None
 
-    def per_op_values(self, artifact: Path, entry: dict, built, inputs, quantized: QuantizedReference | None,
-                      sink: ValueSink, log) -> PerOpValues:
+    def per_op_values(
+        self,
+        artifact: Path,
+        entry: dict,
+        built,
+        inputs,
+        quantized: QuantizedReference | None,
+        sink: ValueSink,
+        log,
+    ) -> PerOpValues:
         """Compare the artifact with `built` op by op on `inputs` (verify.reference.Inputs):
         every (name, reference, artifact) value goes to `sink`; returns the ops in graph order."""
         raise UsageError(f"--per-layer is not available for {self.name} artifacts")

@@ -27,8 +27,21 @@ def x86_limits(limits: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def arm_rows(path: Path, artifact_inputs, ref, x86, cpus, key: str, limits: dict[str, float], *,
-             qref=None, scale: float | None = None, topk: bool = True, kit=None, log=lambda _m: None) -> dict:
+def arm_rows(
+    path: Path,
+    artifact_inputs,
+    ref,
+    x86,
+    cpus,
+    key: str,
+    limits: dict[str, float],
+    *,
+    qref=None,
+    scale: float | None = None,
+    topk: bool = True,
+    kit=None,
+    log=lambda _m: None,
+) -> dict:
     """Run `path` on each CPU of `cpus` (ArmCpu rows) and judge it.
 
     `ref`: the PyTorch reference outputs in the artifact's output quantity; `x86`: the x86
@@ -41,20 +54,27 @@ def arm_rows(path: Path, artifact_inputs, ref, x86, cpus, key: str, limits: dict
     expected = np.asarray(ref).reshape(len(artifact_inputs), -1).shape
     rows = []
     for cpu in cpus:
-        log(f"verify on {cpu.name} ({cpu.family} kernels, QEMU {kit.qemu_version}): {len(artifact_inputs)} image(s)")
+        log(
+            f"verify on {cpu.name} ({cpu.family} kernels, QEMU {kit.qemu_version}): {len(artifact_inputs)} image(s)"
+        )
         row: dict = {"cpu": cpu.name, "kernels": cpu.family, "kernel_detail": cpu.kernels}
         try:
             arm = run_on_cpu(kit, path, artifact_inputs, cpu)
             if arm.shape != expected:
-                raise EmulationError(f"{cpu.name}: the runner gave outputs of shape {arm.shape}, expected {expected}")
+                raise EmulationError(
+                    f"{cpu.name}: the runner gave outputs of shape {arm.shape}, expected {expected}"
+                )
         except EmulationError as exc:
             error = str(exc).splitlines()[0]
             row.update({"error": error, "passed": False, "failures": [error]})
         else:
             row.update(_judge(cpu.name, arm, ref, x86, qref, scale, topk, key, limits))
         rows.append(row)
-    return {"kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version, "threads": 1},
-            "rows": rows, "failures": [f for row in rows for f in row["failures"]]}
+    return {
+        "kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version, "threads": 1},
+        "rows": rows,
+        "failures": [f for row in rows for f in row["failures"]],
+    }
 
 
 def _judge(cpu: str, arm, ref, x86, qref, scale, topk: bool, key: str, limits: dict[str, float]) -> dict:
@@ -70,7 +90,9 @@ def _judge(cpu: str, arm, ref, x86, qref, scale, topk: bool, key: str, limits: d
     row["vs_x86"] = metrics.compare(x86, arm, topk=topk)
     x86_values = dict(row["vs_x86"])
     if scale:
-        x86_values["steps_vs_quantized"] = row["vs_x86"]["steps"] = round(metrics.error_in_steps(x86, arm, scale), 4)
+        x86_values["steps_vs_quantized"] = row["vs_x86"]["steps"] = round(
+            metrics.error_in_steps(x86, arm, scale), 4
+        )
     row["bit_exact_vs_x86"] = bool(row["vs_x86"]["max_abs"] == 0.0)
     failures = thresholds.check(values, limits, key)
     failures += thresholds.check(x86_values, x86_limits(limits), key, against="the x86 runtime")
@@ -81,8 +103,10 @@ def _judge(cpu: str, arm, ref, x86, qref, scale, topk: bool, key: str, limits: d
 
 def format_arm_rows(arm: dict) -> list[str]:
     """Report lines: one per CPU."""
-    lines = [f"  ARM         ExecuTorch {arm['kit']['executorch']} aarch64 runtime under QEMU {arm['kit']['qemu']} "
-             "(emulated CPUs; parity, not speed)"]
+    lines = [
+        f"  ARM         ExecuTorch {arm['kit']['executorch']} aarch64 runtime under QEMU {arm['kit']['qemu']} "
+        "(emulated CPUs; parity, not speed)"
+    ]
     for row in arm["rows"]:
         head = f"  {row['cpu']:<12}{row['kernels']:<6}"
         if "error" in row:
@@ -91,6 +115,12 @@ def format_arm_rows(arm: dict) -> list[str]:
         x86 = "bit-exact" if row["bit_exact_vs_x86"] else f"{row['vs_x86']['sqnr_db']:.1f} dB"
         status = "ok" if row["passed"] else "FAILED"
         extra = f", vs int8 PT {row['vs_quantized']['sqnr_db']:.1f} dB" if row.get("vs_quantized") else ""
-        top1 = f", top-1 {row['vs_float']['top1_agreement'] * 100:.0f}%" if "top1_agreement" in row["vs_float"] else ""
-        lines.append(f"{head}{status}: vs float {row['vs_float']['sqnr_db']:.1f} dB{top1}{extra}; vs x86 {x86}")
+        top1 = (
+            f", top-1 {row['vs_float']['top1_agreement'] * 100:.0f}%"
+            if "top1_agreement" in row["vs_float"]
+            else ""
+        )
+        lines.append(
+            f"{head}{status}: vs float {row['vs_float']['sqnr_db']:.1f} dB{top1}{extra}; vs x86 {x86}"
+        )
     return lines

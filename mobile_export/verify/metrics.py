@@ -136,14 +136,16 @@ def compare(reference, test, topk: bool = True, tie_tolerance: float = 0.0) -> d
     if topk:
         ties = top1_ties(ref, tie_tolerance * logit_scale(ref))
         agree = np.argmax(ref, axis=1) == np.argmax(tst, axis=1)
-        result.update({
-            "top1_agreement": float(np.mean(agree)),
-            "top1_ties": int(np.sum(ties)),
-            "top1_flips": int(np.sum(~agree)),
-            "top1_flips_on_ties": int(np.sum(~agree & ties)),
-            "tie_tolerance": float(tie_tolerance),
-            "top5_overlap": topk_overlap(ref, tst, 5),
-        })
+        result.update(
+            {
+                "top1_agreement": float(np.mean(agree)),
+                "top1_ties": int(np.sum(ties)),
+                "top1_flips": int(np.sum(~agree)),
+                "top1_flips_on_ties": int(np.sum(~agree & ties)),
+                "tie_tolerance": float(tie_tolerance),
+                "top5_overlap": topk_overlap(ref, tst, 5),
+            }
+        )
     return result
 
 

@@ -39,7 +39,9 @@ class LayerRow:
 
 
 def sort_by_loss(rows: Iterable[LayerRow]) -> list[LayerRow]:
-    return sorted(rows, key=lambda r: (-(r.sqnr_loss_db if r.sqnr_loss_db is not None else -math.inf), r.index))
+    return sorted(
+        rows, key=lambda r: (-(r.sqnr_loss_db if r.sqnr_loss_db is not None else -math.inf), r.index)
+    )
 
 
 def write_per_layer_report(rows: Sequence[LayerRow], out_dir: str | Path, title: str) -> dict[str, Path]:
@@ -70,12 +72,19 @@ def _cell(v) -> str:
 
 
 def _markdown(rows: Sequence[LayerRow], title: str) -> str:
-    lines = [f"# {title}", "", "Sorted by SQNR loss (dB of fidelity lost in this layer itself).", "",
-             "| # | layer | op | module | SQNR dB | loss dB | max abs | cosine |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        "Sorted by SQNR loss (dB of fidelity lost in this layer itself).",
+        "",
+        "| # | layer | op | module | SQNR dB | loss dB | max abs | cosine |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.index} | {r.name} | {r.op} | {r.module} | {_cell(r.sqnr_db)} | {_cell(r.sqnr_loss_db)} "
-                     f"| {_cell(r.max_abs)} | {_cell(r.cosine)} |")
+        lines.append(
+            f"| {r.index} | {r.name} | {r.op} | {r.module} | {_cell(r.sqnr_db)} | {_cell(r.sqnr_loss_db)} "
+            f"| {_cell(r.max_abs)} | {_cell(r.cosine)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -88,32 +97,43 @@ def _html(by_loss: Sequence[LayerRow], by_order: Sequence[LayerRow], title: str)
     for i, r in enumerate(shown):
         w = max(0.0, r.sqnr_loss_db) / top * (width - label_w - 80)
         y = i * bar_h
-        bars.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(r.name)} ({html.escape(r.op)})</text>'
-                    f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{bar_h - 4}" fill="#c0392b"/>'
-                    f'<text x="{label_w + w + 4:.1f}" y="{y + 12}">{r.sqnr_loss_db:.2f} dB</text>')
-    loss_svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{len(shown) * bar_h + 4}" '
-                f'font-family="sans-serif" font-size="11">{"".join(bars)}</svg>')
+        bars.append(
+            f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(r.name)} ({html.escape(r.op)})</text>'
+            f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{bar_h - 4}" fill="#c0392b"/>'
+            f'<text x="{label_w + w + 4:.1f}" y="{y + 12}">{r.sqnr_loss_db:.2f} dB</text>'
+        )
+    loss_svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{len(shown) * bar_h + 4}" '
+        f'font-family="sans-serif" font-size="11">{"".join(bars)}</svg>'
+    )
     finite = [min(r.sqnr_db, SQNR_CAP_DB) for r in by_order]
     h, pad = 220, 30
     hi = max(finite or [1.0])
     lo = min(finite or [0.0] + [0.0])
     span = (hi - lo) or 1.0
     step = (width - 2 * pad) / max(1, len(finite) - 1)
-    points = " ".join(f"{pad + i * step:.1f},{h - pad - (v - lo) / span * (h - 2 * pad):.1f}" for i, v in enumerate(finite))
-    line_svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" font-family="sans-serif" font-size="11">'
-                f'<polyline fill="none" stroke="#2c3e50" stroke-width="1.5" points="{points}"/>'
-                f'<text x="{pad}" y="14">SQNR along the graph: {hi:.1f} dB (max) .. {lo:.1f} dB (min), {len(finite)} layers</text></svg>')
+    points = " ".join(
+        f"{pad + i * step:.1f},{h - pad - (v - lo) / span * (h - 2 * pad):.1f}" for i, v in enumerate(finite)
+    )
+    line_svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" font-family="sans-serif" font-size="11">'
+        f'<polyline fill="none" stroke="#2c3e50" stroke-width="1.5" points="{points}"/>'
+        f'<text x="{pad}" y="14">SQNR along the graph: {hi:.1f} dB (max) .. {lo:.1f} dB (min), {len(finite)} layers</text></svg>'
+    )
     rows_html = "".join(
         f"<tr><td>{r.index}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.op)}</td><td>{html.escape(r.module)}</td>"
         f"<td>{_cell(r.sqnr_db)}</td><td>{_cell(r.sqnr_loss_db)}</td><td>{_cell(r.max_abs)}</td><td>{_cell(r.cosine)}</td></tr>"
-        for r in by_loss)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;font-size:12px}"
-            "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><h2>SQNR loss per layer (where the error enters)</h2>{loss_svg}"
-            f"<h2>SQNR along the graph</h2>{line_svg}<h2>Table</h2><table><tr><th>#</th><th>layer</th><th>op</th>"
-            f"<th>module</th><th>SQNR dB</th><th>loss dB</th><th>max abs</th><th>cosine</th></tr>{rows_html}</table>"
-            "</body></html>\n")
+        for r in by_loss
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;font-size:12px}"
+        "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><h2>SQNR loss per layer (where the error enters)</h2>{loss_svg}"
+        f"<h2>SQNR along the graph</h2>{line_svg}<h2>Table</h2><table><tr><th>#</th><th>layer</th><th>op</th>"
+        f"<th>module</th><th>SQNR dB</th><th>loss dB</th><th>max abs</th><th>cosine</th></tr>{rows_html}</table>"
+        "</body></html>\n"
+    )
 
 
 # --- rows from the values a target measured ----------------------------------------------
@@ -159,10 +179,19 @@ def layer_rows(ops: Sequence, stats: dict[str, LayerStats], exact_db: float | No
         else:
             up = min((sqnr[f] for f in info.feeds if f in sqnr), default=math.inf)
             loss = min(up, exact_db) - min(st.sqnr, exact_db) if exact_db is not None else up - st.sqnr
-        rows.append(LayerRow(name=info.name, op=info.op, sqnr_db=round(st.sqnr, 4), max_abs=st.max_abs,
-                             cosine=round(st.cos_sum / st.n, 8), sqnr_loss_db=None if loss is None else round(loss, 4),
-                             module=info.module, shape=st.shape,
-                             index=info.index if info.index is not None else position))
+        rows.append(
+            LayerRow(
+                name=info.name,
+                op=info.op,
+                sqnr_db=round(st.sqnr, 4),
+                max_abs=st.max_abs,
+                cosine=round(st.cos_sum / st.n, 8),
+                sqnr_loss_db=None if loss is None else round(loss, 4),
+                module=info.module,
+                shape=st.shape,
+                index=info.index if info.index is not None else position,
+            )
+        )
     return rows
 
 
@@ -183,23 +212,43 @@ def collect(produce: Callable, exact_db: float | None = None) -> tuple[list[Laye
     return layer_rows(ops, stats, exact), result
 
 
-def per_layer_report(path: Path, target, entry: dict, built, inputs, quantized, report: dict, report_dir,
-                     log: Callable[[str], None] = lambda _m: None) -> dict:
+def per_layer_report(
+    path: Path,
+    target,
+    entry: dict,
+    built,
+    inputs,
+    quantized,
+    report: dict,
+    report_dir,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict:
     """Rows from the target's per-op values (`Target.per_op_values`), plus one row for the
     artifact as a whole (vs the quantized model when there is one, else vs float), written next
     to the artifact (or into `report_dir`)."""
-    rows, values = collect(lambda sink: target.per_op_values(path, entry, built, inputs, quantized, sink, log))
+    rows, values = collect(
+        lambda sink: target.per_op_values(path, entry, built, inputs, quantized, sink, log)
+    )
     if values.whole is not None:
         whole = report.get("vs_quantized") or report["vs_float"]
-        rows.append(whole_program_row(values.whole.name, values.whole.op, whole, values.whole.module, len(rows)))
+        rows.append(
+            whole_program_row(values.whole.name, values.whole.op, whole, values.whole.module, len(rows))
+        )
     return {**publish(rows, path, report_dir, values.title, log), "source": values.source}
 
 
 def whole_program_row(name: str, op: str, metrics: dict, module: str, index: int) -> LayerRow:
     """The artifact as a whole against its reference, as the last row of a per-layer table."""
-    return LayerRow(name=name, op=op, sqnr_db=round(min(metrics["sqnr_db"], SQNR_CAP_DB), 4),
-                    max_abs=metrics["max_abs"], cosine=metrics["cosine"], sqnr_loss_db=None, module=module,
-                    index=index)
+    return LayerRow(
+        name=name,
+        op=op,
+        sqnr_db=round(min(metrics["sqnr_db"], SQNR_CAP_DB), 4),
+        max_abs=metrics["max_abs"],
+        cosine=metrics["cosine"],
+        sqnr_loss_db=None,
+        module=module,
+        index=index,
+    )
 
 
 def publish(rows: Sequence[LayerRow], path: Path, report_dir, title: str, log) -> dict:
@@ -208,7 +257,15 @@ def publish(rows: Sequence[LayerRow], path: Path, report_dir, title: str, log) -
     out_dir = Path(report_dir) if report_dir else path.parent / f"{path.stem}_per_layer"
     files = write_per_layer_report(rows, out_dir, title)
     ranked = [r for r in sort_by_loss(rows) if r.sqnr_loss_db is not None]
-    worst = f"{ranked[0].name} ({ranked[0].op}, {ranked[0].module}) loses {ranked[0].sqnr_loss_db:.2f} dB" if ranked else "-"
+    worst = (
+        f"{ranked[0].name} ({ranked[0].op}, {ranked[0].module}) loses {ranked[0].sqnr_loss_db:.2f} dB"
+        if ranked
+        else "-"
+    )
     log(f"per-layer report: {files['markdown']}")
-    return {"layers": len(rows), "worst": worst, "files": {k: str(v) for k, v in files.items()},
-            "top": [asdict(r) for r in ranked[:5]]}
+    return {
+        "layers": len(rows),
+        "worst": worst,
+        "files": {k: str(v) for k, v in files.items()},
+        "top": [asdict(r) for r in ranked[:5]],
+    }

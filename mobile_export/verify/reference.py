@@ -19,8 +19,13 @@ from ..preprocess import bundled_photos, find_images, iter_inputs, normalize, sa
 
 def preprocess_of(manifest: dict) -> Preprocess:
     p = manifest["preprocess"]
-    return Preprocess(crop=int(p["crop"]), resize=int(p["resize"]), interpolation=p["interpolation"],
-                      mean=tuple(float(v) for v in p["mean"]), std=tuple(float(v) for v in p["std"]))
+    return Preprocess(
+        crop=int(p["crop"]),
+        resize=int(p["resize"]),
+        interpolation=p["interpolation"],
+        mean=tuple(float(v) for v in p["mean"]),
+        std=tuple(float(v) for v in p["std"]),
+    )
 
 
 def rebuild_reference(manifest: dict, weights: str | None = None):
@@ -41,7 +46,9 @@ def rebuild_reference(manifest: dict, weights: str | None = None):
         elif source == "file":
             path = record.get("path") or record.get("detail")
             if not path or not Path(path).exists():
-                raise WeightsError(f"the reference weights file {path!r} recorded in the manifest is not here; pass --weights FILE")
+                raise WeightsError(
+                    f"the reference weights file {path!r} recorded in the manifest is not here; pass --weights FILE"
+                )
             weights = path
         else:
             raise WeightsError(f"the manifest records no usable weights source ({source!r}); pass --weights")
@@ -71,15 +78,21 @@ def load_inputs(images: str | Path | None, pre: Preprocess, limit: int | None = 
     else:
         paths = bundled_photos()
         if not paths:
-            raise ImageError("no --images folder given and no sample photos found (install scikit-image); pass --images DIR")
+            raise ImageError(
+                "no --images folder given and no sample photos found (install scikit-image); pass --images DIR"
+            )
         paths = sample_evenly(paths, limit)
         source = "bundled"
     skipped: list = []
     pairs = list(iter_inputs(paths, pre, normalized=False, skipped=skipped))
     if not pairs:
-        raise ImageError(f"none of the {len(paths)} images could be read; pass --images DIR with readable jpg/png/webp/bmp files")
+        raise ImageError(
+            f"none of the {len(paths)} images could be read; pass --images DIR with readable jpg/png/webp/bmp files"
+        )
     raw = [x for _, x in pairs]
-    return Inputs(raw, [normalize(x[0], pre)[None] for x in raw], [p.name for p, _ in pairs], len(skipped), source)
+    return Inputs(
+        raw, [normalize(x[0], pre)[None] for x in raw], [p.name for p, _ in pairs], len(skipped), source
+    )
 
 
 def run_module(module, inputs: list[np.ndarray]) -> np.ndarray:

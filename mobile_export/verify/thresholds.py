@@ -47,8 +47,13 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "fp16": {"sqnr_db": 30.0, "top1_agreement": 0.95, "top5_overlap": 0.9, "tie_tolerance": 1e-3},
     # .pte int8 (PT2E, XNNPACK): correct 32.1 dB vs float, top-1 0.979 on 48 crops; 36.5 dB and
     # p99.9 3 steps vs the quantized PyTorch model; an R/B swap ~11 dB (issue 21)
-    "int8/pt2e-int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "sqnr_db_vs_quantized": 25.0,
-                       "steps_vs_quantized": 8.0, "tie_tolerance": 0.05},
+    "int8/pt2e-int8": {
+        "sqnr_db": 22.0,
+        "top1_agreement": 0.9,
+        "sqnr_db_vs_quantized": 25.0,
+        "steps_vs_quantized": 8.0,
+        "tie_tolerance": 0.05,
+    },
     "int8": {"sqnr_db": 22.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
     # Core ML weight compression (fp16 compute, compressed weights) and W8A8
     "fp16/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "top5_overlap": 0.85, "tie_tolerance": 0.01},
@@ -59,7 +64,11 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     # W8A8 calibrated on 32 photo crops: correct 23.8 dB, top-1 1.0, top-5 0.975; R/B swap 0.0 dB
     "fp16/w8a8": {"sqnr_db": 19.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
     "mixed": {"sqnr_db": 20.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
-    "fp32/int8": {"sqnr_db": 25.0, "top1_agreement": 0.9, "tie_tolerance": 0.01},  # int8 weights, fp32 compute
+    "fp32/int8": {
+        "sqnr_db": 25.0,
+        "top1_agreement": 0.9,
+        "tie_tolerance": 0.01,
+    },  # int8 weights, fp32 compute
     # palettize-auto (data-aware 2-8-bit palettes at 0.15x): V2 1.0 photo model 24.6 dB / 99.3% agreement on 1,020
     # held-out crops; V2 0.35 digit model 16.2 dB on the bundled photos; an R/B swap of a trained colour model ~11 dB.
     "fp16/palettize-auto": {"sqnr_db": 14.0, "top1_agreement": 0.9, "tie_tolerance": 0.05},
@@ -137,9 +146,11 @@ def check(values: dict, limits: dict[str, float], key: str, against: str | None 
         u = f" {unit}" if unit else ""
         line = f"{label} {_fmt(value)}{u} {sign} {_fmt(limit)}{u} ({key})"
         if name == "max_input_independence_db":
-            line = ("the reference outputs barely depend on the image (" + line + "), so this check cannot see "
-                    "input-dependent errors; verify with trained weights and varied real images, or pass "
-                    "--accept-input-independent to accept it knowingly")
+            line = (
+                "the reference outputs barely depend on the image (" + line + "), so this check cannot see "
+                "input-dependent errors; verify with trained weights and varied real images, or pass "
+                "--accept-input-independent to accept it knowingly"
+            )
         failures.append(line)
     return failures
 

@@ -20,9 +20,21 @@ LOWERED_HERE = "the model lowered into this .pte (same process)"
 NO_QUANTIZED_MODEL = "none: this target has no quantized PyTorch model to compare with"
 
 
-def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_dir=None, weights=None,
-                    reference=None, quantized=None, cpus=None, log: Log = lambda _m: None, overrides: dict | None = None,
-                    min_agreement: float | None = None, accept_input_independent: bool = False) -> dict:
+def verify_artifact(
+    artifact,
+    images=None,
+    limit=None,
+    per_layer=False,
+    report_dir=None,
+    weights=None,
+    reference=None,
+    quantized=None,
+    cpus=None,
+    log: Log = lambda _m: None,
+    overrides: dict | None = None,
+    min_agreement: float | None = None,
+    accept_input_independent: bool = False,
+) -> dict:
     """Compare `artifact` with its reference PyTorch model on real images.
 
     `reference`: the BuiltModel the pipeline just exported (else rebuilt from the manifest;
@@ -79,19 +91,26 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     vs_float = metrics.compare(ref, test, topk=topk, tie_tolerance=limits.get("tie_tolerance", 0.0))
     warnings = []
     if manifest["preprocess"].get("assumed"):  # version 2: a wrong contract passes parity, so say it
-        warnings.append(f"the preprocessing contract was assumed ({manifest['preprocess'].get('source')}); this check "
-                        "feeds the reference the same input, so it cannot see a wrong contract")
+        warnings.append(
+            f"the preprocessing contract was assumed ({manifest['preprocess'].get('source')}); this check "
+            "feeds the reference the same input, so it cannot see a wrong contract"
+        )
     independence = min(metrics.input_dependence_db(ref), metrics.SQNR_CAP_DB)  # NaN stays NaN
-    dependence = {"sqnr_db_vs_own_mean": _finite(independence), "limit_db": limits.get("max_input_independence_db"),
-                  "accepted": bool(accept_input_independent)}
+    dependence = {
+        "sqnr_db_vs_own_mean": _finite(independence),
+        "limit_db": limits.get("max_input_independence_db"),
+        "accepted": bool(accept_input_independent),
+    }
     values = dict(vs_float)
     if math.isnan(independence):
         warnings.append("one image cannot show whether the outputs depend on the image; verify on several")
     elif accept_input_independent:
         if independence > limits.get("max_input_independence_db", math.inf):
-            warnings.append(f"the reference outputs barely depend on the image (SQNR against their own mean "
-                            f"{independence:.1f} dB), accepted with --accept-input-independent: this check cannot "
-                            "see input-dependent errors")
+            warnings.append(
+                f"the reference outputs barely depend on the image (SQNR against their own mean "
+                f"{independence:.1f} dB), accepted with --accept-input-independent: this check cannot "
+                "see input-dependent errors"
+            )
     else:
         values["input_independence_db"] = independence
     report: dict = {
@@ -100,7 +119,9 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
         "precision": entry.precision,
         "quantization": entry.quantization_mode,
         "images": {"count": len(inputs.raw), "source": inputs.source, "skipped": inputs.skipped},
-        "reference": "the exported model (this process)" if reference is not None else "rebuilt from the manifest",
+        "reference": "the exported model (this process)"
+        if reference is not None
+        else "rebuilt from the manifest",
         "vs_float": vs_float,
         "input_dependence": dependence,
     }
@@ -108,8 +129,11 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     quant = entry.quantization or {}
     qref = None
     if entry.quantized:
-        qref = (QuantizedReference(quantized, LOWERED_HERE) if quantized is not None
-                else target.quantized_reference(path, entry, built, manifest))
+        qref = (
+            QuantizedReference(quantized, LOWERED_HERE)
+            if quantized is not None
+            else target.quantized_reference(path, entry, built, manifest)
+        )
         report.update(_int8_part(quant, qref, in_model, inputs, test, ref))
         if report.get("vs_quantized"):
             values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
@@ -122,13 +146,27 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if "bundled_self_check" in report:
         bc = report["bundled_self_check"]
         if bc["cases"] == 0 or bc["passed"] < bc["cases"]:
-            failures.append(f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs")
+            failures.append(
+                f"bundled self-check: {bc['passed']} of {bc['cases']} embedded cases match their expected outputs"
+            )
     qref_outputs = report.pop("_qref_outputs", None)
     if cpus:
         from .arm import arm_rows
 
-        report["arm"] = arm_rows(path, artifact_inputs, ref, test, cpus, key, limits, qref=qref_outputs,
-                                 scale=quant.get("output_scale"), topk=topk, kit=arm_kit, log=log)
+        report["arm"] = arm_rows(
+            path,
+            artifact_inputs,
+            ref,
+            test,
+            cpus,
+            key,
+            limits,
+            qref=qref_outputs,
+            scale=quant.get("output_scale"),
+            topk=topk,
+            kit=arm_kit,
+            log=log,
+        )
         failures += report["arm"]["failures"]
     report["thresholds"] = {"key": key, **limits}
     report["threshold_sources"] = sources
@@ -139,14 +177,18 @@ def verify_artifact(artifact, images=None, limit=None, per_layer=False, report_d
     if per_layer:
         from .per_layer import per_layer_report
 
-        report["per_layer"] = per_layer_report(path, target, entry, built, inputs, qref, report, report_dir, log=log)
+        report["per_layer"] = per_layer_report(
+            path, target, entry, built, inputs, qref, report, report_dir, log=log
+        )
     labels = _labels(path, manifest, built)
     if topk and labels and len(labels) == test.shape[1]:
         report["sample"] = _top5(test[0], quantity, labels, inputs.names[0])
         shown = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in report["sample"]["top5"])
         log(f"verify {path.name}: {inputs.names[0]} -> {shown}")
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    log(f"verify {path.name}: {'passed' if report['passed'] else 'FAILED'} (SQNR {vs_float['sqnr_db']:.1f} dB)")
+    log(
+        f"verify {path.name}: {'passed' if report['passed'] else 'FAILED'} (SQNR {vs_float['sqnr_db']:.1f} dB)"
+    )
     return report
 
 
@@ -169,7 +211,10 @@ def _top5(row: np.ndarray, quantity: str, labels: list[str], image: str) -> dict
     else:
         probs = softmax(row[None])[0]
     order = np.argsort(-probs, kind="stable")[:5]
-    return {"image": image, "top5": [{"label": labels[i], "probability": round(float(probs[i]), 4)} for i in order]}
+    return {
+        "image": image,
+        "top5": [{"label": labels[i], "probability": round(float(probs[i]), 4)} for i in order],
+    }
 
 
 def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
@@ -177,7 +222,9 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
     PyTorch model (the convert_pt2e result), which the runtime should match to ~1 step."""
     scale = quant.get("output_scale")
     part: dict = {"output_scale": scale}
-    part["steps_vs_float"] = _finite(metrics.error_in_steps(ref, test, scale, thresholds.STEP_PERCENTILE)) if scale else None
+    part["steps_vs_float"] = (
+        _finite(metrics.error_in_steps(ref, test, scale, thresholds.STEP_PERCENTILE)) if scale else None
+    )
     part["quantized_reference"] = qref.how if qref is not None else NO_QUANTIZED_MODEL
     quantized = qref.model if qref is not None else None
     if quantized is None:

@@ -9,7 +9,9 @@ from .adapters import executorch, litert, onnxruntime
 from .common import RESOLUTION, SEED, log
 
 
-def prepare_model(alias: str, work: Path, runtimes: set[str], litert_python: Path | None, reuse: bool) -> dict:
+def prepare_model(
+    alias: str, work: Path, runtimes: set[str], litert_python: Path | None, reuse: bool
+) -> dict:
     """Build the model, write the .pte files through our pipeline, the ONNX files, and
     (through the LiteRT venv) the .tflite files. Returns {artifact key: path or error}."""
     import numpy as np
@@ -26,10 +28,15 @@ def prepare_model(alias: str, work: Path, runtimes: set[str], litert_python: Pat
     np.savez(out / "calibration.npz", *[np.asarray(x, dtype=np.float32) for x in calibration.inputs])
     np.save(out / "input.npy", np.asarray(calibration.inputs[0], dtype=np.float32))
     info = {
-        "model": built.spec.name, "alias": alias, "resolution": built.resolution,
+        "model": built.spec.name,
+        "alias": alias,
+        "resolution": built.resolution,
         "params": sum(p.numel() for p in built.module.parameters()),
-        "macs": count_macs(built.module, built.resolution), "weights_digest": state_digest(built.module),
-        "calibration_images": len(calibration.inputs), "artifacts": {}, "errors": {},
+        "macs": count_macs(built.module, built.resolution),
+        "weights_digest": state_digest(built.module),
+        "calibration_images": len(calibration.inputs),
+        "artifacts": {},
+        "errors": {},
     }
     arts = info["artifacts"]
     if "executorch" in runtimes:
@@ -39,12 +46,18 @@ def prepare_model(alias: str, work: Path, runtimes: set[str], litert_python: Pat
         try:
             arts.update(onnxruntime.export(built, calibration.inputs, out, reuse))
         except Exception as exc:  # a peer that fails to build is reported, not fatal
-            info["errors"]["onnxruntime"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            info["errors"]["onnxruntime"] = (
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            )
             log(f"ONNX export failed: {info['errors']['onnxruntime']}")
     if "litert" in runtimes:
         if litert_python is None:
             info["errors"]["litert"] = "litert-torch/ai-edge-litert not installed (see --litert-venv)"
         else:
-            arts.update(litert.convert_litert(litert_python, alias, out, info["weights_digest"], reuse, info["errors"]))
+            arts.update(
+                litert.convert_litert(
+                    litert_python, alias, out, info["weights_digest"], reuse, info["errors"]
+                )
+            )
     (out / "prepared.json").write_text(json.dumps(info, indent=2))
     return info

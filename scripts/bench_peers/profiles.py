@@ -18,9 +18,18 @@ def run_profile(kind: str, artifact: str, input_npy: Path, threads: int, runs: i
         if kind == "pte":
             ops = executorch.profile(artifact, input_npy, threads, runs)
         else:
-            cmd = [sys.executable, str(LAUNCHER), "profile-ort", artifact, str(input_npy), str(threads), str(runs)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_child_env(),
-                                  timeout=1800)
+            cmd = [
+                sys.executable,
+                str(LAUNCHER),
+                "profile-ort",
+                artifact,
+                str(input_npy),
+                str(threads),
+                str(runs),
+            ]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_child_env(), timeout=1800
+            )
             if proc.returncode != 0:
                 return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
             ops = json.loads(proc.stdout.strip().splitlines()[-1])["ops"]
@@ -50,5 +59,9 @@ def summarize_ops(ops: list[dict], kind: str) -> dict:
         d["ms"] = round(d["ms"], 4)
         d["share"] = round(d["ms"] / total, 4) if total else 0.0
     top = sorted(ops, key=lambda o: -o["median_ms"])[:12]
-    return {"total_ms": round(total, 4), "ops": len(ops), "by_kind": kinds,
-            "top": [{"name": o["name"], "ms": round(o["median_ms"], 4)} for o in top]}
+    return {
+        "total_ms": round(total, 4),
+        "ops": len(ops),
+        "by_kind": kinds,
+        "top": [{"name": o["name"], "ms": round(o["median_ms"], 4)} for o in top],
+    }

@@ -35,5 +35,14 @@ def run_mlpackage(path: str | Path, feeds: dict, capture=None) -> dict:
     return load_program(path).run(feeds, capture=capture)
 
 
-__all__ = ["InputInfo", "OpInfo", "Program", "SUPPORTED_OPS", "activation_stats", "coremltools_calibration",
-           "load_program", "program_from_spec", "run_mlpackage"]
+__all__ = [
+    "InputInfo",
+    "OpInfo",
+    "Program",
+    "SUPPORTED_OPS",
+    "activation_stats",
+    "coremltools_calibration",
+    "load_program",
+    "program_from_spec",
+    "run_mlpackage",
+]

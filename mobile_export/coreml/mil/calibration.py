@@ -33,8 +33,11 @@ def _merge(stats: dict, name: str, value) -> None:
 def calibration_names(program: Program) -> list[str]:
     """What coremltools calibrates: every float output of a non-const op that is not a model output."""
     outputs = set(program.outputs)
-    return [name for name in program.value_names()
-            if name not in outputs and program.value_type(name) in ("fp16", "fp32")]
+    return [
+        name
+        for name in program.value_names()
+        if name not in outputs and program.value_type(name) in ("fp16", "fp32")
+    ]
 
 
 def activation_stats(package: str | Path | Program, samples: list[dict]) -> dict:
@@ -56,7 +59,9 @@ def activation_stats(package: str | Path | Program, samples: list[dict]) -> dict
 
 def _concat_groups(program: Program) -> list[list[str]]:
     """[inputs..., output] of each concat, which coremltools gives one shared range."""
-    return [[*op.inputs.get("values", []), op.outputs[0]] for op in program.compute_ops() if op.type == "concat"]
+    return [
+        [*op.inputs.get("values", []), op.outputs[0]] for op in program.compute_ops() if op.type == "concat"
+    ]
 
 
 @contextlib.contextmanager
@@ -67,7 +72,10 @@ def coremltools_calibration():
     from coremltools.optimize.coreml.experimental import _model_debugger as md
 
     debugger = md.ModelDebugger
-    saved = {name: debugger.__dict__[name] for name in ("predict_intermediate_outputs", "record_intermediate_output")}
+    saved = {
+        name: debugger.__dict__[name]
+        for name in ("predict_intermediate_outputs", "record_intermediate_output")
+    }
 
     def predict_intermediate_outputs(self, inputs, intermediate_output_names, compute_units=None):
         program = getattr(self, "_mil_program", None)

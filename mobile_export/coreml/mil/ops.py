@@ -68,8 +68,12 @@ op("softplus")(lambda a: F.softplus(a["x"]))
 op("softsign")(lambda a: F.softsign(a["x"]))
 op("erf")(lambda a: torch.erf(a["x"]))
 op("clip")(lambda a: torch.clamp(a["x"], num(a["alpha"]), num(a["beta"])))
-op("sigmoid_hard")(lambda a: torch.clamp(num(a.get("alpha", 0.2)) * a["x"] + num(a.get("beta", 0.5)), 0.0, 1.0))
-op("thresholded_relu")(lambda a: torch.where(a["x"] > num(a.get("alpha", 1.0)), a["x"], torch.zeros_like(a["x"])))
+op("sigmoid_hard")(
+    lambda a: torch.clamp(num(a.get("alpha", 0.2)) * a["x"] + num(a.get("beta", 0.5)), 0.0, 1.0)
+)
+op("thresholded_relu")(
+    lambda a: torch.where(a["x"] > num(a.get("alpha", 1.0)), a["x"], torch.zeros_like(a["x"]))
+)
 op("threshold")(lambda a: torch.clamp(a["x"], min=num(a["alpha"])))
 op("leaky_relu")(lambda a: F.leaky_relu(a["x"], num(a.get("alpha", 0.01))))
 op("elu")(lambda a: F.elu(a["x"], num(a.get("alpha", 1.0))))
@@ -98,9 +102,19 @@ def prelu(a):
 # --- elementwise -----------------------------------------------------------------------
 
 _BINARY = {
-    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "maximum": torch.maximum, "minimum": torch.minimum,
-    "equal": torch.eq, "not_equal": torch.ne, "less": torch.lt, "less_equal": torch.le, "greater": torch.gt,
-    "greater_equal": torch.ge, "logical_and": torch.logical_and, "logical_or": torch.logical_or,
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "equal": torch.eq,
+    "not_equal": torch.ne,
+    "less": torch.lt,
+    "less_equal": torch.le,
+    "greater": torch.gt,
+    "greater_equal": torch.ge,
+    "logical_and": torch.logical_and,
+    "logical_or": torch.logical_or,
     "logical_xor": torch.logical_xor,
 }
 for _name, _fn in _BINARY.items():
@@ -128,9 +142,20 @@ def pow_(a):
 
 
 _UNARY = {
-    "abs": torch.abs, "exp": torch.exp, "exp2": torch.exp2, "sqrt": torch.sqrt, "square": torch.square,
-    "floor": torch.floor, "ceil": torch.ceil, "round": torch.round, "sign": torch.sign, "sin": torch.sin,
-    "cos": torch.cos, "tan": torch.tan, "logical_not": torch.logical_not, "identity": lambda x: x,
+    "abs": torch.abs,
+    "exp": torch.exp,
+    "exp2": torch.exp2,
+    "sqrt": torch.sqrt,
+    "square": torch.square,
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+    "round": torch.round,
+    "sign": torch.sign,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "tan": torch.tan,
+    "logical_not": torch.logical_not,
+    "identity": lambda x: x,
 }
 for _name, _fn in _UNARY.items():
     op(_name)(lambda a, _fn=_fn: _fn(a["x"]))
@@ -241,7 +266,9 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def spatial_padding(a, x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
+def spatial_padding(
+    a, x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int]
+) -> list[int]:
     """[begin_0, end_0, begin_1, end_1, ...] over the spatial dims, per MIL pad_type."""
     pad_type = a.get("pad_type", "valid")
     spatial = x.shape[2:]
@@ -356,7 +383,9 @@ def _per_channel(v: torch.Tensor, rank: int) -> torch.Tensor:
 def batch_norm(a):
     x = a["x"]
     r = x.dim()
-    out = (x - _per_channel(a["mean"], r)) / torch.sqrt(_per_channel(a["variance"], r) + num(a.get("epsilon", 1e-5)))
+    out = (x - _per_channel(a["mean"], r)) / torch.sqrt(
+        _per_channel(a["variance"], r) + num(a.get("epsilon", 1e-5))
+    )
     if a.get("gamma") is not None:
         out = out * _per_channel(a["gamma"], r)
     if a.get("beta") is not None:
@@ -532,7 +561,9 @@ def gather(a):
     x, idx = a["x"], a["indices"].long()
     axis = axis_of(a.get("axis", 0), x.dim())
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
-    return torch.index_select(x, axis, idx.reshape(-1)).reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+    return torch.index_select(x, axis, idx.reshape(-1)).reshape(
+        x.shape[:axis] + idx.shape + x.shape[axis + 1 :]
+    )
 
 
 @op("gather_along_axis")
@@ -584,8 +615,17 @@ def upsample_bilinear(a):
 
 # --- dtypes and quantization -----------------------------------------------------------
 
-DTYPE_NAMES = {"fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64, "int32": torch.int32,
-               "int64": torch.int64, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+DTYPE_NAMES = {
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
 
 
 @op("cast")

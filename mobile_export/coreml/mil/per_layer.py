@@ -34,8 +34,9 @@ def _torch_layers(module, x) -> list[tuple[str, tuple, np.ndarray]]:
         if records and args and args[0] is records[-1][1]:
             # The converter folds the BatchNorm into the conv; the activation a BatchNormAct
             # module may apply after it is a separate MIL op, so recompute the plain BatchNorm.
-            plain = torch.nn.functional.batch_norm(args[0], mod.running_mean, mod.running_var, mod.weight, mod.bias,
-                                                   False, 0.0, mod.eps)
+            plain = torch.nn.functional.batch_norm(
+                args[0], mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps
+            )
             records[-1][1:] = [out, plain.detach().clone()]
 
     hooks = []
@@ -63,8 +64,9 @@ def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) 
     if len(convs) == n_conv and len(linears) == n_lin:
         t_conv = [i for i, (_, s, _) in enumerate(torch_layers) if len(s) >= 3]
         t_lin = [i for i, (_, s, _) in enumerate(torch_layers) if len(s) < 3]
-        return ([(op.outputs[0], op.type, t) for op, t in zip(convs, t_conv)]
-                + [(op.outputs[0], op.type, t) for op, t in zip(linears, t_lin)])
+        return [(op.outputs[0], op.type, t) for op, t in zip(convs, t_conv)] + [
+            (op.outputs[0], op.type, t) for op, t in zip(linears, t_lin)
+        ]
     pairs, start = [], 0
     for op in anchors:  # greedy, in order, by element count
         shape = program.shape_of(op.outputs[0])
@@ -76,8 +78,13 @@ def _match(program: Program, torch_layers: list[tuple[str, tuple, np.ndarray]]) 
     return pairs
 
 
-def layer_values(program: Program, module, artifact_feeds: Sequence[dict], reference_inputs: Sequence[np.ndarray],
-                 sink: ValueSink) -> list[OpInfo]:
+def layer_values(
+    program: Program,
+    module,
+    artifact_feeds: Sequence[dict],
+    reference_inputs: Sequence[np.ndarray],
+    sink: ValueSink,
+) -> list[OpInfo]:
     """Each matched conv/linear's (PyTorch, executor) values go to `sink`, image by image:
     artifact_feeds[i] feeds the program, reference_inputs[i] the module. Returns the ops in
     program order; each is fed by the one before it (the first: unknown, no loss)."""
@@ -99,6 +106,8 @@ def layer_values(program: Program, module, artifact_feeds: Sequence[dict], refer
     ops, previous = [], None
     for name in (n for n in order if n in meta):
         op_type, module_name = meta[name]
-        ops.append(OpInfo(name=name, op=op_type, module=module_name, feeds=None if previous is None else (previous,)))
+        ops.append(
+            OpInfo(name=name, op=op_type, module=module_name, feeds=None if previous is None else (previous,))
+        )
         previous = name
     return ops

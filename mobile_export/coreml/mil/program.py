@@ -105,10 +105,22 @@ class Program:
 
         for index, op_spec in enumerate(block.operations):
             outputs = [o.name for o in op_spec.outputs]
-            out_codes = [o.type.tensorType.dataType if o.type.WhichOneof("type") == "tensorType" else 0 for o in op_spec.outputs]
+            out_codes = [
+                o.type.tensorType.dataType if o.type.WhichOneof("type") == "tensorType" else 0
+                for o in op_spec.outputs
+            ]
             name = _op_name(op_spec, outputs)
-            info = OpInfo(index, op_spec.type, name, outputs, [TYPE_NAME.get(c, "?") for c in out_codes],
-                          {k: [b.name for b in arg.arguments if b.WhichOneof("binding") == "name"] for k, arg in op_spec.inputs.items()})
+            info = OpInfo(
+                index,
+                op_spec.type,
+                name,
+                outputs,
+                [TYPE_NAME.get(c, "?") for c in out_codes],
+                {
+                    k: [b.name for b in arg.arguments if b.WhichOneof("binding") == "name"]
+                    for k, arg in op_spec.inputs.items()
+                },
+            )
             self.ops.append(info)
             for out, code in zip(outputs, out_codes):
                 self._types[out] = code
@@ -116,7 +128,9 @@ class Program:
                 if o.type.WhichOneof("type") == "tensorType":
                     self._shapes[o.name] = tensor_shape(o.type.tensorType)
             if len(op_spec.blocks):
-                raise UnsupportedOpError(f"MIL op {op_spec.type!r} ({name!r}, op #{index} of main) has nested blocks (control flow), which the Linux executor does not run; export a model without control flow")
+                raise UnsupportedOpError(
+                    f"MIL op {op_spec.type!r} ({name!r}, op #{index} of main) has nested blocks (control flow), which the Linux executor does not run; export a model without control flow"
+                )
             if op_spec.type == "const":
                 self._set_const(outputs[0], parse_value(op_spec.attributes["val"], self._blobs))
             elif op_spec.type in CONSTEXPR_OPS:
@@ -126,11 +140,18 @@ class Program:
             else:
                 raise UnsupportedOpError(
                     f"MIL op {op_spec.type!r} ({name!r}, op #{index} of main in {self.source}) is not supported by the "
-                    f"Linux executor; export without the layer that produces it or add it to mobile_export/coreml/mil/ops.py")
-        known = set(self._static) | {s for step in self._steps for s in step.info.outputs} | {i.name for i in self.inputs}
+                    f"Linux executor; export without the layer that produces it or add it to mobile_export/coreml/mil/ops.py"
+                )
+        known = (
+            set(self._static)
+            | {s for step in self._steps for s in step.info.outputs}
+            | {i.name for i in self.inputs}
+        )
         missing = [o for o in self.outputs if o not in known]
         if missing:
-            raise ArtifactError(f"{self.source}: program outputs {missing} are produced by no op; the model file is damaged, re-export it")
+            raise ArtifactError(
+                f"{self.source}: program outputs {missing} are produced by no op; the model file is damaged, re-export it"
+            )
         self._plan_frees()
 
     def _plan_frees(self) -> None:
@@ -163,7 +184,9 @@ class Program:
             elif binding.name in self.consts:
                 params[key] = self.consts[binding.name]
             else:
-                raise ArtifactError(f"{self.source}: {info.type} {info.name!r} reads {binding.name!r}, which is not a constant; the model file is damaged, re-export it")
+                raise ArtifactError(
+                    f"{self.source}: {info.type} {info.name!r} reads {binding.name!r}, which is not a constant; the model file is damaged, re-export it"
+                )
         return params
 
     def _load_constexpr(self, op_spec, info: OpInfo) -> None:
@@ -171,7 +194,9 @@ class Program:
         try:
             result = CONSTEXPR_OPS[op_spec.type](params)
         except (KeyError, ValueError, IndexError, TypeError) as exc:
-            raise ArtifactError(f"{self.source}: cannot decompress {info.type} {info.name!r} ({exc.__class__.__name__}: {exc}); the compressed weights are damaged, re-export the model") from None
+            raise ArtifactError(
+                f"{self.source}: cannot decompress {info.type} {info.name!r} ({exc.__class__.__name__}: {exc}); the compressed weights are damaged, re-export the model"
+            ) from None
         results = result if isinstance(result, tuple) else (result,)
         for out, value, type_name in zip(info.outputs, results, info.output_types):
             value = np.asarray(value)
@@ -215,7 +240,9 @@ class Program:
             try:
                 result = impl(args)
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
-                raise ArtifactError(f"{where} failed: {str(exc).splitlines()[0]}; the program's shapes or constants are inconsistent, re-export the model") from None
+                raise ArtifactError(
+                    f"{where} failed: {str(exc).splitlines()[0]}; the program's shapes or constants are inconsistent, re-export the model"
+                ) from None
             results = result if isinstance(result, tuple) else (result,)
             for out, value, finish in zip(outputs, results, finishers):
                 env[out] = finish(value)
@@ -239,7 +266,9 @@ class Program:
         env: dict = {}
         for info in self.inputs:
             if info.name not in feeds:
-                raise UsageError(f"no value for input {info.name!r}; pass feeds={{{info.name!r}: array}} ({info.kind} {info.shape})")
+                raise UsageError(
+                    f"no value for input {info.name!r}; pass feeds={{{info.name!r}: array}} ({info.kind} {info.shape})"
+                )
             env[info.name] = self._feed(info, feeds[info.name])
         wanted = self._capture_names(capture)
         captured: dict = {}
@@ -279,7 +308,9 @@ class Program:
             elif name in self._types:
                 names.add(name)
             else:
-                raise UsageError(f"cannot capture {name!r}: no op or value of that name in the program; see Program.value_names()")
+                raise UsageError(
+                    f"cannot capture {name!r}: no op or value of that name in the program; see Program.value_names()"
+                )
         return names
 
     def _feed(self, info: InputInfo, value):
@@ -289,7 +320,12 @@ class Program:
             arr = image_to_tensor(value, info)
         else:
             arr = np.asarray(value)
-            if info.shape and -1 not in info.shape and arr.size == int(np.prod(info.shape)) and arr.shape != info.shape:
+            if (
+                info.shape
+                and -1 not in info.shape
+                and arr.size == int(np.prod(info.shape))
+                and arr.shape != info.shape
+            ):
                 arr = arr.reshape(info.shape)
             if info.shape and -1 not in info.shape and arr.shape != tuple(info.shape):
                 raise UsageError(f"input {info.name!r} must have shape {tuple(info.shape)}, got {arr.shape}")
@@ -370,15 +406,32 @@ def _finisher(code: int):
 
     if code == 10:  # fp16: round to half precision, keep computing in float32
         return lambda t: t.to(torch.float16).to(torch.float32) if isinstance(t, torch.Tensor) else t
-    target = {11: torch.float32, 12: torch.float32, 21: torch.int8, 22: torch.int16, 23: torch.int32, 24: torch.int64,
-              31: torch.uint8, 1: torch.bool}.get(code)
+    target = {
+        11: torch.float32,
+        12: torch.float32,
+        21: torch.int8,
+        22: torch.int16,
+        23: torch.int32,
+        24: torch.int64,
+        31: torch.uint8,
+        1: torch.bool,
+    }.get(code)
     if target is None:
         return lambda t: t
     return lambda t: t.to(target) if isinstance(t, torch.Tensor) and t.dtype != target else t
 
 
-_NUMPY_OUT = {10: np.float16, 11: np.float32, 12: np.float64, 21: np.int8, 22: np.int16, 23: np.int32, 24: np.int64,
-              31: np.uint8, 1: np.bool_}
+_NUMPY_OUT = {
+    10: np.float16,
+    11: np.float32,
+    12: np.float64,
+    21: np.int8,
+    22: np.int16,
+    23: np.int32,
+    24: np.int64,
+    31: np.uint8,
+    1: np.bool_,
+}
 
 
 def _to_numpy(value, code: int):
@@ -405,12 +458,16 @@ def image_to_tensor(value, info: InputInfo) -> np.ndarray:
         arr = arr[None]
     channels = 1 if info.color_layout.startswith("GRAYSCALE") else 3
     if arr.ndim != 4 or arr.shape[1] != channels:
-        raise UsageError(f"image input {info.name!r} needs {channels}-channel pixels (HxWx{channels} or 1x{channels}xHxW), got shape {np.shape(value)}")
+        raise UsageError(
+            f"image input {info.name!r} needs {channels}-channel pixels (HxWx{channels} or 1x{channels}xHxW), got shape {np.shape(value)}"
+        )
     if info.color_layout == "BGR":
         arr = arr[:, ::-1]
     want = tuple(info.shape)
     if -1 not in want and arr.shape != want:
-        raise UsageError(f"image input {info.name!r} must be {want[3]}x{want[2]} pixels, got {arr.shape[3]}x{arr.shape[2]}; resize and crop first")
+        raise UsageError(
+            f"image input {info.name!r} must be {want[3]}x{want[2]} pixels, got {arr.shape[3]}x{arr.shape[2]}; resize and crop first"
+        )
     return np.ascontiguousarray(arr)
 
 

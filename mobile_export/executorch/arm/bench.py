@@ -37,11 +37,23 @@ def arm_bench(paths: list[Path], cpus: list[ArmCpu], log=lambda _m: None) -> dic
         for cpu in cpus:
             log(f"bench {path.name} on {cpu.name}: counting instructions (4 emulated runs)")
             rows.append(instructions_per_inference(kit, path, image, cpu))
-        files.append({"artifact": path.name, "path": str(path), "model": manifest["model"]["name"], "resolution": size,
-                      "precision": entry.get("precision"), "cpus": rows})
-    return {"what": "guest instructions per inference on emulated ARM CPUs (one thread); not a time",
-            "kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version},
-            "files": files, "int8_vs_fp32": _ratios(files), "seconds": round(time.perf_counter() - t0, 2)}
+        files.append(
+            {
+                "artifact": path.name,
+                "path": str(path),
+                "model": manifest["model"]["name"],
+                "resolution": size,
+                "precision": entry.get("precision"),
+                "cpus": rows,
+            }
+        )
+    return {
+        "what": "guest instructions per inference on emulated ARM CPUs (one thread); not a time",
+        "kit": {"qemu": kit.qemu_version, "executorch": kit.executorch_version},
+        "files": files,
+        "int8_vs_fp32": _ratios(files),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _ratios(files: list[dict]) -> list[dict]:
@@ -55,18 +67,28 @@ def _ratios(files: list[dict]) -> list[dict]:
             fp32 = {r["cpu"]: r["instructions"] for r in pair["fp32"]["cpus"]}
             for row in pair["int8"]["cpus"]:
                 if fp32.get(row["cpu"]):
-                    out.append({"model": model, "resolution": res, "cpu": row["cpu"],
-                                "ratio": round(row["instructions"] / fp32[row["cpu"]], 4)})
+                    out.append(
+                        {
+                            "model": model,
+                            "resolution": res,
+                            "cpu": row["cpu"],
+                            "ratio": round(row["instructions"] / fp32[row["cpu"]], 4),
+                        }
+                    )
     return out
 
 
 def format_arm_bench(result: dict) -> str:
-    lines = [f"instructions per inference, ExecuTorch {result['kit']['executorch']} aarch64 under QEMU "
-             f"{result['kit']['qemu']}, one thread (a count, not a phone time)"]
+    lines = [
+        f"instructions per inference, ExecuTorch {result['kit']['executorch']} aarch64 under QEMU "
+        f"{result['kit']['qemu']}, one thread (a count, not a phone time)"
+    ]
     for f in result["files"]:
         for r in f["cpus"]:
-            lines.append(f"  {f['artifact']:<36} {r['cpu']:<12} {r['kernels']:<5} {r['instructions'] / 1e6:>9.2f} M"
-                         f"  (two measurements differ by {r['relative_difference'] * 1e6:.0f} ppm)")
+            lines.append(
+                f"  {f['artifact']:<36} {r['cpu']:<12} {r['kernels']:<5} {r['instructions'] / 1e6:>9.2f} M"
+                f"  (two measurements differ by {r['relative_difference'] * 1e6:.0f} ppm)"
+            )
     for r in result["int8_vs_fp32"]:
         lines.append(f"  int8/fp32 {r['model']}@{r['resolution']} on {r['cpu']}: {r['ratio']:.3f}")
     return "\n".join(lines)

@@ -24,8 +24,13 @@ from .kit import ArmKit
 
 RUN_TIMEOUT_S = 1800.0
 COUNT_TIMEOUT_S = 1800.0
-_EXIT_MEANINGS = {2: "usage error", 3: "input/output file error", 4: "the program did not load",
-                  5: "forward failed", 6: "an output is not a float32 tensor"}
+_EXIT_MEANINGS = {
+    2: "usage error",
+    3: "input/output file error",
+    4: "the program did not load",
+    5: "forward failed",
+    6: "an output is not a float32 tensor",
+}
 
 
 def _command(kit: ArmKit, cpu: ArmCpu, args: list[str], log_exec: bool = False) -> list[str]:
@@ -71,12 +76,21 @@ def run_on_cpu(kit: ArmKit, pte: Path, inputs, cpu: ArmCpu, timeout: float = RUN
         size = _images_file(inputs, images)
         count = len(inputs)
         try:
-            done = subprocess.run(_command(kit, cpu, [str(Path(pte).resolve()), str(images), str(out), str(size)]),
-                                  capture_output=True, text=True, errors="replace", timeout=timeout)
+            done = subprocess.run(
+                _command(kit, cpu, [str(Path(pte).resolve()), str(images), str(out), str(size)]),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
-            raise EmulationError(f"{cpu.name}: the runner did not finish in {timeout:.0f} s under QEMU") from None
+            raise EmulationError(
+                f"{cpu.name}: the runner did not finish in {timeout:.0f} s under QEMU"
+            ) from None
         except OSError as exc:
-            raise EmulationError(f"{cpu.name}: cannot start QEMU {kit.qemu} ({exc.strerror}); run `mobile-export setup-arm`") from None
+            raise EmulationError(
+                f"{cpu.name}: cannot start QEMU {kit.qemu} ({exc.strerror}); run `mobile-export setup-arm`"
+            ) from None
         if done.returncode != 0:
             raise _failure(cpu, done.returncode, done.stderr)
         data = np.fromfile(out, dtype=np.float32) if out.exists() else np.zeros(0, np.float32)
@@ -87,8 +101,9 @@ def run_on_cpu(kit: ArmKit, pte: Path, inputs, cpu: ArmCpu, timeout: float = RUN
     return data.reshape(count, -1)
 
 
-def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
-                       timeout: float = COUNT_TIMEOUT_S) -> tuple[int, dict[str, int]]:
+def count_instructions(
+    kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int, timeout: float = COUNT_TIMEOUT_S
+) -> tuple[int, dict[str, int]]:
     """Guest instructions executed by one whole runner process (load, `repeat` inferences on
     `image`, exit), and how many of them were each KERNEL_MNEMONICS. Differences of two such
     counts cancel the load and exit."""
@@ -98,7 +113,9 @@ def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
         args = [str(Path(pte).resolve()), str(images), str(out), str(size), str(repeat)]
         with open(Path(tmp) / "stderr", "w+") as err:
             try:
-                proc = subprocess.Popen(_command(kit, cpu, args, log_exec=True), stdout=subprocess.PIPE, stderr=err)
+                proc = subprocess.Popen(
+                    _command(kit, cpu, args, log_exec=True), stdout=subprocess.PIPE, stderr=err
+                )
             except OSError as exc:
                 raise EmulationError(f"{cpu.name}: cannot start QEMU {kit.qemu} ({exc.strerror})") from None
             try:
@@ -110,7 +127,9 @@ def count_instructions(kit: ArmKit, pte: Path, image, cpu: ArmCpu, repeat: int,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                    raise EmulationError(f"{cpu.name}: the counting run did not finish in {timeout:.0f} s") from None
+                    raise EmulationError(
+                        f"{cpu.name}: the counting run did not finish in {timeout:.0f} s"
+                    ) from None
             err.seek(0)
             if returncode != 0:
                 raise _failure(cpu, returncode, err.read())
@@ -135,12 +154,14 @@ def _sum_executed(stream, cpu: ArmCpu) -> tuple[int, dict[str, int]]:
         if line.startswith(b"Trace "):
             # "Trace 0: 0xHOST [cs_base/PC/flags/cflags] symbol"
             first = line.index(b"/", 10)
-            pc = line[first + 1:line.index(b"/", first + 1)].lstrip(b"0")
+            pc = line[first + 1 : line.index(b"/", first + 1)].lstrip(b"0")
             try:
                 length, found = blocks[pc]
             except KeyError:
-                raise EmulationError(f"{cpu.name}: QEMU's log executed block {pc.decode()} before listing it; "
-                                     "cannot count instructions") from None
+                raise EmulationError(
+                    f"{cpu.name}: QEMU's log executed block {pc.decode()} before listing it; "
+                    "cannot count instructions"
+                ) from None
             total += length
             if found:
                 for mnemonic, k in found.items():
@@ -148,7 +169,7 @@ def _sum_executed(stream, cpu: ArmCpu) -> tuple[int, dict[str, int]]:
         elif in_block:
             if line.startswith(b"0x"):
                 if n == 0:
-                    start = line[2:line.index(b":")].lstrip(b"0")
+                    start = line[2 : line.index(b":")].lstrip(b"0")
                 n += 1
                 parts = line.split(None, 3)
                 if len(parts) > 2 and parts[2] in kernel_counts:

@@ -39,7 +39,11 @@ QEMU_PACKAGE, QEMU_SUITE = "qemu-user", "trixie"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Linked with --no-as-needed: nothing references them by symbol, they register at load time.
-REGISTERING_LIBS = ("executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_kernels_quantized")
+REGISTERING_LIBS = (
+    "executorch_backend_xnnpack",
+    "executorch_kernels_optimized",
+    "executorch_kernels_quantized",
+)
 RUNTIME_LIBS = ("executorch_threadpool", "executorch")
 DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED", "ET_USE_THREADPOOL")
 C10_INCLUDE = "executorch/runtime/core/portable_type/c10"  # the headers' own `#include <c10/...>`
@@ -90,7 +94,9 @@ def qemu_version(qemu: Path) -> tuple[int, ...]:
 
 def runner_stamp(executorch_version: str) -> str:
     """Changes whenever the runner must be rebuilt: its source, flags or runtime version."""
-    text = "\n".join([RUNNER_SOURCE.read_text(), *REGISTERING_LIBS, *RUNTIME_LIBS, *DEFINES, executorch_version])
+    text = "\n".join(
+        [RUNNER_SOURCE.read_text(), *REGISTERING_LIBS, *RUNTIME_LIBS, *DEFINES, executorch_version]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -102,17 +108,24 @@ def find_kit(home: Path | None = None) -> ArmKit:
         raise ArmSetupError(f"the ARM emulation kit is not set up in {home}; {FIX}")
     try:
         state = json.loads(state_path.read_text())
-        kit = ArmKit(**{k: Path(v) if k in ("home", "qemu", "sysroot", "runner") else v for k, v in state.items()})
+        kit = ArmKit(
+            **{k: Path(v) if k in ("home", "qemu", "sysroot", "runner") else v for k, v in state.items()}
+        )
     except (ValueError, TypeError):
         raise ArmSetupError(f"{state_path} is damaged; {FIX}") from None
-    for what, path in (("QEMU", kit.qemu), ("arm64 sysroot", kit.sysroot / "lib" / "ld-linux-aarch64.so.1"),
-                       ("ARM runner", kit.runner)):
+    for what, path in (
+        ("QEMU", kit.qemu),
+        ("arm64 sysroot", kit.sysroot / "lib" / "ld-linux-aarch64.so.1"),
+        ("ARM runner", kit.runner),
+    ):
         if not path.exists():
             raise ArmSetupError(f"the {what} is missing ({path}); {FIX}")
     installed = installed_executorch()
     if kit.executorch_version != installed or kit.runner_stamp != runner_stamp(installed):
-        raise ArmSetupError(f"the ARM runner was built for executorch {kit.executorch_version} (or an older "
-                            f"runner source) but {installed} is installed; {FIX}")
+        raise ArmSetupError(
+            f"the ARM runner was built for executorch {kit.executorch_version} (or an older "
+            f"runner source) but {installed} is installed; {FIX}"
+        )
     override = os.environ.get(RUNNER_ENV)
     if override:
         kit = ArmKit(**{**asdict(kit), "runner": Path(override)})
@@ -134,10 +147,22 @@ def setup_arm(home: Path | None = None, log: Log = lambda _m: None) -> dict:
     stamp = runner_stamp(version)
     runner = _runner(home, runtime, cxx, stamp, fetched, log)
     _smoke_test(qemu, sysroot, runner)
-    kit = ArmKit(home=home, qemu=qemu, sysroot=sysroot, runner=runner,
-                 qemu_version=".".join(map(str, qemu_version(qemu))), executorch_version=version, runner_stamp=stamp)
+    kit = ArmKit(
+        home=home,
+        qemu=qemu,
+        sysroot=sysroot,
+        runner=runner,
+        qemu_version=".".join(map(str, qemu_version(qemu))),
+        executorch_version=version,
+        runner_stamp=stamp,
+    )
     _write_json(home / STATE_FILE, kit.to_dict())
-    return {"ready": True, "fetched": fetched, "kit": kit.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "ready": True,
+        "fetched": fetched,
+        "kit": kit.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 # --- the pieces -----------------------------------------------------------------------
@@ -150,20 +175,40 @@ def _executorch_runtime(home: Path, version: str, fetched: list[str], log: Log) 
         return dest
     log(f"setup-arm: downloading the executorch {version} wheel for {WHEEL_PLATFORM} from PyPI")
     with tempfile.TemporaryDirectory(prefix="wheel-", dir=home) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--platform", WHEEL_PLATFORM,
-              "--python-version", WHEEL_PYTHON, "--only-binary=:all:", f"executorch=={version}", "-d", tmp],
-             f"pip could not download executorch=={version} for {WHEEL_PLATFORM}; check access to PyPI")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--platform",
+                WHEEL_PLATFORM,
+                "--python-version",
+                WHEEL_PYTHON,
+                "--only-binary=:all:",
+                f"executorch=={version}",
+                "-d",
+                tmp,
+            ],
+            f"pip could not download executorch=={version} for {WHEEL_PLATFORM}; check access to PyPI",
+        )
         wheels = list(Path(tmp).glob(f"executorch-{version}-*.whl"))
         if len(wheels) != 1:
-            raise ArmSetupError(f"pip gave no executorch {version} wheel for {WHEEL_PLATFORM}; check access to PyPI")
+            raise ArmSetupError(
+                f"pip gave no executorch {version} wheel for {WHEEL_PLATFORM}; check access to PyPI"
+            )
         staging = Path(tmp) / "runtime"
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in wheel.namelist():
                 if name.startswith("executorch/include/") or re.fullmatch(r"executorch/lib/[^/]+\.so", name):
                     wheel.extract(name, staging)
         if not (staging / "executorch" / "lib" / "libexecutorch.so").is_file():
-            raise ArmSetupError(f"the executorch {version} aarch64 wheel has no lib/libexecutorch.so; "
-                                "this version cannot be used for ARM runs")
+            raise ArmSetupError(
+                f"the executorch {version} aarch64 wheel has no lib/libexecutorch.so; "
+                "this version cannot be used for ARM runs"
+            )
         _replace_dir(staging / "executorch", dest)
     fetched.append(f"executorch {version} ({WHEEL_PLATFORM} wheel, PyPI)")
     return dest
@@ -201,7 +246,9 @@ def _sysroot(home: Path, fetched: list[str], log: Log) -> Path:
         for deb in debs:
             _run(["dpkg", "-x", str(deb), str(staging)], f"dpkg -x failed on {deb.name}")
         if not (staging / "lib" / "ld-linux-aarch64.so.1").exists():
-            raise ArmSetupError("the arm64 libc6 package has no lib/ld-linux-aarch64.so.1; check the Debian mirror")
+            raise ArmSetupError(
+                "the arm64 libc6 package has no lib/ld-linux-aarch64.so.1; check the Debian mirror"
+            )
         _replace_dir(staging, dest)
     fetched.append(f"arm64 sysroot: {', '.join(SYSROOT_PACKAGES)} (Debian {suite})")
     return dest
@@ -217,8 +264,10 @@ def _qemu(home: Path, fetched: list[str], log: Log) -> Path:
         binary = _extract_one(deb, "./usr/bin/qemu-aarch64", Path(tmp) / "qemu-aarch64")
         found = qemu_version(binary)
         if found < QEMU_MIN:
-            raise ArmSetupError(f"Debian {QEMU_SUITE} gave QEMU {'.'.join(map(str, found))}, older than "
-                                f"{'.'.join(map(str, QEMU_MIN))} (older ones mis-emulate SME); update QEMU_SUITE")
+            raise ArmSetupError(
+                f"Debian {QEMU_SUITE} gave QEMU {'.'.join(map(str, found))}, older than "
+                f"{'.'.join(map(str, QEMU_MIN))} (older ones mis-emulate SME); update QEMU_SUITE"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp_binary = dest.with_suffix(".tmp")
         shutil.copy2(binary, tmp_binary)
@@ -236,10 +285,24 @@ def _runner(home: Path, runtime: Path, cxx: str, stamp: str, fetched: list[str],
     with tempfile.TemporaryDirectory(prefix="runner-", dir=home) as tmp:
         staging = Path(tmp) / "runner"
         (staging / "lib").mkdir(parents=True)
-        cmd = [cxx, "-std=c++17", "-O2", "-Wno-deprecated-declarations", *(f"-D{d}" for d in DEFINES),
-               f"-I{runtime / 'include'}", f"-I{runtime / 'include' / C10_INCLUDE}", str(RUNNER_SOURCE), "-o", str(staging / "et_run"),
-               f"-L{runtime / 'lib'}", "-Wl,--no-as-needed", *(f"-l{lib}" for lib in REGISTERING_LIBS),
-               "-Wl,--as-needed", *(f"-l{lib}" for lib in RUNTIME_LIBS), "-Wl,-rpath,$ORIGIN/lib"]
+        cmd = [
+            cxx,
+            "-std=c++17",
+            "-O2",
+            "-Wno-deprecated-declarations",
+            *(f"-D{d}" for d in DEFINES),
+            f"-I{runtime / 'include'}",
+            f"-I{runtime / 'include' / C10_INCLUDE}",
+            str(RUNNER_SOURCE),
+            "-o",
+            str(staging / "et_run"),
+            f"-L{runtime / 'lib'}",
+            "-Wl,--no-as-needed",
+            *(f"-l{lib}" for lib in REGISTERING_LIBS),
+            "-Wl,--as-needed",
+            *(f"-l{lib}" for lib in RUNTIME_LIBS),
+            "-Wl,-rpath,$ORIGIN/lib",
+        ]
         _run(cmd, "the ARM runner did not compile")
         for lib in (*REGISTERING_LIBS, *RUNTIME_LIBS):
             shutil.copy2(runtime / "lib" / f"lib{lib}.so", staging / "lib")
@@ -252,13 +315,20 @@ def _runner(home: Path, runtime: Path, cxx: str, stamp: str, fetched: list[str],
 def _smoke_test(qemu: Path, sysroot: Path, runner: Path) -> None:
     """The runner's usage exit (2) under QEMU proves the loader, sysroot and libraries resolve."""
     try:
-        done = subprocess.run([str(qemu), "-cpu", "cortex-a76", "-L", str(sysroot), str(runner)],
-                              capture_output=True, text=True, errors="replace", timeout=120)
+        done = subprocess.run(
+            [str(qemu), "-cpu", "cortex-a76", "-L", str(sysroot), str(runner)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ArmSetupError(f"the ARM runner does not start under QEMU ({exc}); {FIX}") from None
     if done.returncode != 2 or "usage" not in done.stderr:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-        raise ArmSetupError(f"the ARM runner does not start under QEMU (exit {done.returncode}: {detail}); {FIX}")
+        raise ArmSetupError(
+            f"the ARM runner does not start under QEMU (exit {done.returncode}: {detail}); {FIX}"
+        )
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -268,27 +338,47 @@ def _apt_download(packages: list[str], dest: Path, suite: str, arch: str) -> lis
     """`apt-get download` with a throw-away apt configuration (own lists, cache and sources),
     so the host's apt state is not touched."""
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
-        raise ArmSetupError("setup-arm needs apt-get and dpkg (a Debian 12+ host); install the kit by hand or use Debian")
+        raise ArmSetupError(
+            "setup-arm needs apt-get and dpkg (a Debian 12+ host); install the kit by hand or use Debian"
+        )
     if not DEBIAN_KEYRING.is_file():
-        raise ArmSetupError(f"{DEBIAN_KEYRING} is missing; apt-get install debian-archive-keyring, then {FIX}")
+        raise ArmSetupError(
+            f"{DEBIAN_KEYRING} is missing; apt-get install debian-archive-keyring, then {FIX}"
+        )
     conf = dest / "apt"
     for sub in ("lists/partial", "cache/archives/partial", "parts"):
         (conf / sub).mkdir(parents=True, exist_ok=True)
-    (conf / "sources.list").write_text(f"deb [arch={arch} signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n")
-    options = {"Dir::Etc::sourcelist": conf / "sources.list", "Dir::Etc::sourceparts": conf / "parts",
-               "Dir::State::Lists": conf / "lists", "Dir::Cache": conf / "cache", "APT::Architectures": arch,
-               "APT::Architecture": arch, "Debug::NoLocking": "1"}
+    (conf / "sources.list").write_text(
+        f"deb [arch={arch} signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n"
+    )
+    options = {
+        "Dir::Etc::sourcelist": conf / "sources.list",
+        "Dir::Etc::sourceparts": conf / "parts",
+        "Dir::State::Lists": conf / "lists",
+        "Dir::Cache": conf / "cache",
+        "APT::Architectures": arch,
+        "APT::Architecture": arch,
+        "Debug::NoLocking": "1",
+    }
     if os.geteuid() == 0:
         options["APT::Sandbox::User"] = "root"
     args = [f"-o{k}={v}" for k, v in options.items()]
-    _run(["apt-get", "-q", *args, "update"], f"apt-get update for Debian {suite} {arch} failed; check access to {DEBIAN_MIRROR}")
+    _run(
+        ["apt-get", "-q", *args, "update"],
+        f"apt-get update for Debian {suite} {arch} failed; check access to {DEBIAN_MIRROR}",
+    )
     debs = dest / "debs"
     debs.mkdir()
-    _run(["apt-get", "-q", *args, "download", *(f"{p}:{arch}" for p in packages)],
-         f"apt-get download {' '.join(packages)} ({suite} {arch}) failed; check access to {DEBIAN_MIRROR}", cwd=debs)
+    _run(
+        ["apt-get", "-q", *args, "download", *(f"{p}:{arch}" for p in packages)],
+        f"apt-get download {' '.join(packages)} ({suite} {arch}) failed; check access to {DEBIAN_MIRROR}",
+        cwd=debs,
+    )
     found = sorted(debs.glob("*.deb"))
     if len(found) != len(packages):
-        raise ArmSetupError(f"apt-get download gave {len(found)} of {len(packages)} packages ({', '.join(packages)})")
+        raise ArmSetupError(
+            f"apt-get download gave {len(found)} of {len(packages)} packages ({', '.join(packages)})"
+        )
     return found
 
 
@@ -296,7 +386,9 @@ def _extract_one(deb: Path, member: str, dest: Path) -> Path:
     """One file out of a .deb (the qemu-user package unpacks to ~465 MB; we need 17 MB of it)."""
     import tarfile
 
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
             for info in tar:
@@ -325,7 +417,10 @@ def _host_suite() -> str:
 
 
 def _host_arch() -> str:
-    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip() or "amd64"
+    return (
+        subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+        or "amd64"
+    )
 
 
 def _run(cmd: list[str], failure: str, **kwargs) -> None:

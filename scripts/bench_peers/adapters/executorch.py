@@ -22,8 +22,17 @@ def export(alias: str, out: Path, precision: str, reuse: bool) -> Path:
         return existing[0]
     t0 = time.perf_counter()
     options = ExportOptions(quantize="int8" if precision == "int8" else "none", seed=SEED)
-    request = ExportRequest(model=alias, target="executorch", out=folder, weights="random", seed=SEED,
-                            resolution=RESOLUTION, force=True, verify=False, options=options)
+    request = ExportRequest(
+        model=alias,
+        target="executorch",
+        out=folder,
+        weights="random",
+        seed=SEED,
+        resolution=RESOLUTION,
+        force=True,
+        verify=False,
+        options=options,
+    )
     manifest = run_export(request, log=lambda m: log(f"  {m}"))
     path = folder / manifest["artifacts"][0]["file"]
     log(f"{alias}: exported {path.name} in {time.perf_counter() - t0:.0f}s")
@@ -54,7 +63,9 @@ def profile(path: str, input_npy: Path, threads: int, runs: int) -> list[dict]:
     from mobile_export.executorch.runtime import run_isolated
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_isolated(path, [np.load(input_npy)], threads=threads, profile_runs=runs, etdump_dir=tmp, timeout=1800)
+        run_isolated(
+            path, [np.load(input_npy)], threads=threads, profile_runs=runs, etdump_dir=tmp, timeout=1800
+        )
         inspector = Inspector(etdump_path=str(Path(tmp) / "etdump_profile.etdp"))
     ops = []
     for block in inspector.event_blocks:
@@ -63,5 +74,11 @@ def profile(path: str, input_npy: Path, threads: int, runs: int) -> list[dict]:
         for event in block.events:
             if event.perf_data is None or not event.is_delegated_op:
                 continue
-            ops.append({"name": event.name, "median_ms": float(event.perf_data.p50), "avg_ms": float(event.perf_data.avg)})
+            ops.append(
+                {
+                    "name": event.name,
+                    "median_ms": float(event.perf_data.p50),
+                    "avg_ms": float(event.perf_data.avg),
+                }
+            )
     return ops

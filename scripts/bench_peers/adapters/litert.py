@@ -17,8 +17,9 @@ def convert_litert(python: Path, alias: str, out: Path, digest: str, reuse: bool
         return {k: str(v) for k, v in paths.items()}
     t0 = time.perf_counter()
     cmd = [str(python), str(LAUNCHER), "litert-convert", alias, str(out), digest]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600,
-                          env=_child_env())
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600, env=_child_env()
+    )
     (out / "litert_convert.log").write_text(proc.stdout + proc.stderr)
     done = {}
     for key, path in paths.items():
@@ -27,7 +28,9 @@ def convert_litert(python: Path, alias: str, out: Path, digest: str, reuse: bool
         else:
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
             errors[key] = f"conversion failed: {tail[0][:200]}"
-    log(f"{alias}: LiteRT conversion {'done' if len(done) == 2 else 'incomplete'} in {time.perf_counter() - t0:.0f}s")
+    log(
+        f"{alias}: LiteRT conversion {'done' if len(done) == 2 else 'incomplete'} in {time.perf_counter() - t0:.0f}s"
+    )
     return done
 
 
@@ -58,7 +61,8 @@ def convert_child(alias: str, out: Path, digest: str) -> int:
     print("fp32 done", file=sys.stderr, flush=True)
     captured = torch.export.export(model, example, strict=False).module()
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    )
     prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for x in calibration:
@@ -67,7 +71,8 @@ def convert_child(alias: str, out: Path, digest: str) -> int:
     # quant_config tells the converter to fold the Q/DQ pairs into int8 kernels ("STATIC");
     # without it the file keeps float ops around explicit quantize/dequantize (30-60x slower).
     litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
-        str(out / "model_int8.tflite"))
+        str(out / "model_int8.tflite")
+    )
     print("int8 done", file=sys.stderr, flush=True)
     return 0
 
@@ -83,8 +88,12 @@ def ensure(venv: Path, install: bool) -> Path | None:
         subprocess.run([str(python), "-m", "pip", "install", "-q", torch_req, *LITERT_PACKAGES], check=False)
     if not python.exists():
         return None
-    probe = subprocess.run([str(python), "-c", "import litert_torch, ai_edge_litert.interpreter"],
-                           capture_output=True, text=True, env=_child_env())
+    probe = subprocess.run(
+        [str(python), "-c", "import litert_torch, ai_edge_litert.interpreter"],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+    )
     if probe.returncode != 0:
         log(f"LiteRT venv does not import: {(probe.stderr.strip().splitlines() or [''])[-1][:200]}")
         return None
@@ -94,16 +103,27 @@ def ensure(venv: Path, install: bool) -> Path | None:
 def _cpu_torch_requirement() -> str:
     import torch
 
-    wheels = sorted(Path("/opt/wheels").glob(f"torch-{torch.__version__.split('+')[0]}*cpu*.whl")) if Path("/opt/wheels").exists() else []
+    wheels = (
+        sorted(Path("/opt/wheels").glob(f"torch-{torch.__version__.split('+')[0]}*cpu*.whl"))
+        if Path("/opt/wheels").exists()
+        else []
+    )
     if wheels:
         return str(wheels[0])
     return f"torch=={torch.__version__.split('+')[0]}"  # add --index-url of the CPU wheels if PyPI gives CUDA
 
 
 def versions(python: Path) -> str | None:
-    proc = subprocess.run([str(python), "-c", "from importlib.metadata import version as v; "
-                           "print('litert-torch', v('litert-torch'), ', ai-edge-litert', v('ai-edge-litert'))"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from importlib.metadata import version as v; "
+            "print('litert-torch', v('litert-torch'), ', ai-edge-litert', v('ai-edge-litert'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     return proc.stdout.strip().replace(" ,", ",") or None
 
 

@@ -39,16 +39,24 @@ def export(built, calibration_inputs, out: Path, reuse: bool) -> dict:
         example = to_tensor(calibration_inputs[0])
         t0 = time.perf_counter()
         with torch.no_grad():
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
-                                        verbose=False)
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=["x"], output_names=["logits"], verbose=False
+            )
         program.save(str(fp32))
         log(f"{built.spec.name}: ONNX export in {time.perf_counter() - t0:.0f}s")
     if not (reuse and int8.exists()):
         t0 = time.perf_counter()
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
-        quantize_static(str(pre), str(int8), _Calibration(calibration_inputs, "x"), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(pre),
+            str(int8),
+            _Calibration(calibration_inputs, "x"),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         log(f"{built.spec.name}: ONNX Runtime int8 QDQ in {time.perf_counter() - t0:.0f}s")
     return {"onnxruntime-fp32": str(fp32), "onnxruntime-int8": str(int8)}
 
@@ -93,7 +101,14 @@ def profile_child(path: str, input_npy: str, threads: int, runs: int) -> int:
             node = ev["name"][: -len("_kernel_time")]
             per_node.setdefault(node, []).append(ev["dur"] / 1000)
             kinds[node] = ev.get("args", {}).get("op_name", "?")
-    ops = [{"name": f"{kinds[n]} {n}", "kind": kinds[n], "median_ms": statistics.median(v),
-            "avg_ms": statistics.fmean(v)} for n, v in per_node.items()]
+    ops = [
+        {
+            "name": f"{kinds[n]} {n}",
+            "kind": kinds[n],
+            "median_ms": statistics.median(v),
+            "avg_ms": statistics.fmean(v),
+        }
+        for n, v in per_node.items()
+    ]
     proto.write(json.dumps({"ops": ops}) + "\n")
     return 0
