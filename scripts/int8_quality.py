@@ -140,7 +140,6 @@ def measure(
     import torch
 
     from mobile_export.executorch.target import ExecuTorchTarget
-    from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
 
     t0 = time.perf_counter()
@@ -152,14 +151,7 @@ def measure(
 
     x_test = rgb01(data.test_x)
     reference = train_small.logits_of(model, train_small.to_inputs(data.test_x, pre))
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file", "detail": checkpoint.name},
-    )
+    built = train_small.as_built(model, meta, pre, checkpoint.name)
     calib_dir = work / f"calib_{meta['dataset']}_{meta['resolution']}_{seed}_{calibration_images}"
     if not calib_dir.exists():
         write_calibration_folder(calib_dir, data.train_x, calibration_images, seed)

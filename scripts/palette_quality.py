@@ -34,7 +34,6 @@ def measure(
 
     from mobile_export.coreml import mil
     from mobile_export.coreml.target import CoreMLTarget
-    from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
 
     model, meta, pre = train_small.load_checkpoint(checkpoint)
@@ -42,14 +41,7 @@ def measure(
     calib = work / "calibration"
     if not calib.exists():
         int8_quality.write_calibration_folder(calib, data.train_x, calibration_images, seed=seed)
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file", "detail": checkpoint.name},
-    )
+    built = train_small.as_built(model, meta, pre, checkpoint.name)
     dest = work / f"{mode}.mlpackage"
     t0 = time.perf_counter()
     fields = CoreMLTarget().export(

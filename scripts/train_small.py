@@ -340,6 +340,20 @@ def save_checkpoint(path: Path, model, meta: dict, half: bool = False) -> Path:
     return path
 
 
+def as_built(model, meta: dict, pre: Preprocess, detail: str):
+    """A loaded checkpoint as the library's BuiltModel, what a target exports."""
+    from mobile_export.models import BuiltModel, get_spec
+
+    return BuiltModel(
+        module=model,
+        spec=get_spec(meta["model"]),
+        preprocess=pre,
+        num_classes=meta["num_classes"],
+        resolution=meta["resolution"],
+        weights={"source": "file", "detail": detail},
+    )
+
+
 def load_checkpoint(path: str | Path):
     """-> (model in eval mode with fp32 weights, metadata dict, Preprocess)."""
     from safetensors import safe_open

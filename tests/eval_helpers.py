@@ -31,20 +31,12 @@ def export_artifacts(checkpoint: Path, work: Path, targets=("fp32", "int8", "fp1
     import int8_quality
     import train_small
 
-    from mobile_export.models import BuiltModel, get_spec
     from mobile_export.models.weights import save_weights
     from mobile_export.pipeline import ExportRequest, run_export
     from mobile_export.targets import ExportOptions
 
     model, meta, pre = train_small.load_checkpoint(checkpoint)
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file", "detail": checkpoint.name},
-    )
+    built = train_small.as_built(model, meta, pre, checkpoint.name)
     work.mkdir(parents=True, exist_ok=True)
     weights = save_weights(built, work / "weights.safetensors")  # our format: carries the 64px contract
     labels = work / "labels.txt"

@@ -113,14 +113,7 @@ def trained():
     import train_small
 
     model, meta, pre = train_small.load_checkpoint(TRAINED / "mobilenet_v3_small_100_photos_64.safetensors")
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file"},
-    )
+    built = train_small.as_built(model, meta, pre, "trained fixture")
     return {V3: built}
 
 

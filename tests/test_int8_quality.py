@@ -73,7 +73,6 @@ def measured(request, tmp_path_factory):
     import train_small
 
     from mobile_export.executorch.target import ExecuTorchTarget
-    from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
 
     checkpoint = TRAINED / request.param
@@ -83,14 +82,7 @@ def measured(request, tmp_path_factory):
     calib = work / "calibration"
     int8_quality.write_calibration_folder(calib, data.train_x, CALIBRATION_IMAGES, seed=0)
 
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file", "detail": checkpoint.name},
-    )
+    built = train_small.as_built(model, meta, pre, checkpoint.name)
     target = ExecuTorchTarget()
     dest = work / "model_int8.pte"
     recipe = CHECKPOINTS[request.param][3]

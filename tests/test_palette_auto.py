@@ -60,20 +60,12 @@ def exported(tmp_path_factory):
     import train_small
 
     from mobile_export.coreml.target import CoreMLTarget
-    from mobile_export.models import BuiltModel, get_spec
     from mobile_export.targets.base import ExportOptions
 
     model, meta, pre = train_small.load_checkpoint(
         root / "tests" / "fixtures" / "trained" / "mobilenet_v2_035_digits_64.safetensors"
     )
-    built = BuiltModel(
-        module=model,
-        spec=get_spec(meta["model"]),
-        preprocess=pre,
-        num_classes=meta["num_classes"],
-        resolution=meta["resolution"],
-        weights={"source": "file", "detail": "digits"},
-    )
+    built = train_small.as_built(model, meta, pre, "digits")
     work = tmp_path_factory.mktemp("palauto")
     dest = work / "m.mlpackage"
     fields = CoreMLTarget().export(
