@@ -739,8 +739,25 @@ def verify(
     metavar="[ADDRESS]",
     help="Run on a Ray cluster (pip install 'mobile-export[cluster]'); no ADDRESS: RAY_ADDRESS or a local one.",
 )
+@click.option(
+    "--junit",
+    "junit_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write a JUnit XML file: one test case per artifact, failed when its top-1 drop exceeds the "
+    "project's max-top1-drop ([tool.mobile-export]).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Project limits file (for --junit).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
-def eval_cmd(artifacts, dataset, limit, every, report_dir, weights, ray_address, as_json):
+def eval_cmd(
+    artifacts, dataset, limit, every, report_dir, weights, ray_address, junit_file, config_file, as_json
+):
     """Top-1/top-5 of ARTIFACT(s) of one model and of its PyTorch reference on labelled images."""
     from .eval import EvalOptions, build_report, format_text, run_eval, write_report
 
@@ -763,7 +780,16 @@ def eval_cmd(artifacts, dataset, limit, every, report_dir, weights, ray_address,
     if report_dir is not None:
         written = _run(write_report, report, outcome, report_dir)
         _log("wrote " + ", ".join(str(p) for p in written))
+    if junit_file is not None:
+        from .gate.check import eval_cases
+        from .gate.junit import write_junit
+
+        cases = _run(eval_cases, report, config_file)
+        _run(write_junit, junit_file, "mobile-export eval", cases)
     _emit(as_json, report, lambda r: click.echo(format_text(r)))
+    failed = [c for c in cases if c.failure] if junit_file is not None else []
+    if failed:
+        raise CliError("top-1 drop over the project limit: " + "; ".join(c.failure for c in failed), 1)
 
 
 # --- bundle ----------------------------------------------------------------------------
