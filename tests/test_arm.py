@@ -204,7 +204,10 @@ def test_fp32_and_int8_match_pytorch_and_x86_on_an_emulated_phone_cpu(small, qua
     from mobile_export.verify import format_report, verify_artifact
 
     report = verify_artifact(small[quantize], cpus=parse_cpus(DEFAULT_CPU), limit=6)
-    assert not report["warnings"], report["warnings"]  # outputs depend on the input
+    # outputs depend on the input (verify would fail otherwise); the only warning allowed is the
+    # contract of the synthetic checkpoint file being assumed
+    assert report["input_dependence"]["sqnr_db_vs_own_mean"] < report["input_dependence"]["limit_db"]
+    assert all("contract was assumed" in w for w in report["warnings"]), report["warnings"]
     (row,) = report["arm"]["rows"]
     assert row["cpu"] == DEFAULT_CPU and row["kernels"] == "sdot"
     assert row["passed"] and report["passed"], report["failures"]

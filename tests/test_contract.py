@@ -215,5 +215,10 @@ def test_version_1_manifest_still_verifies(tmp_path):
     (tmp_path / mf.FILENAME).write_text(json.dumps(doc))
     with pytest.raises(mf.ManifestError):  # not a valid version 2 document
         mf.validate(dict(doc, version=2))
-    report = verify_artifact(dest)
+    # The old plain init fades to the classifier bias: verify rebuilds it from the version 1
+    # manifest and says that its check cannot see errors (issue 21) unless that is accepted.
+    refused = verify_artifact(dest)
+    assert not refused["passed"] and any("barely depend on the image" in f for f in refused["failures"])
+    report = verify_artifact(dest, accept_input_independent=True)
     assert report["passed"] and report["reference"] == "rebuilt from the manifest", report
+    assert report["vs_float"]["sqnr_db"] > 60 and any("accepted" in w for w in report["warnings"])
