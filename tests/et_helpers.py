@@ -16,7 +16,7 @@ from pathlib import Path
 NOISE = 0.3  # std of the random part, relative to 1/sqrt(fan_in)
 
 
-def well_conditioned_state(name: str, resolution: int, seed: int = 0) -> dict:
+def well_conditioned_model(name: str, resolution: int, seed: int = 0):
     import torch
 
     from mobile_export.models import create_model
@@ -46,15 +46,21 @@ def well_conditioned_state(name: str, resolution: int, seed: int = 0) -> dict:
     with torch.no_grad():
         module(torch.cat([to_tensor(x) for x in batch.inputs]))
     module.eval()
-    return module.state_dict()
+    return built
+
+
+def well_conditioned_state(name: str, resolution: int, seed: int = 0) -> dict:
+    return well_conditioned_model(name, resolution, seed).module.state_dict()
 
 
 def write_weights(name: str, resolution: int, directory: Path, seed: int = 0) -> Path:
-    import torch
+    """The weights in our safetensors format, whose metadata states the preprocessing contract
+    (the variant's default), so exports from them record a stated, not an assumed, contract."""
+    from mobile_export.models.weights import save_weights
 
-    path = Path(directory) / f"{name}_{resolution}_s{seed}.pth"
+    path = Path(directory) / f"{name}_{resolution}_s{seed}.safetensors"
     if not path.exists():
-        torch.save(well_conditioned_state(name, resolution, seed), path)
+        save_weights(well_conditioned_model(name, resolution, seed), path)
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # two Ray nodes, three exports and a killed worker: minutes
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 9  # 539 held-out scans -> 60 images

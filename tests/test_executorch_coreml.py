@@ -112,6 +112,7 @@ def test_fp16_trained_parity_and_full_delegation(fp16):
     assert parity["images"]["count"] >= 8
 
 
+@pytest.mark.slow
 def test_fp32_trained_parity_at_60_db(fp32):
     path, entry = fp32
     assert path.name == "mobilenet_v2_100_coreml_fp32.pte"
@@ -122,6 +123,7 @@ def test_fp32_trained_parity_at_60_db(fp32):
     assert entry["coreml"]["compute_precision"] == "fp32" and "cast" not in entry["coreml"]["ops"]
 
 
+@pytest.mark.slow
 def test_same_command_gives_the_same_bytes(work, fp16):
     """Reproducible: upstream's uuid4 identifier, coremltools' date and random package UUIDs
     are normalized away; a second export of the same request is byte-identical."""

@@ -43,9 +43,10 @@ CHECKPOINTS = {
     "mobilenet_v1_050_photos_64.safetensors": ("photos", 1020, 75.0, KEEP_STEM_FIRST_BLOCK),
     "mobilenet_v4_conv_small_photos_64.safetensors": ("photos", 1020, 80.0, {}),
 }
-SLOW = {
-    "mobilenet_v4_conv_small_photos_64.safetensors"
-}  # its int8 export alone took 16 min on the busy machine
+SLOW = {  # kept out of the default run for its time (V4: 16 min on the busy machine; V1: ~200 s of CPU)
+    "mobilenet_v4_conv_small_photos_64.safetensors",
+    "mobilenet_v1_050_photos_64.safetensors",
+}
 # The bar V4 Conv-Small meets, below the 0.3 / 99% bar: with both recipes tried it
 # loses 0.59 points (.pte default recipe: fp32 87.45%, int8 86.86%, agreement 98.82%, 25.8 dB;
 # quantized PyTorch with the V1/V3 recipe: agreement 99.02%, drop still 0.59).

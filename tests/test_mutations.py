@@ -37,11 +37,19 @@ BLIND = {
 }
 
 
+# The default run covers every bug class on one file of each kind of arithmetic (fp32 and int8
+# .pte; Core ML fp16, 4-bit palettes, W8A8); the modes whose rows follow the same book (Core ML
+# fp32, int8 weights, 6-bit palettes) run with -m slow, for the suite's time.
+SLOW_MODES = {"coreml-fp32", "coreml-int8", "coreml-palettize6"}
+
+
 def _cases():
     for mode_name in PASSING_MODES:  # a mutant of a failing file would prove nothing
         for mutation in mh.MUTATIONS:
             reason = BLIND.get((mode_name, mutation))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            if mode_name in SLOW_MODES:
+                marks.append(pytest.mark.slow)
             yield pytest.param(mode_name, mutation, marks=marks, id=f"{mode_name}-{mutation}")
 
 
@@ -103,7 +111,9 @@ def verify(setup, path, mode_name, images=None):
     return verify_artifact(path, images=images or setup["held"])
 
 
-@pytest.mark.parametrize("mode_name", PASSING_MODES)
+@pytest.mark.parametrize(
+    "mode_name", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW_MODES else []) for m in PASSING_MODES]
+)
 def test_correct_file_passes(setup, mode_name):
     report = verify(setup, correct_file(setup, mode_name), mode_name)
     assert report["passed"], report["failures"]
