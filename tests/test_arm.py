@@ -48,13 +48,13 @@ def photos(work):
     return photo_folder(work / "photos", unreadable=0)
 
 
-def export(work: Path, photos: Path, name: str, res: int, quantize: str) -> Path:
+def export(work: Path, photos: Path, name: str, res: int, quantize: str, weights: Path | None = None) -> Path:
     from mobile_export.pipeline import ExportRequest, run_export
     from mobile_export.targets import ExportOptions
 
     out = work / f"{name}_{res}_{quantize}"
     if not out.exists():
-        weights = write_weights(name, res, work)
+        weights = weights or write_weights(name, res, work)
         run_export(
             ExportRequest(
                 model=name,
@@ -70,9 +70,16 @@ def export(work: Path, photos: Path, name: str, res: int, quantize: str) -> Path
     return next(out.glob("*.pte"))
 
 
+# Trained on the 17-way photo task (crops of the bundled photos, 64 px): synthetic weights give
+# int8 files below the int8 row (V1 0.25: 13.6 dB vs float), which says nothing about ARM.
+TRAINED_V1 = (
+    Path(__file__).resolve().parent / "fixtures" / "trained" / "mobilenet_v1_050_photos_64.safetensors"
+)
+
+
 @pytest.fixture(scope="module")
 def small(kit, work, photos):
-    return {q: export(work, photos, MODEL, RES, q) for q in ("none", "int8")}
+    return {q: export(work, photos, "mobilenet_v1_050", 64, q, weights=TRAINED_V1) for q in ("none", "int8")}
 
 
 def _copy(pte: Path, dest: Path) -> Path:
@@ -203,7 +210,7 @@ def test_setup_is_idempotent_and_fast_the_second_time(kit):
 def test_fp32_and_int8_match_pytorch_and_x86_on_an_emulated_phone_cpu(small, quantize):
     from mobile_export.verify import format_report, verify_artifact
 
-    report = verify_artifact(small[quantize], cpus=parse_cpus(DEFAULT_CPU), limit=6)
+    report = verify_artifact(small[quantize], cpus=parse_cpus(DEFAULT_CPU))  # all 11 bundled photos
     # outputs depend on the input (verify would fail otherwise); the only warning allowed is the
     # contract of the synthetic checkpoint file being assumed
     assert report["input_dependence"]["sqnr_db_vs_own_mean"] < report["input_dependence"]["limit_db"]
@@ -212,7 +219,7 @@ def test_fp32_and_int8_match_pytorch_and_x86_on_an_emulated_phone_cpu(small, qua
     assert row["cpu"] == DEFAULT_CPU and row["kernels"] == "sdot"
     assert row["passed"] and report["passed"], report["failures"]
     limit = 60.0 if quantize == "none" else 20.0
-    assert row["vs_x86"]["sqnr_db"] >= limit and row["vs_x86"]["images"] == 6
+    assert row["vs_x86"]["sqnr_db"] >= limit and row["vs_x86"]["images"] == report["images"]["count"] == 11
     # ARM against PyTorch is as good as x86 against PyTorch, within a dB
     assert (
         abs(row["vs_float"]["sqnr_db"] - report["vs_float"]["sqnr_db"]) < 1.0
