@@ -781,8 +781,7 @@ def eval_cmd(
         written = _run(write_report, report, outcome, report_dir)
         _log("wrote " + ", ".join(str(p) for p in written))
     if junit_file is not None:
-        from .gate.check import eval_cases
-        from .gate.junit import write_junit
+        from .gate.junit import eval_cases, write_junit
 
         cases = _run(eval_cases, report, config_file)
         _run(write_junit, junit_file, "mobile-export eval", cases)

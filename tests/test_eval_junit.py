@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import junitparser
 
-from mobile_export.gate.check import eval_cases
-from mobile_export.gate.junit import write_junit
+from mobile_export.gate.junit import eval_cases, write_junit
 
 
 def _row(folder, name, drop, top1):

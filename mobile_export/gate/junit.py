@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..fsutil import write_bytes_atomic
-from .check import explain
+from .check import config_for, explain
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,33 @@ def write_junit(path: str | Path, suite: str, cases: list[JUnitCase]) -> Path:
 def _clean(text: str) -> str:
     """XML 1.0 forbids most control characters, even escaped."""
     return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20)
+
+
+def eval_cases(report: dict, config_file: str | Path | None = None) -> list:
+    """`eval --junit`: one test case per artifact row of an eval report. A row fails when its
+    top-1 drop against the reference exceeds the project's `max-top1-drop` for that artifact
+    (points; [tool.mobile-export]); without a limit it passes and carries its numbers."""
+    cases = []
+    for row in report["rows"][1:]:
+        name = Path(row["file"]).name
+        limit = config_for(row["file"], config_file).limits_for(name).get("max-top1-drop")
+        lo, hi = row["drop_ci95"]
+        summary = (
+            f"top-1 {row['top1']}% vs reference {report['rows'][0]['top1']}%: drop {row['drop_points']:+.2f} "
+            f"points [95% CI {lo:+.2f}, {hi:+.2f}], McNemar p {row['mcnemar_p']:.3g}, n={row['images']}"
+        )
+        failure = None
+        if limit is not None and row["drop_points"] > limit.value:
+            failure = (
+                f"top-1 drop {row['drop_points']:.2f} points > max-top1-drop {limit.value:g} ({limit.source})"
+            )
+        cases.append(
+            JUnitCase(
+                name,
+                "mobile-export.eval",
+                failure=failure,
+                details=summary if failure else "",
+                system_out=summary,
+            )
+        )
+    return cases
