@@ -53,6 +53,11 @@ def photos(work):
     return photo_folder(work / "photos", unreadable=1)
 
 
+TRAINED = Path(__file__).resolve().parent / "fixtures" / "trained"
+TRAINED_V2 = TRAINED / "mobilenet_v2_100_photos_64.safetensors"
+TRAINED_V1 = TRAINED / "mobilenet_v1_050_photos_64.safetensors"
+
+
 def export(
     work,
     name,
@@ -66,8 +71,9 @@ def export(
     out=None,
     allow_partial=False,
     seed=0,
+    weights=None,
 ):
-    weights = write_weights(name, res, work, seed)
+    weights = weights or write_weights(name, res, work, seed)
     out = (
         out
         or work / f"{name}_{res}_{quantize}_{'in' if normalize_in_model else 'out'}{'_b' if bundled else ''}"
@@ -105,7 +111,9 @@ def small_fp32(work):
 
 @pytest.fixture(scope="session")
 def v2_int8(work, photos):
-    return export(work, "mobilenet_v2_100", 64, quantize="int8", calibration=photos)
+    # trained (17-way photo task, 64 px): the int8 row is measured on trained models, and synthetic
+    # weights fall below it (V2: 10.3 dB vs float), which would test the weights, not the export
+    return export(work, "mobilenet_v2_100", 64, quantize="int8", calibration=photos, weights=TRAINED_V2)
 
 
 def _cases(table_default, table_slow=None, everything=False):
@@ -493,9 +501,9 @@ def test_cli_int8_recipe_flags(cli, work, photos, tmp_path):
     """--keep-fp32 / --bias-correction reach the quantizer and the manifest (so a later verify
     rebuilds the same quantized reference); a name matching no layer and a recipe without
     --quantize int8 are one-line errors."""
-    weights = write_weights("mobilenet_v1_025", 64, work, 0)
+    weights = TRAINED_V1
     common = [
-        "mobilenet_v1_025",
+        "mobilenet_v1_050",
         "--target",
         "executorch",
         "--weights",

@@ -151,7 +151,7 @@ def test_random_weights_outputs_depend_on_the_image(name):
     deviation = ref - ref.mean(axis=0, keepdims=True)
     sqnr_vs_mean = 10 * np.log10((ref**2).sum() / (deviation**2).sum())
     assert np.isfinite(ref).all()
-    assert not metrics.input_independent(ref)
+    assert metrics.input_dependence_db(ref) < 20.0  # verify's limit
     assert sqnr_vs_mean < 15.0, (
         f"{name}: outputs barely depend on the image ({sqnr_vs_mean:.1f} dB from their mean)"
     )
@@ -174,7 +174,7 @@ def test_plain_random_init_is_what_old_manifests_recorded():
         ref = np.concatenate(
             [plain.module(torch.from_numpy(load_input(p, plain.preprocess))).numpy() for p in photos]
         )
-    assert metrics.input_independent(ref)  # why the default changed
+    assert metrics.input_dependence_db(ref) > 20.0  # verify's limit  # why the default changed
 
 
 def test_random_weights_same_on_any_thread_count(tmp_path):

@@ -23,7 +23,7 @@ from ..errors import DownloadError, UsageError, WeightsError
 from ..fsutil import atomic_path, sha256_file
 from . import contract as contract_mod
 from .contract import Contract
-from .registry import ModelSpec, WeightSource
+from .registry import ModelSpec, Preprocess, WeightSource
 
 OUR_FORMAT = "mobile-export.weights"
 OUR_FORMAT_VERSION = "1"
@@ -165,10 +165,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise WeightsError(f"weights file {str(p)!r} is empty; download or save it again")
     with open(p, "rb") as fh:
         head = fh.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or a legacy pickle
-        state, metadata = _read_torch(p), {}
-    elif head[8:9] == b"{" or p.suffix == ".safetensors":
+    # safetensors first: its header starts with an 8-byte length whose first byte may be 0x80,
+    # which the pickle test below would take for a legacy pickle (and lose the metadata)
+    if head[8:9] == b"{" or p.suffix == ".safetensors":
         state, metadata = _read_safetensors(p)
+    elif head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or a legacy pickle
+        state, metadata = _read_torch(p), {}
     else:
         raise WeightsError(
             f"{p.name} is neither a PyTorch checkpoint (.pth/.pt) nor a .safetensors file; pass a state dict saved by torch.save or safetensors"
@@ -569,6 +571,20 @@ def _file_source(spec: ModelSpec, path: Path) -> tuple[WeightSource, Checkpoint]
     return source, ckpt
 
 
+def _train_small_contract(ckpt: Checkpoint) -> Contract | None:
+    """scripts/train_small.py's checkpoints (the trained fixtures, `--weights example`) state the
+    contract they were trained with in their 'mobile_export' metadata: mean/std at the training
+    resolution, no crop margin, bilinear."""
+    try:
+        meta = json.loads(ckpt.metadata["mobile_export"])
+        res = int(meta["resolution"])
+        mean, std = tuple(meta["preprocess"]["mean"]), tuple(meta["preprocess"]["std"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    pre = Preprocess(crop=res, resize=res, interpolation="bilinear", mean=mean, std=std)
+    return Contract(pre, f"{ckpt.path.name} metadata (scripts/train_small.py)", False)
+
+
 def file_contract(spec: ModelSpec, ckpt: Checkpoint, fmt: str) -> Contract:
     """The preprocessing a file checkpoint was trained with, and where that came from
     (the order is in models/contract.py)."""
@@ -580,6 +596,9 @@ def file_contract(spec: ModelSpec, ckpt: Checkpoint, fmt: str) -> Contract:
                 f"{ckpt.path.name}: its 'preprocess' metadata is unreadable; re-save it with this mobile-export"
             ) from None
         return Contract(pre, f"{ckpt.path.name} metadata (mobile-export 'preprocess')", False)
+    trained = _train_small_contract(ckpt)
+    if trained is not None:
+        return trained
     published = next((s for s in spec.weights if s.sha256 and ckpt.sha256.startswith(s.sha256)), None)
     same_format = [s for s in spec.weights if s.format == fmt]
     fallback = published or (same_format[0] if same_format else None)
