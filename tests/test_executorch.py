@@ -526,7 +526,7 @@ def test_cli_int8_recipe_flags(cli, work, photos, tmp_path):
     code, _, err = cli(
         *common, "--quantize", "int8", "--keep-fp32", "no_such_layer", "--out", tmp_path / "bad"
     )
-    assert code == 2 and "no_such_layer match no module of mobilenet_v1_025" in err
+    assert code == 2 and "no_such_layer match no module of mobilenet_v1_050" in err
     assert [line for line in err.splitlines() if line.startswith("Error:")] == err.strip().splitlines()[-1:]
     assert not (tmp_path / "bad").exists()
     code, _, err = cli(*common, "--bias-correction", "--out", tmp_path / "usage")
