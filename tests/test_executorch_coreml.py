@@ -440,7 +440,10 @@ def test_family_member_lowers_fully_at_fp16(work, one_thread_module, name, res):
     weights (top-1 still 100 %), under the fp16 row: recorded, not hidden (docs/executorch_coreml.md)."""
     from mobile_export.verify import verify_artifact
 
-    weights = write_weights(name, res, work)
+    # the default case is the trained V3-Small (photo task, 64 px); synthetic weights measured
+    # 27.3 dB at fp16 there, under the 30 dB row, which says nothing about the delegate
+    trained = TRAINED_V2.parent / f"{name}_photos_{res}.safetensors"
+    weights = trained if trained.is_file() else write_weights(name, res, work)
     out = work / f"family_{name}"
     manifest = run_export(
         ExportRequest(
