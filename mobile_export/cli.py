@@ -145,6 +145,14 @@ def _executorch_options(quantize, keep_fp32, bias_correction, allow_partial, fas
     )
 
 
+calibration_option = click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of images for int8 / W8A8 calibration (default: the bundled photos, with a warning).",
+)
+
+
 def executorch_options(fn):
     """The ExecuTorch group -> `executorch` (targets.ExecuTorchOptions, checked when built)."""
     return _stack(
@@ -412,12 +420,7 @@ def info(model, as_json):
 )
 @click.option("--force", is_flag=True, help="Replace artifacts that already exist.")
 @executorch_options
-@click.option(
-    "--calibration",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder of images for int8/w8a8 calibration.",
-)
+@calibration_option
 @click.option(
     "--calibration-limit",
     type=click.IntRange(min=1),
@@ -847,9 +850,9 @@ def _split(values) -> list[str] | None:
 )
 @click.option(
     "--resolution",
-    type=click.IntRange(32, 4096),
-    default=None,
-    help="One input size for every model (default: each model's own).",
+    multiple=True,
+    help="N: one input size for every model; MODEL=N: that model's (names, aliases or globs; "
+    "repeatable), e.g. --resolution 'v5-*=256' (default: each model's own).",
 )
 @click.option(
     "--images",
@@ -857,12 +860,7 @@ def _split(values) -> list[str] | None:
     default=None,
     help="Images for the parity checks (default: bundled photos).",
 )
-@click.option(
-    "--calibration",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Calibration images for int8 / W8A8 (default: bundled photos).",
-)
+@calibration_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -921,6 +919,7 @@ def matrix(
 
     from .matrix import MatrixRequest, run_matrix
     from .matrix.report import diff, write_outputs
+    from .matrix.run import parse_resolutions
 
     old = None
     if against is not None:
@@ -930,10 +929,12 @@ def matrix(
             raise CliError(
                 f"{against} is not a matrix JSON file; pass the matrix.json of an earlier run", 2
             ) from None
+    one_resolution, per_model = _run(parse_resolutions, _split(resolution) or [])
     request = MatrixRequest(
         models=_split(models) or ["*"],
         formats=_split(formats),
-        resolution=resolution,
+        resolution=one_resolution,
+        model_resolutions=per_model,
         images=images,
         calibration=calibration,
         out=out,
@@ -984,10 +985,9 @@ def bench(targets, threads, runs, warmup, cpus, as_json):
 
     With --cpu: instructions per inference on emulated ARM CPUs instead (deterministic; not a time)."""
     if cpus is not None:
-        from .executorch.arm.bench import arm_bench, format_arm_bench
-
-        result = _run(arm_bench, [Path(t) for t in targets], _arm_cpus(cpus), log=_log)
-        _emit(as_json, result, lambda r: click.echo(format_arm_bench(r)))
+        emulation = _arm_emulation()
+        result = _run(emulation.bench, [Path(t) for t in targets], _arm_cpus(cpus), log=_log)
+        _emit(as_json, result, lambda r: click.echo(emulation.format_bench(r)))
         return
     if len(targets) != 1:
         raise click.UsageError("bench takes one TARGET; several files only with --cpu")
@@ -1000,11 +1000,16 @@ def bench(targets, threads, runs, warmup, cpus, as_json):
 # --- ARM emulation ---------------------------------------------------------------------
 
 
-def _arm_cpus(text: str):
-    from .executorch.arm.cpus import parse_cpus
+def _arm_emulation():
+    """ARM emulation belongs to the XNNPACK .pte target (Target.cpu_emulation)."""
+    from .targets import get_target
 
+    return get_target("executorch").cpu_emulation()
+
+
+def _arm_cpus(text: str):
     try:
-        return parse_cpus(text)
+        return _arm_emulation().parse_cpus(text)
     except MobileExportError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -1014,9 +1019,7 @@ def _arm_cpus(text: str):
 def setup_arm_cmd(as_json):
     """Fetch (PyPI, Debian) and build what `verify/bench --cpu` need: QEMU >= 10, an arm64 sysroot,
     the executorch aarch64 runtime and our runner, into ~/.cache/mobile-export/arm (or $MOBILE_EXPORT_ARM_HOME)."""
-    from .executorch.arm import setup_arm
-
-    result = _run(setup_arm, log=_log)
+    result = _run(_arm_emulation().setup, log=_log)
 
     def human(r):
         k = r["kit"]

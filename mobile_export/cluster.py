@@ -1,4 +1,4 @@
-"""`eval --ray`: the same work units as the in-process run, on a Ray cluster.
+"""Ray for `eval --ray` and `matrix --ray`: the same work units as the in-process run, on a cluster.
 
 The only module that imports ray (an optional extra: pip install "mobile-export[cluster]").
 - Data movement is Ray's: each artifact's bytes (a .mlpackage as a tar) and the reference
@@ -10,7 +10,8 @@ The only module that imports ray (an optional extra: pip install "mobile-export[
   is restarted (max_restarts) and its unfinished calls re-run (max_task_retries). A unit's
   result is a pure function of its images, so a retry returns the same answers, and the driver
   merges each unit once (the pool returns one result per submitted unit).
-At most `in_flight` units per actor are outstanding, so the driver's memory stays flat."""
+At most `in_flight` units per actor are outstanding, so the driver's memory stays flat.
+`matrix --ray` uses map_on_ray: one plain task per model, with the memory it declares."""
 
 from __future__ import annotations
 
@@ -56,6 +57,69 @@ def unpack(data: bytes, name: str, into: Path) -> Path:
     else:
         dest.write_bytes(data)
     return dest
+
+
+def connect(address: str | None):
+    """ray, initialized against `address` ("auto", host:port, or None for a new local cluster)."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+                configure_logging=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+            raise MobileExportError(
+                f"cannot start or reach Ray at {where} ({first_line(exc)}); check the address (ray status) or drop --ray"
+            ) from None
+    return ray
+
+
+def map_on_ray(
+    fn,
+    jobs: list,
+    address: str | None = None,
+    memory_bytes: list[int | None] | None = None,
+    log=lambda _m: None,
+    max_retries: int = MAX_TASK_RETRIES,
+) -> list:
+    """fn(job) for every job as one Ray task each (one CPU and the memory the job declares, so
+    Ray places a big job only where it fits); results in job order. Ray re-runs a task whose
+    worker died (max_retries); a job whose memory no node has is refused before anything runs."""
+    ray = connect(address)
+    memory_bytes = memory_bytes or [None] * len(jobs)
+    largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    too_big = [(job, m) for job, m in zip(jobs, memory_bytes) if m and largest and m > largest]
+    if too_big:
+        job, m = too_big[0]
+        raise UsageError(
+            f"{getattr(job, 'model', job)} needs {m / 2**30:.1f} GiB but the largest Ray node offers "
+            f"{largest / 2**30:.1f} GiB; add a bigger node or leave that model out"
+        )
+    remote = ray.remote(num_cpus=1, max_retries=max_retries)(fn)
+    refs = [
+        remote.options(memory=m).remote(job) if m else remote.remote(job)
+        for job, m in zip(jobs, memory_bytes)
+    ]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        i = index[done[0]]
+        try:
+            results[i] = ray.get(done[0])
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, MobileExportError):
+                raise cause from None
+            raise MobileExportError(f"a Ray task failed: {first_line(cause or exc)}") from None
+        log(f"{getattr(jobs[i], 'model', i)}: done on Ray ({len(refs) - len(pending)}/{len(refs)})")
+    return results
 
 
 class EvalWorker:
@@ -107,29 +171,10 @@ class RayExecutor:
         self.actors: list = []  # the live actor handles during map (tests kill one)
         self._started = 0
 
-    def _connect(self):
-        ray = _ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(
-                    address=self.address,
-                    include_dashboard=False,
-                    logging_level="ERROR",
-                    log_to_driver=False,
-                    configure_logging=True,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-                raise MobileExportError(
-                    f"cannot start or reach Ray at {where} ({first_line(exc)}); "
-                    "check the address (ray status) or drop --ray"
-                ) from None
-        return ray
-
     def map(
         self, plan: Plan, reference_module, units: Iterable[WorkUnit]
     ) -> Iterator[tuple[WorkUnit, UnitResult]]:
-        ray = self._connect()
+        ray = connect(self.address)
         from ray.util import ActorPool
 
         blobs = {row.key: ray.put(pack(row.path)) for row in plan.rows[1:]}

@@ -5,6 +5,10 @@ import torch
 
 # Keep tests off the network and deterministic.
 os.environ.setdefault("MOBILE_EXPORT_OFFLINE", "1")
+# The default run has two pytest-xdist workers (pyproject addopts) on a 2-core machine: one
+# PyTorch thread each, or four threads spin on two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -129,10 +129,11 @@ def _drop_one_activation(module):
 
 @contextlib.contextmanager
 def patched_executorch_fold(mutation: str):
-    """Replace executorch.target.with_normalization by a broken one for the duration."""
+    """Replace the normalization wrapper the .pte exports use (lowering.with_normalization,
+    called by lowering.export_module) by a broken one for the duration."""
     import torch
 
-    from mobile_export.executorch import target as et
+    from mobile_export.executorch import lowering as et
 
     original = et.with_normalization
 
@@ -194,20 +195,24 @@ def _rng():
 
 
 def quantized_of(pte: Path):
-    """verify rebuilds the quantized PyTorch model from the manifest's recipe when none is
-    passed in (the pipeline passes the lowered one), so the tests need not keep it."""
-    return None
+    """The quantized PyTorch model behind an int8 .pte, rebuilt from its manifest's recipe the
+    way `verify` rebuilds it when none is passed in. A mutant keeps the correct file's manifest
+    (edits copy it; a re-export with a broken fold records the same recipe), so verify would
+    rebuild this same model for every mutant: the tests rebuild it once and pass it in."""
+    from mobile_export import manifest as mf
+    from mobile_export.targets import target_for_artifact
+    from mobile_export.verify.reference import rebuild_reference
 
-
-def keep_quantized(pte: Path, quantized) -> None:
-    """Nothing to keep: see quantized_of."""
+    manifest, entry = mf.entry_for(pte)
+    built = rebuild_reference(manifest, None)
+    return target_for_artifact(pte).quantized_reference(pte, entry, built, manifest).model
 
 
 def _bytes_of(buffer) -> bytes:
     return bytes(buffer.buffer if hasattr(buffer, "buffer") else buffer)
 
 
-def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
+def edit_pte_layer(pte: Path, mutation: str) -> None:
     """Scramble or sign-flip one mid-network layer's constant data inside the .pte (XNNPACK's
     named data: fp32 weights, or int8 weights with float32 per-channel scales)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -216,17 +221,14 @@ def edit_pte_layer(pte: Path, mutation: str, quantized=None) -> None:
     named = deserialize_pte_binary(bytes(data)).named_data
     keys = sorted(named.pte_data, key=lambda k: named.pte_data[k].buffer_index)
     int8 = any(k.startswith("scale_") for k in keys)
-    if mutation == "layer_sign_flipped" and int8:
-        candidates = [
-            k for k in keys if k.startswith("scale_")
-        ]  # negating a layer's scales flips its weights
-    else:
-        candidates = [
-            k
-            for k in keys
-            if not k.startswith("scale_")
-            and len(_bytes_of(named.buffers[named.pte_data[k].buffer_index])) >= 4096
-        ]
+    # The int8 weights themselves, never their scales: XNNPACK refuses a negative scale when it
+    # loads the program, which tests the loader rather than the comparison.
+    candidates = [
+        k
+        for k in keys
+        if not k.startswith("scale_")
+        and len(_bytes_of(named.buffers[named.pte_data[k].buffer_index])) >= 4096
+    ]
     key = candidates[len(candidates) // 2]
     buf = _bytes_of(named.buffers[named.pte_data[key].buffer_index])
     at = data.find(buf)
@@ -409,14 +411,13 @@ def make_mutant(
     calibration_limit: int = 32,
     mean=None,
     std=None,
-    quantized=None,
 ) -> Path:
     """The file of `mode` with `mutation` injected; a new folder under `work`."""
     dest = Path(work) / f"{mode.name}-{mutation}"
     if mode.target == "executorch":
         if mutation in ("layer_scrambled", "layer_sign_flipped"):
             pte = copy_export(correct, dest)
-            edit_pte_layer(pte, mutation, quantized)
+            edit_pte_layer(pte, mutation)
             refresh_sha256(pte)
             return pte
         with patched_executorch_fold(mutation):

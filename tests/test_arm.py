@@ -139,6 +139,19 @@ def test_unknown_cpu_is_a_usage_error_listing_the_choices(cli, tmp_path):
     assert code == 2 and "unknown --cpu cortex-a9000" in err and "cortex-a710" in err
 
 
+@pytest.mark.parametrize("target", ["coreml", "executorch-coreml"])
+def test_only_xnnpack_pte_files_run_on_emulated_cpus(target):
+    """ARM emulation is the XNNPACK .pte target's (Target.cpu_emulation); a Core ML file, or a
+    .pte whose payload is Core ML, is refused in one line before anything slow runs."""
+    from mobile_export.targets import get_target
+    from mobile_export.verify.verify import _arm_kit
+
+    assert get_target(target).cpu_emulation() is None
+    with pytest.raises(UsageError, match="is not one"):
+        _arm_kit(get_target(target), Path("model.mlpackage"))
+    assert get_target("executorch").cpu_emulation().parse_cpus("cortex-a55")[0].name == "cortex-a55"
+
+
 def test_missing_kit_is_one_line_naming_the_fix(cli, tmp_path, monkeypatch, small_any):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty"))
     with pytest.raises(ArmSetupError, match="setup-arm"):

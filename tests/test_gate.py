@@ -396,9 +396,12 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     out = result.stdout.str()
     assert "needs >= 200 dB" in out and "pyproject.toml:'*.mlpackage'" in out
 
-    # 4. pytest-xdist, two workers: the same outcome per item (pte: damage, mlpackage: the tightened limit)
+    # 4. pytest-xdist, two workers: the same outcome per item (pte: damage, mlpackage: the tightened limit).
+    # In a child process, so the workers' own stderr (backend import noise) lands in its capture.
     pytest.importorskip("xdist")
-    result = pytester.runpytest(*PLUGIN, "-n", "2", "--mobile-export", "app", "--junitxml", "xdist.xml")
+    result = pytester.runpytest_subprocess(
+        *PLUGIN, "-n", "2", "--mobile-export", "app", "--junitxml", "xdist.xml"
+    )
     result.assert_outcomes(failed=2)
     (tests, failures, errors, skipped), cases = _junit(pytester.path / "xdist.xml")
     assert (tests, failures, errors, skipped) == (2, 2, 0, 0)

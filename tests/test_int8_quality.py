@@ -43,7 +43,9 @@ CHECKPOINTS = {
     "mobilenet_v1_050_photos_64.safetensors": ("photos", 1020, 75.0, KEEP_STEM_FIRST_BLOCK),
     "mobilenet_v4_conv_small_photos_64.safetensors": ("photos", 1020, 80.0, {}),
 }
-SLOW = {  # kept out of the default run for its time (V4: 16 min on the busy machine; V1: ~200 s of CPU)
+SLOW = {  # kept out of the default run for its time (V4: 16 min on the busy machine; V1: ~200 s of CPU;
+    # the grey digit scans: ~30 s, and colour photos are the case users have)
+    "mobilenet_v2_035_digits_64.safetensors",
     "mobilenet_v4_conv_small_photos_64.safetensors",
     "mobilenet_v1_050_photos_64.safetensors",
 }

@@ -73,11 +73,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("mobile_export.cli",)),
 ]
 BACKENDS = ("mobile_export.executorch", "mobile_export.coreml")
-# The one exception: running a .pte on emulated ARM CPUs (`verify --cpu`, `bench --cpu`,
-# `setup-arm`) is ExecuTorch-only and not (yet) part of the Target interface; these modules
-# reach its package directly, and nothing else may.
-ARM_EMULATION = "mobile_export.executorch.arm"
-ARM_CALLERS = {"mobile_export.cli", "mobile_export.verify.arm", "mobile_export.verify.verify"}
 HEAVY = ("torch", "executorch", "coremltools")
 FAST_MODULES = ("mobile_export.cli", "mobile_export.targets")
 # Imports that break the rules today and are being removed; this list may only shrink
@@ -231,9 +226,7 @@ def test_backends_only_through_the_target_interface(graph):
     direct = [
         f"{i.where()}: {i.source} imports {i.target}"
         for i in _internal(imports)
-        if i.target.startswith(BACKENDS)
-        and not i.source.startswith(BACKENDS)
-        and not (i.target.startswith(ARM_EMULATION) and i.source in ARM_CALLERS)
+        if i.target.startswith(BACKENDS) and not i.source.startswith(BACKENDS)
     ]
     assert not direct, (
         "backend modules imported outside the backends (use the Target interface):\n  " + "\n  ".join(direct)

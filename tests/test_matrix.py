@@ -66,8 +66,9 @@ def test_tables_and_published_page(slice_run, tmp_path):
     write_outputs(doc, out, publish=page)
     text = page.read_text()
     assert "intro" in text and "after" in text and "STALE TABLE" not in text
-    assert "| mobilenet_v1_025 | 32 |" in text and doc["versions"]["executorch"] in text
-    assert (tmp_path / "matrix.html").read_text().count("<td") == 2
+    # the slice ran below the model's own size, and the table says so
+    assert "| mobilenet_v1_025 | 32 (own 224) |" in text and doc["versions"]["executorch"] in text
+    assert (tmp_path / "matrix.html").read_text().count("<td") == 3  # the size and two cells
     assert markdown(doc) in text
 
 
@@ -132,8 +133,41 @@ def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert rows["coreml-fp32"]["lowered"] is True  # the next cell still ran
 
 
+def test_per_model_resolutions():
+    """`--resolution N` for all, `--resolution MODEL=N` for the named ones (aliases and globs)."""
+    from mobile_export.errors import UsageError
+    from mobile_export.matrix.run import parse_resolutions, plan
+
+    one, per_model = parse_resolutions(["96", "v5-*=128", "mobilenet_v4_conv_large=160"])
+    assert one == 96 and per_model == {"v5-*": 128, "mobilenet_v4_conv_large": 160}
+    jobs, _ = plan(
+        MatrixRequest(
+            models=["v1-025", "v5-*", "v4-conv-large", "v2"],
+            formats=["et-fp32"],
+            model_resolutions=per_model,
+        )
+    )
+    sizes = {job.model: job.cells[0].resolution for job in jobs}
+    assert sizes == {
+        "mobilenet_v1_025": 224,  # its own: no "N" given here
+        "mobilenet_v2_100": 224,
+        "mobilenet_v4_conv_large": 160,
+        "mobilenet_v5_300m": 128,
+        "mobilenet_v5_base": 128,
+    }
+    for bad, says in (
+        ("v5-300m=abc", "MODEL=N"),
+        ("16", "from 32 to 4096"),
+        ("resnet=128", "matches no variant"),
+    ):
+        with pytest.raises(UsageError, match=says):
+            parse_resolutions([bad])
+
+
 def test_unknown_format_or_model_is_a_usage_error(cli, tmp_path):
     code, _, err = cli("matrix", "--formats", "tflite", "--out", tmp_path)
     assert code == 2 and "matches nothing" in err and "et-fp32" in err
     code, _, err = cli("matrix", "--models", "resnet*", "--out", tmp_path)
     assert code == 2 and "matches no variant" in err
+    code, _, err = cli("matrix", "--resolution", "v5-300m=huge", "--out", tmp_path)
+    assert code == 2 and "--resolution 'v5-300m=huge'" in err and len(err.strip().splitlines()) == 1

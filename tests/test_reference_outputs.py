@@ -5,8 +5,8 @@ torchvision does not import beside the project's torch 2.13 CPU). There,
 scripts/reference_fixtures.py builds each reference model with a seeded random init whose BN
 statistics, affine terms and layer scales are all non-trivial, saves its state dict as the
 library would (.pth / .safetensors) and its output on a real photo. Here our loader reads that
-file through `create_model(..., weights=PATH)` and our model must agree: max abs diff <= 1e-5
-in fp32. Skips, saying why, when no side python is found (env MOBILE_EXPORT_SIDECAR_PYTHON,
+file through `create_model(..., weights=PATH)` and our model must agree: max abs diff <= 2e-5 of
+the logits' range in fp32 (tests/sidecar.py says why). Skips, saying why, when no side python is found (env MOBILE_EXPORT_SIDECAR_PYTHON,
 else the fallbacks in tests/sidecar.py)."""
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ pytestmark = pytest.mark.sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "reference_fixtures.py"
-from sidecar import SIDE_PYTHON, SKIP_REASON  # noqa: E402
+from sidecar import SIDE_PYTHON, SKIP_REASON, fp32_tolerance  # noqa: E402
 
 RESOLUTION = 128  # small, but every stage still sees a spatial map (4x4 at stride 32)
-TOLERANCE = 1e-5
 
 # library:model:format[:num_classes] -> the checkpoint kind users actually have.
 CASES = (
@@ -120,7 +119,8 @@ def test_loaded_checkpoint_matches_the_reference_library(reference, case):
     assert got.shape == expected.shape
     assert expected.std() > 0.05, "reference logits are nearly constant: the comparison would prove little"
     diff = (got - expected).abs().max().item()
-    assert diff <= TOLERANCE, f"{case}: max abs diff {diff:.3g} > {TOLERANCE}"
+    tolerance = fp32_tolerance(expected)
+    assert diff <= tolerance, f"{case}: max abs diff {diff:.3g} > {tolerance:.3g}"
 
 
 def test_the_comparison_can_fail(reference):
@@ -144,4 +144,4 @@ def test_the_comparison_can_fail(reference):
     expected = load_file(str(folder / "mobilenet_v3_small.out.safetensors"))["output"]
     with torch.no_grad():
         diff = (module(x) - expected).abs().max().item()
-    assert diff > 100 * TOLERANCE
+    assert diff > 100 * fp32_tolerance(expected)

@@ -42,7 +42,7 @@ from ..errors import ArtifactError, DelegationError, ExportError, UsageError, fi
 from ..manifest import ArtifactEntry
 from ..targets.base import ExportOptions, OpInfo, PerOpValues, Target
 from . import flatfs, pte_reader
-from .lowering import delegation_summary, runtime_record, with_normalization
+from .lowering import delegation_summary, export_module, runtime_record
 from .target import MAGIC, MIN_BYTES, input_contract
 
 BACKEND = "CoreMLBackend"
@@ -140,21 +140,11 @@ class ExecuTorchCoreMLTarget(Target):
     # --- export ----------------------------------------------------------------------
 
     def export(self, built, options: ExportOptions, dest: Path, log) -> dict:
-        import torch
 
         t0 = time.perf_counter()
         precision = options.precision or DEFAULT_PRECISION
         ios = ios_of(options)
-        pre = built.preprocess
-        model = (
-            with_normalization(built.module, pre.mean, pre.std)
-            if options.normalize_in_model
-            else built.module
-        )
-        model.eval()
-        example = torch.zeros(built.input_shape, dtype=torch.float32)
-        with torch.no_grad():
-            out_shape = list(model(example).shape)
+        model, example, out_shape = export_module(built, options.normalize_in_model)
         specs = compile_specs(precision, ios, options.compute_units, options.compress)
         calibration = None
         if options.compress == "w8a8":

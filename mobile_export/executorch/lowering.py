@@ -33,6 +33,20 @@ def with_normalization(module, mean, std):
     return NormalizedInput(module, mean, std).eval()
 
 
+def export_module(built, normalize_in_model: bool):
+    """The module both .pte exports trace, in eval mode, with its example input and output
+    shape: the normalization folded in when the program takes RGB in [0, 1]."""
+    import torch
+
+    pre = built.preprocess
+    model = with_normalization(built.module, pre.mean, pre.std) if normalize_in_model else built.module
+    model.eval()
+    example = torch.zeros(built.input_shape, dtype=torch.float32)
+    with torch.no_grad():
+        out_shape = list(model(example).shape)
+    return model, example, out_shape
+
+
 def lower(
     module,
     example,

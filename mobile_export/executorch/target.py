@@ -19,6 +19,7 @@ from ..targets.base import ExportOptions, Gelu, OpInfo, PerOpValues, QuantizedRe
 from .lowering import (
     TANH_GELU_EXACT,
     TANH_GELU_FAST,
+    export_module,
     lower,
     runtime_record,
     uses_tanh_gelu,
@@ -72,19 +73,10 @@ class ExecuTorchTarget(Target):
     # --- export -------------------------------------------------------------------------
 
     def export(self, built, options: ExportOptions, dest: Path, log) -> dict:
-        import torch
 
         t0 = time.perf_counter()
         pre = built.preprocess
-        model = (
-            with_normalization(built.module, pre.mean, pre.std)
-            if options.normalize_in_model
-            else built.module
-        )
-        model.eval()
-        example = torch.zeros(built.input_shape, dtype=torch.float32)
-        with torch.no_grad():
-            out_shape = list(model(example).shape)
+        model, example, out_shape = export_module(built, options.normalize_in_model)
 
         opts = options.executorch
         quantization: dict = {"mode": "none"}
@@ -215,6 +207,11 @@ class ExecuTorchTarget(Target):
         return outputs, extras
 
     # --- what verify and bench ask besides ----------------------------------------------
+
+    def cpu_emulation(self):
+        from .arm import ArmEmulation
+
+        return ArmEmulation()
 
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
         """Latency in the ExecuTorch runtime (the same child process verify uses): load time,

@@ -52,6 +52,15 @@ def header_lines(doc: dict) -> list[str]:
     ]
 
 
+def _resolution_label(doc: dict, model: str) -> str:
+    """The size the model ran at, and its own beside it when the run chose a smaller one."""
+    from ..models.registry import get_spec
+
+    res = next(r["resolution"] for r in doc["cells"] if r["model"] == model)
+    own = get_spec(model).resolution
+    return str(res) if res == own else f"{res} (own {own})"
+
+
 def markdown(doc: dict) -> str:
     models, formats, by = _grid(doc)
     lines = [
@@ -65,9 +74,12 @@ def markdown(doc: dict) -> str:
     lines.append("| model | res | " + " | ".join(FORMATS[f].label for f in formats) + " |")
     lines.append("|---|---|" + "---|" * len(formats))
     for model in models:
-        res = next(r["resolution"] for r in doc["cells"] if r["model"] == model)
         cells = [short(by[(model, f)]) if (model, f) in by else "not run" for f in formats]
-        lines.append(f"| {model} | {res} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append(
+            f"| {model} | {_resolution_label(doc, model)} | "
+            + " | ".join(c.replace("|", "/") for c in cells)
+            + " |"
+        )
     lines += [
         "",
         "Every cell (delegated ops / ops outside the delegate; latency median ms; export+verify wall s; "
@@ -130,13 +142,15 @@ def html_page(doc: dict) -> str:
                 f'<td style="background:{colour.get(r["status"], "#fff")}" title="{html.escape(title)}">'
                 f"{html.escape(short(r))}</td>"
             )
-        rows.append(f"<tr><th>{html.escape(model)}</th>{''.join(tds)}</tr>")
+        rows.append(
+            f"<tr><th>{html.escape(model)}</th><td>{html.escape(_resolution_label(doc, model))}</td>{''.join(tds)}</tr>"
+        )
     about = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(doc))
     return (
         "<!doctype html><meta charset=utf-8><title>mobile-export matrix</title>"
         "<style>body{font:13px system-ui,sans-serif;margin:16px}table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:3px 6px;white-space:nowrap}</style>"
-        f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>\n"
+        f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th><th>res</th>{head}</tr>{''.join(rows)}</table>\n"
     )
 
 

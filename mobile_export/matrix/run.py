@@ -38,6 +38,9 @@ class MatrixRequest:
     models: list[str] = field(default_factory=lambda: ["*"])
     formats: list[str] | None = None
     resolution: int | None = None  # None: each model at its own resolution
+    # per-model sizes, {name, alias or glob: pixels}, over `resolution`: the big members at a
+    # stated smaller size (the table shows it beside the model's own)
+    model_resolutions: dict[str, int] = field(default_factory=dict)
     images: Path | None = None
     calibration: Path | None = None
     out: Path = Path("matrix")
@@ -82,6 +85,38 @@ def resolve_models(patterns: list[str]) -> list:
     return [s for s in specs if s in chosen]
 
 
+def resolution_for(spec, request: MatrixRequest) -> int:
+    """The first per-model size whose pattern names `spec`, else the one size, else its own."""
+    for pattern, pixels in request.model_resolutions.items():
+        if fnmatch.fnmatchcase(spec.name, pattern) or any(
+            fnmatch.fnmatchcase(a, pattern) for a in spec.aliases
+        ):
+            return pixels
+    return request.resolution or spec.resolution
+
+
+def parse_resolutions(values: list[str]) -> tuple[int | None, dict[str, int]]:
+    """`--resolution` values: "N" (every model) or "MODEL=N" (names, aliases or globs) ->
+    (one size or None, {pattern: size}); a bad value is a usage error that shows the forms."""
+    one, per_model = None, {}
+    for value in values:
+        pattern, _, size = value.rpartition("=")
+        try:
+            pixels = int(size)
+        except ValueError:
+            pixels = 0
+        if not 32 <= pixels <= 4096:
+            raise UsageError(
+                f"--resolution {value!r}: give N or MODEL=N with N from 32 to 4096, e.g. v5-300m=256"
+            )
+        if pattern:
+            resolve_models([pattern])  # an unknown model is named now, not after hours
+            per_model[pattern] = pixels
+        else:
+            one = pixels
+    return one, per_model
+
+
 def code_version() -> str:
     """A digest of this package's source: a code change invalidates the cache."""
     root = Path(__file__).resolve().parents[1]
@@ -101,7 +136,7 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
     code = f"{__version__}+{code_version()}"
     jobs = []
     for spec in resolve_models(request.models):
-        resolution = request.resolution or spec.resolution
+        resolution = resolution_for(spec, request)
         ordered = sorted(formats, key=lambda f: f.key != BASELINE)  # the baseline first
         cells = tuple(
             CellSpec(

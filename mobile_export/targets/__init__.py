@@ -9,6 +9,7 @@ from ..errors import UsageError
 from .base import (
     CompressMode,
     CoreMLOptions,
+    CpuEmulation,
     ExecuTorchOptions,
     ExportOptions,
     Gelu,
@@ -45,6 +46,7 @@ _SUFFIXES = {".pte": "executorch", ".bpte": "executorch", ".mlpackage": "coreml"
 __all__ = [
     "CompressMode",
     "CoreMLOptions",
+    "CpuEmulation",
     "ExecuTorchOptions",
     "ExportOptions",
     "Gelu",

@@ -225,6 +225,35 @@ class QuantizedReference:
     how: str
 
 
+class CpuEmulation(ABC):
+    """A target's artifacts on emulated phone CPUs (`verify --cpu`, `bench --cpu`, `setup-arm`):
+    the phone's own kernels, run on this host under an emulator set up once (the "kit")."""
+
+    @abstractmethod
+    def setup(self, log) -> dict:
+        """Fetch and build the kit; returns {"kit": {...}, "fetched": [...], "seconds": s}."""
+
+    @abstractmethod
+    def find_kit(self):
+        """The installed kit; EmulationError naming the setup command when it is missing."""
+
+    @abstractmethod
+    def parse_cpus(self, text: str | None) -> list:
+        """CPU rows from "a76,a55"; UsageError naming the known CPUs for an unknown one."""
+
+    @abstractmethod
+    def run_on_cpu(self, kit, artifact: Path, inputs, cpu) -> np.ndarray:
+        """Outputs (one row per input) of `artifact` on the emulated `cpu`."""
+
+    @abstractmethod
+    def bench(self, artifacts: list[Path], cpus: list, log) -> dict:
+        """Instructions per inference of each artifact on each CPU."""
+
+    @abstractmethod
+    def format_bench(self, result: dict) -> str:
+        """`bench` as the lines a person reads."""
+
+
 class Target(ABC):
     name: ClassVar[str]
     suffix: ClassVar[str]  # ".pte", ".mlpackage"
@@ -302,6 +331,10 @@ class Target(ABC):
         """Compare the artifact with `built` op by op on `inputs` (verify.reference.Inputs):
         every (name, reference, artifact) value goes to `sink`; returns the ops in graph order."""
         raise UsageError(f"--per-layer is not available for {self.name} artifacts")
+
+    def cpu_emulation(self) -> CpuEmulation | None:
+        """How this target's files run on emulated phone CPUs; None when the backend has no way."""
+        return None
 
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
         """What `mobile-export bench` reports for the artifact itself (latency where this host can

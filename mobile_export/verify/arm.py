@@ -39,18 +39,16 @@ def arm_rows(
     qref=None,
     scale: float | None = None,
     topk: bool = True,
-    kit=None,
+    emulation,
+    kit,
     log=lambda _m: None,
 ) -> dict:
     """Run `path` on each CPU of `cpus` (ArmCpu rows) and judge it.
 
     `ref`: the PyTorch reference outputs in the artifact's output quantity; `x86`: the x86
     runtime's outputs for the same inputs; `qref`: the quantized PyTorch model's (int8 only).
+    `emulation`, `kit`: the target's CpuEmulation and its installed kit.
     Returns {"kit": ..., "rows": [...], "failures": [...]}; each failure names its CPU."""
-    from ..executorch.arm import find_kit
-    from ..executorch.arm.emulate import run_on_cpu
-
-    kit = kit or find_kit()
     expected = np.asarray(ref).reshape(len(artifact_inputs), -1).shape
     rows = []
     for cpu in cpus:
@@ -59,7 +57,7 @@ def arm_rows(
         )
         row: dict = {"cpu": cpu.name, "kernels": cpu.family, "kernel_detail": cpu.kernels}
         try:
-            arm = run_on_cpu(kit, path, artifact_inputs, cpu)
+            arm = emulation.run_on_cpu(kit, path, artifact_inputs, cpu)
             if arm.shape != expected:
                 raise EmulationError(
                     f"{cpu.name}: the runner gave outputs of shape {arm.shape}, expected {expected}"

@@ -56,7 +56,7 @@ def verify_artifact(
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; check the path or export again")
     target.check_file(path)
-    arm_kit = _arm_kit(path) if cpus else None
+    emulation, arm_kit = _arm_kit(target, path) if cpus else (None, None)
     manifest, entry = mf.entry_for(path)
     mf.check_sha256(path, entry)
 
@@ -164,6 +164,7 @@ def verify_artifact(
             qref=qref_outputs,
             scale=quant.get("output_scale"),
             topk=topk,
+            emulation=emulation,
             kit=arm_kit,
             log=log,
         )
@@ -241,13 +242,15 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
     return part
 
 
-def _arm_kit(path: Path):
-    """The ARM kit, checked before the slow part so a missing kit fails in one line first."""
-    from ..executorch.arm import find_kit
-
-    if path.suffix != ".pte":
-        raise UsageError(f"--cpu runs .pte files on emulated ARM CPUs; {path.name} is not a .pte")
-    return find_kit()
+def _arm_kit(target, path: Path):
+    """The target's CPU emulation and its kit, checked before the slow part so a file that
+    cannot run there, or a missing kit, fails in one line first."""
+    emulation = target.cpu_emulation()
+    if emulation is None:
+        raise UsageError(
+            f"--cpu runs XNNPACK .pte files on emulated ARM CPUs; {path.name} is not one (export --target executorch)"
+        )
+    return emulation, emulation.find_kit()
 
 
 def _finite(v):
