@@ -862,6 +862,12 @@ def _split(values) -> list[str] | None:
 )
 @calibration_option
 @click.option(
+    "--weights",
+    multiple=True,
+    help="random (BN-woken synthetic, the default), example, or a checkpoint file; MODEL=...: that "
+    "model's (repeatable), e.g. --weights v2=trained.safetensors. Lossy formats' parity means most on trained weights.",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("matrix"),
@@ -906,6 +912,7 @@ def matrix(
     resolution,
     images,
     calibration,
+    weights,
     out,
     publish,
     against,
@@ -919,7 +926,7 @@ def matrix(
 
     from .matrix import MatrixRequest, run_matrix
     from .matrix.report import diff, write_outputs
-    from .matrix.run import parse_resolutions
+    from .matrix.run import parse_resolutions, parse_weights
 
     old = None
     if against is not None:
@@ -930,11 +937,14 @@ def matrix(
                 f"{against} is not a matrix JSON file; pass the matrix.json of an earlier run", 2
             ) from None
     one_resolution, per_model = _run(parse_resolutions, _split(resolution) or [])
+    one_weights, model_weights = _run(parse_weights, _split(weights) or [])
     request = MatrixRequest(
         models=_split(models) or ["*"],
         formats=_split(formats),
         resolution=one_resolution,
         model_resolutions=per_model,
+        weights=one_weights or "random",
+        model_weights=model_weights,
         images=images,
         calibration=calibration,
         out=out,

@@ -67,8 +67,8 @@ def test_tables_and_published_page(slice_run, tmp_path):
     text = page.read_text()
     assert "intro" in text and "after" in text and "STALE TABLE" not in text
     # the slice ran below the model's own size, and the table says so
-    assert "| mobilenet_v1_025 | 32 (own 224) |" in text and doc["versions"]["executorch"] in text
-    assert (tmp_path / "matrix.html").read_text().count("<td") == 3  # the size and two cells
+    assert "| mobilenet_v1_025 | 32 (own 224) | synthetic |" in text and doc["versions"]["executorch"] in text
+    assert (tmp_path / "matrix.html").read_text().count("<td") == 4  # size, weights and two cells
     assert markdown(doc) in text
 
 
@@ -162,6 +162,31 @@ def test_per_model_resolutions():
     ):
         with pytest.raises(UsageError, match=says):
             parse_resolutions([bad])
+
+
+def test_per_model_weights_key_the_cache_by_content(tmp_path):
+    """`--weights MODEL=FILE`: that model's cells load the checkpoint (its sha256 is in the cache
+    key, so a retrained file is a new cell); the others keep the synthetic weights."""
+    from mobile_export.errors import UsageError
+    from mobile_export.matrix.run import parse_weights, plan
+
+    ckpt = tmp_path / "v2.safetensors"
+    ckpt.write_bytes(b"one")
+    one, per_model = parse_weights([f"v2={ckpt}"])
+    request = MatrixRequest(models=["v1-025", "v2"], formats=["et-fp32"], model_weights=per_model)
+    jobs, _ = plan(request)
+    cells = {job.model: job.cells[0] for job in jobs}
+    assert one is None and cells["mobilenet_v1_025"].weights == "random"
+    assert (
+        cells["mobilenet_v2_100"].weights == str(ckpt.resolve()) and cells["mobilenet_v2_100"].weights_sha256
+    )
+    before = {job.model: job.keys[0] for job in jobs}
+    ckpt.write_bytes(b"two")
+    after = {job.model: job.keys[0] for job in plan(request)[0]}
+    assert after["mobilenet_v1_025"] == before["mobilenet_v1_025"]
+    assert after["mobilenet_v2_100"] != before["mobilenet_v2_100"]
+    with pytest.raises(UsageError, match="existing checkpoint file"):
+        parse_weights([f"v2={tmp_path / 'missing.safetensors'}"])
 
 
 def test_unknown_format_or_model_is_a_usage_error(cli, tmp_path):

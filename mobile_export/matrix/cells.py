@@ -28,7 +28,8 @@ class CellSpec:
     model: str  # canonical model name
     format: str  # a key of FORMATS
     resolution: int
-    weights: str = "random"
+    weights: str = "random"  # "random" (BN-woken synthetic), "example", or a checkpoint file
+    weights_sha256: str | None = None  # a checkpoint file's digest: a changed file is a new cell
     seed: int = 0
     images: str | None = None
     calibration: str | None = None

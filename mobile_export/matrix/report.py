@@ -61,6 +61,12 @@ def _resolution_label(doc: dict, model: str) -> str:
     return str(res) if res == own else f"{res} (own {own})"
 
 
+def _weights_label(doc: dict, model: str) -> str:
+    """ "synthetic" for BN-woken random weights, else the checkpoint's file name."""
+    weights = next(r.get("weights", "random") for r in doc["cells"] if r["model"] == model)
+    return "synthetic" if weights == "random" else Path(weights).name
+
+
 def markdown(doc: dict) -> str:
     models, formats, by = _grid(doc)
     lines = [
@@ -71,12 +77,12 @@ def markdown(doc: dict) -> str:
         "`no:` the one-line reason it did not lower.",
         "",
     ]
-    lines.append("| model | res | " + " | ".join(FORMATS[f].label for f in formats) + " |")
-    lines.append("|---|---|" + "---|" * len(formats))
+    lines.append("| model | res | weights | " + " | ".join(FORMATS[f].label for f in formats) + " |")
+    lines.append("|---|---|---|" + "---|" * len(formats))
     for model in models:
         cells = [short(by[(model, f)]) if (model, f) in by else "not run" for f in formats]
         lines.append(
-            f"| {model} | {_resolution_label(doc, model)} | "
+            f"| {model} | {_resolution_label(doc, model)} | {_weights_label(doc, model)} | "
             + " | ".join(c.replace("|", "/") for c in cells)
             + " |"
         )
@@ -143,14 +149,14 @@ def html_page(doc: dict) -> str:
                 f"{html.escape(short(r))}</td>"
             )
         rows.append(
-            f"<tr><th>{html.escape(model)}</th><td>{html.escape(_resolution_label(doc, model))}</td>{''.join(tds)}</tr>"
+            f"<tr><th>{html.escape(model)}</th><td>{html.escape(_resolution_label(doc, model))}</td><td>{html.escape(_weights_label(doc, model))}</td>{''.join(tds)}</tr>"
         )
     about = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(doc))
     return (
         "<!doctype html><meta charset=utf-8><title>mobile-export matrix</title>"
         "<style>body{font:13px system-ui,sans-serif;margin:16px}table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:3px 6px;white-space:nowrap}</style>"
-        f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th><th>res</th>{head}</tr>{''.join(rows)}</table>\n"
+        f"<h1>MobileNet x format</h1>{about}<table><tr><th>model</th><th>res</th><th>weights</th>{head}</tr>{''.join(rows)}</table>\n"
     )
 
 

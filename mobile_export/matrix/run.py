@@ -45,6 +45,9 @@ class MatrixRequest:
     calibration: Path | None = None
     out: Path = Path("matrix")
     weights: str = "random"
+    # per-model weights, {name, alias or glob: "random", "example" or a checkpoint file}, over
+    # `weights`: trained checkpoints where they exist make the lossy formats' parity mean something
+    model_weights: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     bench_runs: int = 20
     ray: str | None = None  # None: local; "auto" or an address: a Ray cluster
@@ -85,36 +88,63 @@ def resolve_models(patterns: list[str]) -> list:
     return [s for s in specs if s in chosen]
 
 
-def resolution_for(spec, request: MatrixRequest) -> int:
-    """The first per-model size whose pattern names `spec`, else the one size, else its own."""
-    for pattern, pixels in request.model_resolutions.items():
+def _for_model(spec, per_model: dict, default):
+    """The value of the first pattern that names `spec` (name, alias or glob), else `default`."""
+    for pattern, value in per_model.items():
         if fnmatch.fnmatchcase(spec.name, pattern) or any(
             fnmatch.fnmatchcase(a, pattern) for a in spec.aliases
         ):
-            return pixels
-    return request.resolution or spec.resolution
+            return value
+    return default
+
+
+def resolution_for(spec, request: MatrixRequest) -> int:
+    """The per-model size that names `spec`, else the one size, else its own."""
+    return _for_model(spec, request.model_resolutions, request.resolution or spec.resolution)
+
+
+def weights_for(spec, request: MatrixRequest) -> str:
+    return _for_model(spec, request.model_weights, request.weights)
+
+
+def _per_model(option: str, values: list[str], convert, form: str) -> tuple[object | None, dict]:
+    """`--OPTION` values, "V" (every model) or "MODEL=V" -> (one value or None, {pattern: value});
+    a model pattern that names no variant is a usage error now, not after hours."""
+    one, per_model = None, {}
+    for value in values:
+        pattern, _, raw = value.rpartition("=")
+        converted = convert(raw)
+        if converted is None:
+            raise UsageError(f"{option} {value!r}: give {form}")
+        if pattern:
+            resolve_models([pattern])
+            per_model[pattern] = converted
+        else:
+            one = converted
+    return one, per_model
 
 
 def parse_resolutions(values: list[str]) -> tuple[int | None, dict[str, int]]:
-    """`--resolution` values: "N" (every model) or "MODEL=N" (names, aliases or globs) ->
-    (one size or None, {pattern: size}); a bad value is a usage error that shows the forms."""
-    one, per_model = None, {}
-    for value in values:
-        pattern, _, size = value.rpartition("=")
-        try:
-            pixels = int(size)
-        except ValueError:
-            pixels = 0
-        if not 32 <= pixels <= 4096:
-            raise UsageError(
-                f"--resolution {value!r}: give N or MODEL=N with N from 32 to 4096, e.g. v5-300m=256"
-            )
-        if pattern:
-            resolve_models([pattern])  # an unknown model is named now, not after hours
-            per_model[pattern] = pixels
-        else:
-            one = pixels
-    return one, per_model
+    """`--resolution` values: "N" (every model) or "MODEL=N" with N from 32 to 4096."""
+
+    def pixels(raw: str) -> int | None:
+        return int(raw) if raw.isdigit() and 32 <= int(raw) <= 4096 else None
+
+    return _per_model("--resolution", values, pixels, "N or MODEL=N with N from 32 to 4096, e.g. v5-300m=256")
+
+
+def parse_weights(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    """`--weights` values: "random", "example" or a checkpoint file, for all or as MODEL=..."""
+
+    def source(raw: str) -> str | None:
+        if raw in ("random", "example"):
+            return raw
+        path = Path(raw).expanduser()
+        return str(path.resolve()) if path.is_file() else None
+
+    return _per_model(
+        "--weights", values, source, "random, example or an existing checkpoint file, or MODEL=one of those"
+    )
 
 
 def code_version() -> str:
@@ -137,13 +167,15 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
     jobs = []
     for spec in resolve_models(request.models):
         resolution = resolution_for(spec, request)
+        weights = weights_for(spec, request)
         ordered = sorted(formats, key=lambda f: f.key != BASELINE)  # the baseline first
         cells = tuple(
             CellSpec(
                 model=spec.name,
                 format=f.key,
                 resolution=resolution,
-                weights=request.weights,
+                weights=weights,
+                weights_sha256=_file_sha256(weights),
                 seed=request.seed,
                 images=str(request.images) if request.images else None,
                 calibration=str(request.calibration) if request.calibration else None,
@@ -162,6 +194,12 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
             )
         )
     return jobs, {"versions": versions, "code": code, "formats": [f.key for f in formats]}
+
+
+def _file_sha256(weights: str) -> str | None:
+    from ..fsutil import sha256_file
+
+    return None if weights in ("random", "example") else sha256_file(weights)
 
 
 def cached(out: Path, cell: CellSpec, key: str) -> dict | None:
