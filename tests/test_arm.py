@@ -23,7 +23,13 @@ from mobile_export.executorch.arm.kit import HOME_ENV, RUNNER_ENV
 MODEL, RES = "mobilenet_v1_025", 64
 DEFAULT_CPU = "cortex-a76"
 SLOW_CPUS = "cortex-a53,cortex-a55,cortex-a76,cortex-a710,neoverse-v1"
-SLOW_MODELS = {"mobilenet_v2_035": 96, "mobilenet_v3_small_100": 64, "mobilenet_v4_conv_small": 64}
+# Trained checkpoints (tests/fixtures/trained/, 64 px): synthetic weights put int8 below its row
+# (V3-Small 8.8 dB, V4 Conv-S 6.3 dB against float), which says nothing about ARM.
+SLOW_MODELS = {
+    "mobilenet_v2_100": "mobilenet_v2_100_photos_64",  # the V2 0.35 digit model, shown photos, is off its data
+    "mobilenet_v3_small_100": "mobilenet_v3_small_100_photos_64",
+    "mobilenet_v4_conv_small": "mobilenet_v4_conv_small_photos_64",
+}
 
 
 def _kit_or_skip():
@@ -99,14 +105,12 @@ def _repin(pte: Path) -> None:
 
 
 def change_weights(pte: Path) -> None:
-    """Flip the top bit of every 4th byte in the middle fifth of the file: weights are the bulk
-    of a .pte, so this negates fp32 weights or moves int8 ones by 128, leaving the program
-    structure intact; then make the manifest's checksum agree."""
-    data = bytearray(pte.read_bytes())
-    start, stop = len(data) * 2 // 5 // 4 * 4, len(data) * 3 // 5
-    for i in range(start + 3, stop, 4):
-        data[i] ^= 0x80
-    pte.write_bytes(bytes(data))
+    """Negate one mid-network layer's stored weights (fp32 values, or int8 values but never
+    their scales: XNNPACK refuses a negative scale when it loads the program, which would test
+    the loader, not the comparison), as the mutation suite does; then make the manifest agree."""
+    from mutation_helpers import edit_pte_layer
+
+    edit_pte_layer(pte, "layer_sign_flipped")
     _repin(pte)
 
 
@@ -324,7 +328,8 @@ def test_bench_cli_counts_and_gives_the_int8_fp32_ratio(kit, small, cli):
 def test_family_on_every_kernel_generation(kit, work, photos, name, quantize):
     from mobile_export.verify import verify_artifact
 
-    pte = export(work, photos, name, SLOW_MODELS[name], quantize)
+    weights = Path(__file__).resolve().parent / "fixtures" / "trained" / f"{SLOW_MODELS[name]}.safetensors"
+    pte = export(work, photos, name, 64, quantize, weights=weights)
     report = verify_artifact(pte, cpus=parse_cpus(SLOW_CPUS), limit=6)
     assert not report["warnings"]
     assert [r["cpu"] for r in report["arm"]["rows"]] == SLOW_CPUS.split(",")

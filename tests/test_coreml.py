@@ -86,6 +86,8 @@ def exports(tmp_path_factory):
                 from et_helpers import write_weights
 
                 weights = write_weights(name, res, root)
+            if get_spec(name).output == "features":
+                labels = None  # a feature encoder (V5-300m) has no classifier to label
             model = built or create_model(
                 name, weights=str(weights), seed=0, resolution=res, labels=list(labels) if labels else None
             )
@@ -102,7 +104,7 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained():
-    """V3-Small trained on the photo task (tests/fixtures/trained/) for the compression tests:
+    """V3-Small and V2 trained on the photo task (tests/fixtures/trained/) for the compression tests:
     BN-woken synthetic V3-Small weights are chaotic under weight compression (palettize6
     -1.4 dB, palettize4 -5.5 dB, int8 11.7 dB against PyTorch), a trained one is not."""
     import sys
@@ -112,9 +114,11 @@ def trained():
     sys.path.insert(0, str(ROOT / "scripts"))
     import train_small
 
-    model, meta, pre = train_small.load_checkpoint(TRAINED / "mobilenet_v3_small_100_photos_64.safetensors")
-    built = train_small.as_built(model, meta, pre, "trained fixture")
-    return {V3: built}
+    found = {}
+    for name in (V3, "mobilenet_v2_100"):
+        model, meta, pre = train_small.load_checkpoint(TRAINED / f"{name}_photos_64.safetensors")
+        found[name] = train_small.as_built(model, meta, pre, "trained fixture")
+    return found
 
 
 def reference_and_artifact(built, package, fields, photos):

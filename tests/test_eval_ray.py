@@ -5,10 +5,12 @@ restarted and its units retried without losing or duplicating images. Skipped wi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +72,9 @@ def _stop(temp: Path) -> None:
 def cluster(tmp_path_factory):
     """A head and a second node, one CPU each, loopback only; stopped also on failure."""
     port = _free_port()
-    temp = tmp_path_factory.mktemp("ray")
+    # Ray puts AF_UNIX sockets under --temp-dir (at most 107 bytes of path): a short folder of
+    # our own, not pytest's (under xdist it gains a popen-gwN level and overflows)
+    temp = Path(tempfile.mkdtemp(prefix="mxray-", dir="/tmp"))
     # loopback only; token auth off for head, node and driver alike (ray 2.60 turns it on when
     # ~/.ray/auth_token exists, and a node without the token cannot join)
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -106,6 +110,7 @@ def cluster(tmp_path_factory):
             ray.shutdown()
         _stop(temp)
         assert not _our_ray_processes(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
