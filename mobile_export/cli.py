@@ -751,6 +751,14 @@ def verify(
     "project's max-top1-drop ([tool.mobile-export]).",
 )
 @click.option(
+    "--max-top1-drop",
+    type=float,
+    default=None,
+    metavar="POINTS",
+    help="Exit 1 (and fail its --junit case) when an artifact's top-1 drop exceeds POINTS; overrides the "
+    "project's max-top1-drop.",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
@@ -759,7 +767,17 @@ def verify(
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
 def eval_cmd(
-    artifacts, dataset, limit, every, report_dir, weights, ray_address, junit_file, config_file, as_json
+    artifacts,
+    dataset,
+    limit,
+    every,
+    report_dir,
+    weights,
+    ray_address,
+    junit_file,
+    max_top1_drop,
+    config_file,
+    as_json,
 ):
     """Top-1/top-5 of ARTIFACT(s) of one model and of its PyTorch reference on labelled images."""
     from .eval import EvalOptions, build_report, format_text, run_eval, write_report
@@ -783,13 +801,15 @@ def eval_cmd(
     if report_dir is not None:
         written = _run(write_report, report, outcome, report_dir)
         _log("wrote " + ", ".join(str(p) for p in written))
-    if junit_file is not None:
+    cases = []
+    if junit_file is not None or max_top1_drop is not None:
         from .gate.junit import eval_cases, write_junit
 
-        cases = _run(eval_cases, report, config_file)
-        _run(write_junit, junit_file, "mobile-export eval", cases)
+        cases = _run(eval_cases, report, config_file, max_top1_drop)
+        if junit_file is not None:
+            _run(write_junit, junit_file, "mobile-export eval", cases)
     _emit(as_json, report, lambda r: click.echo(format_text(r)))
-    failed = [c for c in cases if c.failure] if junit_file is not None else []
+    failed = [c for c in cases if c.failure]
     if failed:
         raise CliError("top-1 drop over the project limit: " + "; ".join(c.failure for c in failed), 1)
 

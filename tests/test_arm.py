@@ -1,9 +1,10 @@
 """The .pte on the phone's own kernels: ExecuTorch's aarch64 runtime under QEMU (verify --cpu,
 bench --cpu, setup-arm). Needs the kit from `mobile-export setup-arm` (.ci/run builds it); the
-emulation tests skip with that reason when it is absent. Weights are the well-conditioned
-synthetic ones of et_helpers (outputs depend on the input), so a wrong kernel shows.
+emulation tests skip with that reason when it is absent. Weights are trained checkpoints
+(tests/fixtures/trained/, outputs depend on the input), so a wrong kernel shows.
 
-Default: V1 0.25 at 64 px, fp32 and int8, on cortex-a76. Several CPUs and models: -m slow."""
+Default: the trained V1 0.50 at 64 px, fp32 and int8, on cortex-a76. Several CPUs and models:
+-m slow."""
 
 from __future__ import annotations
 
@@ -205,6 +206,93 @@ def test_kit_state_is_checked_piece_by_piece(tmp_path, monkeypatch):
     assert qemu_version(qemu) == (7, 2, 0)  # setup-arm replaces a cached QEMU older than 10
 
 
+def _judged_row(arm, ref, x86, qref, scale):
+    """verify/arm.arm_rows on one CPU whose emulated outputs are `arm`, under the int8 row."""
+    from types import SimpleNamespace
+
+    from mobile_export.verify import thresholds
+    from mobile_export.verify.arm import arm_rows
+
+    class Outputs:  # the CpuEmulation's one method arm_rows calls
+        def run_on_cpu(self, kit, path, inputs, cpu):
+            return arm
+
+    key = "int8/pt2e-int8"
+    limits = dict(thresholds.THRESHOLDS[key])
+    kit = SimpleNamespace(qemu_version="10.0", executorch_version="test")
+    result = arm_rows(
+        Path("m.pte"),
+        [None] * len(ref),
+        ref,
+        x86,
+        parse_cpus(DEFAULT_CPU),
+        key,
+        limits,
+        qref=qref,
+        scale=scale,
+        emulation=Outputs(),
+        kit=kit,
+    )
+    (row,) = result["rows"]
+    assert result["failures"] == row["failures"]
+    return row, limits
+
+
+def test_an_arm_only_divergence_fails_against_x86_and_one_outlier_does_not():
+    """The ARM row is judged by the same book as x86 verify: a requantization error the ARM
+    kernels alone make (10 steps on 2% of the outputs, still within the float bar) fails
+    against x86 and the quantized model; one 20-step outlier in 11000 outputs passes, as the
+    row's step limit is a p99.9, never a maximum over the set (thresholds.py)."""
+    from mobile_export.verify import metrics
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.0, 2.0, (11, 1000)).astype(np.float32)
+    ref[np.arange(11), np.arange(11)] += 12.0  # a clear top-1 per image
+    scale = 0.05
+    qref = (np.round(ref / scale) * scale).astype(np.float32)  # the quantized model's outputs
+    x86 = qref.copy()  # x86 XNNPACK matches the quantized model
+
+    row, _ = _judged_row(x86.copy(), ref, x86, qref, scale)
+    assert row["passed"] and row["bit_exact_vs_x86"] and row["vs_x86"]["steps"] == 0, row
+
+    outlier = x86.copy()
+    outlier[3, 500] += 20 * scale
+    row, limits = _judged_row(outlier, ref, x86, qref, scale)
+    assert metrics.error_in_steps(x86, outlier, scale) == pytest.approx(20, abs=1e-3)  # the max
+    assert row["passed"] and not row["bit_exact_vs_x86"], row["failures"]
+    assert row["vs_x86"]["steps"] < limits["steps_vs_quantized"]
+
+    diverged = x86.copy()
+    hit = rng.random(diverged.shape) < 0.02
+    diverged[hit] += 10 * scale * rng.choice([-1.0, 1.0], size=int(hit.sum()))
+    row, limits = _judged_row(diverged, ref, x86, qref, scale)
+    assert row["vs_float"]["sqnr_db"] >= limits["sqnr_db"]  # within the float bar ...
+    assert row["vs_float"]["top1_agreement"] == 1.0
+    assert not row["passed"]  # ... yet caught against x86 and the quantized model
+    against_x86 = [f for f in row["failures"] if "vs the x86 runtime" in f]
+    assert against_x86 and all(f.startswith(f"{DEFAULT_CPU}: ") for f in row["failures"])
+    assert any("p99.9 error vs the x86 runtime 10" in f for f in against_x86), against_x86
+    assert not any("vs float" in f for f in row["failures"]), row["failures"]
+
+
+def test_bench_refuses_core_ml_files_before_looking_for_the_kit(cli, tmp_path, monkeypatch, small_any):
+    """bench --cpu, like verify --cpu, refuses a .mlpackage and a .pte whose payload is Core ML
+    in one line (usage error, exit 2), before the kit or anything slow."""
+    from mobile_export import manifest as mf
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "no-kit"))
+    core_ml_pte = _copy(small_any, tmp_path / "delegate")
+    doc = json.loads((core_ml_pte.parent / mf.FILENAME).read_text())
+    for entry in doc["artifacts"]:
+        entry["target"] = "executorch-coreml"
+    (core_ml_pte.parent / mf.FILENAME).write_text(json.dumps(doc, indent=2))
+    for path in (tmp_path / "model.mlpackage", core_ml_pte):
+        code, out, err = cli("bench", small_any, path, "--cpu", DEFAULT_CPU)
+        lines = [ln for ln in err.splitlines() if ln.startswith("Error")]
+        assert code == 2 and out == "" and len(lines) == 1, (code, err)
+        assert f"{path.name} is not one" in lines[0] and "setup-arm" not in err
+
+
 @pytest.fixture(scope="module")
 def small_any(work, photos):
     """An fp32 .pte that needs no kit (for the missing-kit test)."""
@@ -297,6 +385,34 @@ def test_a_crashing_or_hanging_runner_is_an_error(kit, small, tmp_path, monkeypa
         run_on_cpu(fake_kit, small["none"], image, CPUS[DEFAULT_CPU], timeout=2)
 
 
+def test_a_failing_count_or_a_missing_emulator_is_an_error(kit, small, tmp_path):
+    """bench's counting run fails like verify's run: a runner that dies mid-log or an emulator
+    that cannot start is an EmulationError, never a count."""
+    from dataclasses import replace
+
+    from mobile_export.executorch.arm.emulate import (
+        count_instructions,
+        instructions_per_inference,
+        run_on_cpu,
+    )
+
+    crashing = replace(
+        kit, runner=fake_runner(tmp_path, "#include <signal.h>\nint main(void) { raise(SIGSEGV); }\n")
+    )
+    image = np.zeros((1, 3, RES, RES), np.float32)
+    with pytest.raises(EmulationError, match=rf"{DEFAULT_CPU}: the runner crashed under QEMU \(SIGSEGV\)"):
+        count_instructions(crashing, small["int8"], image, CPUS[DEFAULT_CPU], repeat=1)
+    with pytest.raises(EmulationError, match="crashed under QEMU"):
+        instructions_per_inference(crashing, small["int8"], image, CPUS[DEFAULT_CPU])
+    no_qemu = replace(kit, qemu=tmp_path / "no-such-qemu")
+    for call in (
+        lambda: run_on_cpu(no_qemu, small["int8"], [image], CPUS[DEFAULT_CPU]),
+        lambda: count_instructions(no_qemu, small["int8"], image, CPUS[DEFAULT_CPU], repeat=1),
+    ):
+        with pytest.raises(EmulationError, match=f"{DEFAULT_CPU}: cannot start QEMU"):
+            call()
+
+
 def test_instruction_count_repeats_and_shows_the_kernel_family(kit, small):
     from mobile_export.executorch.arm.emulate import instructions_per_inference
 
@@ -317,6 +433,34 @@ def test_bench_cli_counts_and_gives_the_int8_fp32_ratio(kit, small, cli):
     counts = {f["precision"]: f["cpus"][0]["instructions"] for f in result["files"]}
     assert ratio["ratio"] == pytest.approx(counts["int8"] / counts["fp32"], abs=1e-4)
     assert result["files"][1]["cpus"][0]["kernel_instructions"]["fmla"] > 0  # fp32 kernels ran
+
+
+def test_docs_table_covers_the_family_and_is_rendered_from_its_results():
+    """docs/arm.md's table: V1-V4 x {a55, a76, a710} x {fp32, int8}, each cell with its parity
+    row, a repeatable instruction count and its kernel family's instructions; the table in the
+    page is exactly scripts/arm_table.py's rendering of docs/arm_table.json."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("arm_table", root / "scripts" / "arm_table.py")
+    arm_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arm_table)
+    results = json.loads(arm_table.RESULTS.read_text())
+    doc = arm_table.DOC.read_text()
+    table = doc.split(arm_table.START, 1)[1].split(arm_table.END, 1)[0]
+    assert table.strip() == arm_table.render(results).strip()
+    own = {"sdot": "sdot", "i8mm": "smmla"}
+    for alias in ("v1-050", "v2", "v3-small", "v4-conv-small"):
+        for precision in ("fp32", "int8"):
+            cell = results[f"{alias}@96/{precision}"]
+            assert cell["precision"] == precision
+            for cpu in ("cortex-a55", "cortex-a76", "cortex-a710"):
+                row, count = cell["arm"][cpu], cell["counts"][cpu]
+                assert "error" not in row and row["kernels"] == CPUS[cpu].family
+                assert {"vs_float", "vs_x86"} <= set(row)
+                assert count["instructions"] > 1_000_000 and count["relative_difference"] < 1e-3
+                kernels = count["kernel_instructions"]
+                assert kernels["fmla"] > 0 if precision == "fp32" else kernels[own[row["kernels"]]] > 0
 
 
 # --- slow: more CPUs and models ------------------------------------------------------------

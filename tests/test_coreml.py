@@ -94,7 +94,7 @@ def exports(tmp_path_factory):
                 from et_helpers import write_weights
 
                 weights = write_weights(name, res, root)
-            if get_spec(name).output == "features":
+            if built is None and get_spec(name).output == "features":
                 labels = None  # a feature encoder (V5-300m) has no classifier to label
             model = built or create_model(
                 name, weights=str(weights), seed=0, resolution=res, labels=list(labels) if labels else None
@@ -426,6 +426,55 @@ def test_normalization_fold_is_exact_and_falls_back_when_the_input_is_reused(exp
     assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
     package, fields, built = exports(V2, precision="fp32")
     assert fields["coreml"]["std_folded_into_first_conv"] is True
+
+
+def test_tanh_gelu_stays_tanh_gelu(exports, photos):
+    """coremltools 9.0 drops aten.gelu's keyword `approximate` on the torch.export path and emits
+    erf GELU (V5 fp32 came out at 60-64 dB); converter_fixes keeps it. The file must follow the
+    tanh model (fp32 floor) and not the erf one: the two differ by ~74 dB per op, under the floor."""
+    import copy
+
+    from torch import nn
+
+    class TanhGelu(nn.Module):
+        def __init__(self, approximate: str):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+            self.act = nn.GELU(approximate=approximate)
+            self.mix = nn.ModuleList(nn.Conv2d(16, 16, 1) for _ in range(4))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(16, 5, bias=False)
+            with torch.no_grad():  # pre-activations of order 1-3, where erf and tanh GELU part most
+                for conv in self.mix:
+                    conv.weight.mul_(4.0)
+
+        def forward(self, x):
+            x = self.act(self.stem(x))
+            for conv in self.mix:
+                x = self.act(conv(x))
+            return self.head(self.pool(x).flatten(1))
+
+    spec = get_spec("v5-base")
+    torch.manual_seed(0)
+    tanh_model = TanhGelu("tanh").eval()
+    erf_model = copy.deepcopy(tanh_model)
+    erf_model.act = nn.GELU()
+
+    def as_built(module):
+        return BuiltModel(
+            module=module,
+            spec=spec,
+            preprocess=spec.preprocess.at_resolution(RES),
+            num_classes=5,
+            resolution=RES,
+            weights={"source": "random"},
+        )
+
+    package, fields, built = exports("tanh-gelu", built=as_built(tanh_model), precision="fp32")
+    ref, got = reference_and_artifact(built, package, fields, photos)
+    erf_ref, _ = reference_and_artifact(as_built(erf_model), package, fields, photos)
+    assert sqnr(ref, got) >= FLOORS[("fp32", "none")]
+    assert sqnr(erf_ref, got) < FLOORS[("fp32", "none")] - 10  # it can tell the two apart
 
 
 def test_features_model_has_a_plain_tensor_output(exports, photos):

@@ -6,10 +6,12 @@ computes itself from the runtimes' outputs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import eval_helpers as h
+import junitparser
 import numpy as np
 import pytest
 
@@ -169,6 +171,7 @@ def digits(tmp_path_factory):
     artifacts = h.export_artifacts(h.DIGITS, work)
     classes, x, y, _ = h.held_out(h.DIGITS)
     return {
+        "checkpoint": h.DIGITS,
         "work": work,
         "artifacts": artifacts,
         "classes": classes,
@@ -178,7 +181,7 @@ def digits(tmp_path_factory):
     }
 
 
-def _direct_top1(digits, names: list[str]) -> dict[str, int]:
+def _direct_top1(fixture, names: list[str]) -> dict[str, int]:
     """Top-1 (correct images) of every row computed here, without mobile_export.eval: each image decoded by the
     manifest's preprocessing, run through the targets' own `run` and the PyTorch model."""
     import train_small
@@ -189,15 +192,15 @@ def _direct_top1(digits, names: list[str]) -> dict[str, int]:
     from mobile_export.preprocess import load_input
     from mobile_export.verify.reference import preprocess_of
 
-    model, _, _ = train_small.load_checkpoint(h.DIGITS)
-    manifest, _ = mf.manifest_for(digits["artifacts"]["fp32"])
+    model, _, _ = train_small.load_checkpoint(fixture["checkpoint"])
+    manifest, _ = mf.manifest_for(fixture["artifacts"]["fp32"])
     pre = preprocess_of(manifest)
-    files = [digits["folder"] / n for n in names]
-    y = np.array([digits["classes"].index(n.split("/")[0]) for n in names])
+    files = [fixture["folder"] / n for n in names]
+    y = np.array([fixture["classes"].index(n.split("/")[0]) for n in names])
     raw = [load_input(f, pre, normalized=False) for f in files]
     norm = [load_input(f, pre, normalized=True) for f in files]
     top1 = {"reference": int((train_small.logits_of(model, np.concatenate(norm)).argmax(1) == y).sum())}
-    for tag, path in digits["artifacts"].items():
+    for tag, path in fixture["artifacts"].items():
         _, entry = mf.manifest_for(path)
         target = CoreMLTarget() if tag == "fp16" else ExecuTorchTarget()
         inputs = raw if entry["input"].get("normalized_in_model") else norm
@@ -235,6 +238,69 @@ def test_every_row_equals_the_runtimes_own_top1(digits, tmp_path):
             100 * (lost - gained) / 108, abs=1e-4
         )  # rounded to 4 places
     assert rows[arts["fp32"].name]["agreement"] == 100.0  # fp32 XNNPACK vs PyTorch on 108 scans
+    from mobile_export.eval.report import format_html
+
+    page = format_html(report)
+    for tag in ("fp32", "int8", "fp16"):
+        row = rows[arts[tag].name]
+        drops = row["class_drops"]
+        assert sorted(c["class"] for c in drops) == list(range(10)) and sum(c["images"] for c in drops) == 108
+        assert [c["drop_points"] for c in drops] == sorted((c["drop_points"] for c in drops), reverse=True)
+        for c in drops:  # each class's drop is its own flipped files: lost minus gained
+            lost = sum(n.split("/")[0] == c["label"] for n in row["flips"]["lost"])
+            gained = sum(n.split("/")[0] == c["label"] for n in row["flips"]["gained"])
+            assert c["images"] * c["drop_points"] / 100 == pytest.approx(lost - gained, abs=0.01), c
+        # the HTML chart: one bar per class whose accuracy moved (one bar when none did)
+        moved = sum(c["drop_points"] != 0 for c in drops) or 1
+        section = page.split(f"<h2>{row['name']}</h2>")[1].split("<h2>")[0]
+        assert section.count("<rect ") == moved
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The photo task of the int8 checks (17 classes cut from the scikit-image photographs),
+    trained V1 0.5 at 64 px, exported as fp32 .pte, int8 .pte and fp16 .mlpackage."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("skimage")
+    import torch
+
+    torch.set_num_threads(1)
+    checkpoint = h.TRAINED / "mobilenet_v1_050_photos_64.safetensors"
+    work = tmp_path_factory.mktemp("eval_photos")
+    classes, x, y, _ = h.held_out(checkpoint)
+    return {
+        "checkpoint": checkpoint,
+        "artifacts": h.export_artifacts(checkpoint, work),
+        "classes": classes,
+        "folder": h.write_imagefolder(work / "folder", classes, x, y),
+    }
+
+
+@pytest.mark.slow  # three more exports (one int8-calibrated) of a second model: minutes
+def test_photo_task_rows_equal_the_runtimes_own_top1(photos, tmp_path):
+    from mobile_export.eval import EvalOptions, build_report, run_eval
+
+    arts = photos["artifacts"]
+    outcome = run_eval(
+        [arts["fp32"], arts["int8"], arts["fp16"]],
+        EvalOptions(dataset=photos["folder"], every=10, cache_dir=tmp_path, batch=128),
+    )
+    report = build_report(outcome)
+    names = [it.name for it in outcome.dataset.items]
+    n = len(names)
+    assert n == 102 and len({name.split("/")[0] for name in names}) == 17
+    direct = _direct_top1(photos, names)
+    rows = {r["name"]: r for r in report["rows"]}
+    ref = report["rows"][0]
+    assert ref["kind"] == "reference" and ref["top1_correct"] == direct["reference"]
+    assert ref["top1"] > 100 / 17 * 3  # trained: far above chance
+    for tag in ("fp32", "int8", "fp16"):
+        row = rows[arts[tag].name]
+        assert row["top1_correct"] == direct[tag], tag
+        assert row["images"] == n and row["evaluated_now"] == n
+        lost, gained = row["discordant"]["lost"], row["discordant"]["gained"]
+        assert row["mcnemar_p"] == stats.mcnemar_exact(lost, gained)
+        assert row["drop_points"] == pytest.approx(100 * (lost - gained) / n, abs=1e-4)
 
 
 def test_resume_after_interrupt_evaluates_no_image_twice(digits, tmp_path):
@@ -271,6 +337,104 @@ def test_resume_after_interrupt_evaluates_no_image_twice(digits, tmp_path):
     assert comparable(outcome) == comparable(fresh) == comparable(again)
 
 
+def test_progress_counts_every_image_once_cached_or_not(digits, tmp_path):
+    """The bar advances by exactly the selected images, whether evaluated or read from the cache."""
+    from mobile_export.eval import EvalOptions, run_eval
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.steps, self.closed = total, [], False
+            bars.append(self)
+
+        def update(self, n):
+            self.steps.append(n)
+
+        def close(self):
+            self.closed = True
+
+    art = [digits["artifacts"]["fp16"]]
+    options = EvalOptions(dataset=digits["folder"], every=EVERY, limit=20, cache_dir=tmp_path, batch=8)
+    first = run_eval(art, options, progress=Bar)
+    second = run_eval(art, options, progress=Bar)
+    assert [b.total for b in bars] == [20, 20] and all(b.closed for b in bars)
+    assert bars[0].steps == [8, 8, 4] and sum(bars[1].steps) == 20  # per unit; then all cache hits
+    assert set(first.computed.values()) == {20} and set(second.computed.values()) == {0}
+
+
+def test_memory_does_not_grow_with_the_number_of_images(digits, tmp_path):
+    """Streaming: 10x the images, the same peak of traced (Python and numpy) memory. Holding the
+    decoded inputs would add 144 x 3 x 64 x 64 float32, twice (raw and normalized): ~14 MB."""
+    import tracemalloc
+
+    from mobile_export.eval import EvalOptions, run_eval
+
+    art = [digits["artifacts"]["fp16"]]
+
+    def peak(limit: int, run: str) -> int:
+        options = EvalOptions(dataset=digits["folder"], limit=limit, cache_dir=tmp_path / run, batch=16)
+        tracemalloc.start()
+        try:
+            outcome = run_eval(art, options)
+            traced = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert set(outcome.computed.values()) == {limit}
+        return traced
+
+    peak(16, "warm-up")  # imports and the executor's one-time state
+    small, large = peak(16, "small"), peak(160, "large")
+    assert large - small < 2 << 20, (small, large)
+
+
+def test_cache_reevaluates_what_changed_and_only_that(digits, tmp_path):
+    """A touched image, a re-exported artifact under the same name and another preprocessing
+    contract each miss the cache; everything else is a hit."""
+    import os
+
+    from mobile_export.eval import EvalOptions, run_eval
+
+    folder = h.write_imagefolder(tmp_path / "set", digits["classes"], digits["x"][::45], digits["y"][::45])
+    n = len(digits["x"][::45])
+    export = tmp_path / "export"
+    shutil.copytree(digits["artifacts"]["fp32"].parent, export)
+    fp32, fp16 = export / digits["artifacts"]["fp32"].name, export / digits["artifacts"]["fp16"].name
+    options = EvalOptions(dataset=folder, cache_dir=tmp_path / "cache", batch=n)
+
+    def computed(outcome):
+        return {
+            row.kind if row.kind != "executorch" else "pte": outcome.computed[row.key]
+            for row in outcome.plan.rows
+        }
+
+    first = run_eval([fp32, fp16], options)
+    assert computed(first) == {"reference": n, "pte": n, "coreml": n}
+
+    image = sorted(folder.rglob("*.png"))[3]
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    touched = run_eval([fp32, fp16], options)
+    assert computed(touched) == {"reference": 1, "pte": 1, "coreml": 1}
+    for key, top5 in first.top5.items():  # same pixels, same answers
+        np.testing.assert_array_equal(touched.top5[key], top5)
+
+    # "re-export": other bytes under the same file name, manifest updated; the reference is unchanged
+    manifest = json.loads((export / "manifest.json").read_text())
+    int8 = next(a for a in manifest["artifacts"] if a["file"] == digits["artifacts"]["int8"].name)
+    entry = next(a for a in manifest["artifacts"] if a["file"] == fp32.name)
+    entry["sha256"], entry["bytes"] = int8["sha256"], int8["bytes"]
+    shutil.copy(export / int8["file"], fp32)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    swapped = run_eval([fp32, fp16], options)
+    assert computed(swapped) == {"reference": 0, "pte": n, "coreml": 0}
+
+    manifest["preprocess"]["interpolation"] = "bicubic"  # another contract: nothing may be reused
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    recontracted = run_eval([fp32, fp16], options)
+    assert computed(recontracted) == {"reference": n, "pte": n, "coreml": n}
+
+
 def test_cli_csv_layout_reports_and_bad_inputs(digits, tmp_path, cli):
     mlpackage = digits["artifacts"]["fp16"]
     csv_root = h.write_csv_set(
@@ -280,6 +444,8 @@ def test_cli_csv_layout_reports_and_bad_inputs(digits, tmp_path, cli):
     report = tmp_path / "report"
     code, out, err = cli("eval", mlpackage, "--dataset", csv_root, "--report", report, "--json")
     assert code == 0, err
+    # the progress bar on stderr, with its rate and time left (tqdm: n/total [elapsed<remaining, rate])
+    assert re.search(r"\b108/108 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(img/s|s/img)\]", err), err[-500:]
     doc = json.loads(out)
     assert (
         doc["dataset"]["layout"] == "csv"
@@ -290,6 +456,23 @@ def test_cli_csv_layout_reports_and_bad_inputs(digits, tmp_path, cli):
     assert "<svg" in (report / "report.html").read_text() and "| row |" in (report / "report.md").read_text()
     lines = (report / "predictions.csv").read_text().splitlines()
     assert len(lines) == 109 and lines[4].endswith(",,")  # img_0003: no prediction
+
+    # the gate through the CLI (cached answers): --limit, --junit, --max-top1-drop over the project's
+    (tmp_path / "mobile-export.toml").write_text("max-top1-drop = 100.0\n")
+    junit = tmp_path / "eval.xml"
+    args = ("eval", mlpackage, "--dataset", csv_root, "--report", report, "--limit", 20, "--json")
+    limit_args = ("--junit", junit, "--config", tmp_path / "mobile-export.toml", "--max-top1-drop", 0)
+    code, out, err = cli(*args, *limit_args)
+    drop = json.loads(out)["rows"][1]["drop_points"]
+    counted = json.loads(out)["dataset"]
+    assert counted["evaluated"] + counted["skipped"] == 20  # img_0003 is among the first 20
+    assert code == (1 if drop > 0 else 0), err
+    suite = next(iter(junitparser.JUnitXml.fromfile(str(junit))))
+    assert (suite.tests, suite.failures) == (1, 1 if drop > 0 else 0)
+    if drop > 0:
+        assert "(--max-top1-drop)" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(*args, "--max-top1-drop", 150)  # out of range: a usage error naming the flag
+    assert code == 2 and "max-top1-drop = 150" in err
 
     # labels that match no class: exit 2, one line, nothing written
     bad = tmp_path / "bad"
@@ -315,7 +498,8 @@ def test_cli_csv_layout_reports_and_bad_inputs(digits, tmp_path, cli):
     manifest["model"]["weights"]["sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = cli("eval", mlpackage, other / mlpackage.name, "--dataset", csv_root)
-    assert code == 2 and "not the same model" in err
+    assert code == 2 and "not the same model" in err and "differs in: weights" in err
+    assert str(other / mlpackage.name) in err  # same file names: the message shows the paths
 
 
 def test_nothing_imports_ray_without_the_flag():

@@ -28,14 +28,15 @@ from mobile_export.errors import ConfigError
 from mobile_export.gate import annotations
 from mobile_export.gate.check import explain, shortfalls
 from mobile_export.gate.config import discover, load_config, verify_overrides
-from mobile_export.gate.junit import JUnitCase, case_from_report, write_junit
+from mobile_export.gate.junit import JUnitCase, case_from_report, eval_cases, write_junit
 
 pytest_plugins = ["pytester"]
 junitparser = pytest.importorskip("junitparser")
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "tests" / "fixtures" / "trained" / "mobilenet_v2_100_photos_64.safetensors"
-PLUGIN = ("-p", "mobile_export.gate.pytest_plugin", "-p", "no:cacheprovider")
+# benchmark: pytest-benchmark (present where bench extras are) warns under xdist inside nested runs
+PLUGIN = ("-p", "mobile_export.gate.pytest_plugin", "-p", "no:cacheprovider", "-p", "no:benchmark")
 PTE = "mobilenet_v2_100_fp32.pte"
 MLPACKAGE = "mobilenet_v2_100_fp16.mlpackage"
 
@@ -267,6 +268,141 @@ def test_plugin_collects_one_item_per_artifact(pytester):
     result.stderr.fnmatch_lines(["*--mobile-export*nowhere: no such file or folder*"])
 
 
+def test_plugin_annotates_failed_artifacts_under_github_actions(pytester, monkeypatch):
+    """GITHUB_ACTIONS=true: one `::error file=<artifact>` line per failed gate item (what the
+    Action shows on the run and the pull request), none for the app's own failing tests, none
+    outside GitHub."""
+    _write(
+        pytester.path / "app" / "models" / "manifest.json",
+        json.dumps({"artifacts": [{"file": "a_fp32.pte"}, {"file": "a_fp16.mlpackage"}]}),
+    )
+    _write(pytester.path / "tests" / "test_unrelated.py", "def test_x():\n    assert False\n")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "tests")
+    result.assert_outcomes(failed=3)
+    errors = [line for line in result.stdout.lines if line.startswith("::error")]
+    assert len(errors) == 2, result.stdout.str()
+    for name in ("a_fp32.pte", "a_fp16.mlpackage"):
+        [line] = [e for e in errors if e.startswith(f"::error file=app/models/{name},")]
+        assert f"title=parity check could not run%3A {name}::parity check could not run: {name}:" in line
+        assert "does not exist" in line
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    result = pytester.runpytest(*PLUGIN, "--mobile-export", "app")
+    result.assert_outcomes(failed=2)
+    assert not any(line.startswith("::") for line in result.stdout.lines)
+
+
+def test_verify_cli_names_an_unknown_key(tmp_path):
+    """The CLI path of a typo in [tool.mobile-export]: exit 2, one line naming key and file,
+    before any artifact is read. In a child process: an in-process import of the CLI after
+    pytester's inline runs would bind verify to a stale `mobile_export.manifest` (pytester
+    drops its modules from sys.modules, not from the package's attributes) and split the
+    ArtifactEntry class for the tests after it."""
+    _write(tmp_path / "app" / "pyproject.toml", "[tool.mobile-export]\nmin-sqrn = 40\n")
+    artifact = tmp_path / "app" / "models" / "m_fp32.pte"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobile_export.cli",
+            "verify",
+            str(artifact),
+            "--junit",
+            str(tmp_path / "j.xml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    message = run.stderr.strip()
+    assert len(message.splitlines()) == 1 and "'min-sqrn'" in message and "pyproject.toml" in message
+    assert not (tmp_path / "j.xml").exists()
+
+
+def test_eval_junit_honours_the_project_skip(tmp_path):
+    """`skip` holds for `eval --junit` as for verify: a skipped case, never a failure, even past
+    max-top1-drop; the other rows are judged as before."""
+    models = tmp_path / "app" / "models"
+    _write(
+        tmp_path / "app" / "mobile-export.toml",
+        'skip = ["*_experimental*"]\nmax-top1-drop = 0.5\n',
+    )
+    rows = [
+        {
+            "file": str(models / name),
+            "top1": 90.0,
+            "drop_points": drop,
+            "drop_ci95": [drop - 1, drop + 1],
+            "mcnemar_p": 0.5,
+            "images": 100,
+        }
+        for name, drop in (("m_experimental_int8.pte", 9.0), ("m_int8.pte", 0.8), ("m_fp32.pte", 0.0))
+    ]
+    cases = eval_cases({"rows": [{"file": "reference", "top1": 91.0}, *rows]})
+    by_name = {c.name: c for c in cases}
+    skipped = by_name["m_experimental_int8.pte"]
+    assert (
+        skipped.failure is None
+        and "'*_experimental*'" in skipped.skipped
+        and "mobile-export.toml" in skipped.skipped
+    )
+    assert "drop +9.00 points" in skipped.system_out
+    assert by_name["m_int8.pte"].failure.startswith("top-1 drop 0.80 points > max-top1-drop 0.5")
+    assert by_name["m_fp32.pte"].failure is None and by_name["m_fp32.pte"].skipped is None
+    out = write_junit(tmp_path / "eval.xml", "mobile-export eval", cases)
+    _schema_check(out.read_bytes())
+    (tests, failures, errors, skipped_n), _ = _junit(out)
+    assert (tests, failures, errors, skipped_n) == (3, 1, 0, 1)
+
+
+def _readme_block(heading: str, lang: str) -> str:
+    """The first ```lang block after a README heading."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(heading)
+    open_at = text.index(f"```{lang}\n", start) + len(f"```{lang}\n")
+    return text[open_at : text.index("```", open_at)]
+
+
+def test_action_steps_are_the_readme_commands():
+    """The README's GitLab job and the Action run the same gate: every flag of the README's
+    pytest command is in the Action's, both install from the CPU torch index, and the README's
+    GitHub workflow reads the JUnit file the Action writes by default."""
+    import re
+    import shlex
+
+    action = _action()
+    steps = {s.get("name"): s for s in action["runs"]["steps"]}
+    gitlab = _readme_block("### GitLab CI", "yaml")
+    script = re.search(r"- (pytest .*?)\n\s+artifacts:", gitlab, re.S).group(1)
+    readme_args = shlex.split(" ".join(script.split()))
+    gate = steps["Parity gate"]["run"]
+    action_args = shlex.split(re.search(r"args=\((.*?)\)", gate, re.S).group(1).replace("\n", " "))
+    readme_flags, action_flags = (
+        {a for a in args if a.startswith("-")} for args in (readme_args, action_args)
+    )
+    assert readme_flags <= action_flags, readme_flags - action_flags
+    for flag in ("-p", "-o"):  # the values of repeated flags too
+        readme_values, action_values = (
+            {args[i + 1] for i, a in enumerate(args) if a == flag} for args in (readme_args, action_args)
+        )
+        assert readme_values and readme_values <= action_values, readme_values - action_values
+    assert 'python -m pytest "${args[@]}"' in gate
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    assert (
+        f"PIP_EXTRA_INDEX_URL: {cpu_index}" in gitlab and cpu_index in steps["Install mobile-export"]["run"]
+    )
+    assert '"pytest>=8"' in gitlab and '"pytest>=8"' in steps["Install mobile-export"]["run"]
+    workflow = _readme_block("### GitHub Actions", "yaml")
+    assert f"report_paths: {action['inputs']['junit-file']['default']}" in workflow
+    used = re.search(r"uses: \S+/mobile-export@\S+\s+#[^\n]*\n\s+with:\n((?:\s+[\w-]+: .*\n)+)", workflow)
+    given = set(re.findall(r"^\s+([\w-]+):", used.group(1), re.M))
+    assert given and given <= set(action["inputs"]), given - set(action["inputs"])
+
+
 # --- end to end on real exports --------------------------------------------------------------
 
 
@@ -355,6 +491,7 @@ def _failed_names(result) -> set[str]:
 
 def test_gate_end_to_end(pytester, exported, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     models = pytester.path / "app" / "models"
     shutil.copytree(exported, models)
     _parity_images(pytester.path / "parity-images")
@@ -391,10 +528,15 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     pyproject.write_text(
         pyproject.read_text() + '\n[tool.mobile-export.limits."*.mlpackage"]\nmin-sqnr = 200\n'
     )
+    # under GitHub Actions, the failed item is also an `::error` annotation on the artifact
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     result = pytester.runpytest(*PLUGIN, "--mobile-export", "app", "-k", "mlpackage")
     result.assert_outcomes(failed=1, deselected=1)
     out = result.stdout.str()
     assert "needs >= 200 dB" in out and "pyproject.toml:'*.mlpackage'" in out
+    [note] = [line for line in result.stdout.lines if line.startswith("::error")]
+    assert note.startswith(f"::error file=app/models/{MLPACKAGE},title=parity gate failed%3A {MLPACKAGE}::")
+    assert "%0A" in note and "needs >= 200 dB" in note
 
     # 4. pytest-xdist, two workers: the same outcome per item (pte: damage, mlpackage: the tightened limit).
     # In a child process, so the workers' own stderr (backend import noise) lands in its capture.
@@ -403,6 +545,9 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
         *PLUGIN, "-n", "2", "--mobile-export", "app", "--junitxml", "xdist.xml"
     )
     result.assert_outcomes(failed=2)
+    notes = sorted(line.split(",")[0] for line in result.stdout.lines if line.startswith("::error"))
+    assert notes == sorted(f"::error file=app/models/{name}" for name in (PTE, MLPACKAGE))
+    monkeypatch.delenv("GITHUB_ACTIONS")
     (tests, failures, errors, skipped), cases = _junit(pytester.path / "xdist.xml")
     assert (tests, failures, errors, skipped) == (2, 2, 0, 0)
     assert "needs >= 60 dB" in cases[f"test_parity[{PTE}]"].result[0].message
@@ -447,6 +592,23 @@ def test_gate_end_to_end(pytester, exported, monkeypatch):
     assert "SQNR" in cases[PTE].result[0].message and isinstance(
         cases[MLPACKAGE].result[0], junitparser.Skipped
     )
+
+    # 6. CLI flags override the project's table: the pyproject's min-sqnr 200 for *.mlpackage fails it
+    # above; --min-sqnr 30 on the command line lets it pass, and the JSON says where each limit came from
+    run = CliRunner().invoke(
+        main,
+        ["verify", str(models / MLPACKAGE), "--min-sqnr", "30", "--min-agreement", "0.5", "--json"],
+        env={"GITHUB_ACTIONS": "false"},
+        catch_exceptions=False,
+    )
+    assert run.exit_code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["passed"] and report["vs_float"]["sqnr_db"] > 30
+    assert report["thresholds"]["sqnr_db"] == 30 and report["threshold_sources"]["sqnr_db"] == "--min-sqnr"
+    assert report["threshold_sources"]["top1_agreement"] == "--min-agreement"
+    assert report["threshold_sources"]["cosine"] == str(pyproject.resolve())
+    assert report["gate"]["config"] == str(pyproject.resolve())
+    assert report["gate"]["project_limits"]["min-sqnr"] == {"value": 30.0, "source": "--min-sqnr"}
 
 
 # --- the GitHub Action's own steps, in a fresh venv ----------------------------------------
@@ -554,6 +716,24 @@ class ActionRun:
                 check=True,
             ).stdout
             assert where.startswith(str(self.venv)), where
+            # the installed distribution (the venv's, found before the machine's) declares the pytest11
+            # entry point; the gate step's explicit -p would hide a missing one
+            declared = subprocess.run(
+                [
+                    str(self.venv / "bin" / "python"),
+                    "-c",
+                    "import importlib.metadata as m; d = m.distribution('mobile-export'); "
+                    "print(d.locate_file('')); "
+                    "print(*sorted(f'{e.name}={e.value}' for e in d.entry_points if e.group == 'pytest11'))",
+                ],
+                cwd=folder,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+            assert declared[0].startswith(str(self.venv)), declared
+            assert declared[1:] == ["mobile_export.gate.pytest_plugin=mobile_export.gate.pytest_plugin"]
             assert "mobile-export, version" in proc.stdout  # the installed console script ran
             self.installed = True
         return folder

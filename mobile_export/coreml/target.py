@@ -513,6 +513,9 @@ def _convert(exported, built, plan: _Plan, precision: str, ios: int):
             ]
         from coremltools.converters.mil.converter import _reset_conversion_state
 
+        from .converter_fixes import apply as fix_converter
+
+        fix_converter()  # tanh GELU kept as tanh GELU (see converter_fixes)
         _reset_conversion_state()  # op-name counters: a failed conversion must not rename the next one
         try:
             return ct.convert(

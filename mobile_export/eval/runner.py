@@ -167,9 +167,13 @@ def make_plan(artifacts: list[str | Path]) -> Plan:
         if first is None:
             first = (path, manifest)
         elif _model_identity(manifest) != _model_identity(first[1]):
+            ours, theirs = _model_identity(manifest), _model_identity(first[1])
+            differ = ", ".join(k for k in ours if ours[k] != theirs[k])
+            same_name = path.name == first[0].name
             raise UsageError(
-                f"{path.name} is not the same model as {first[0].name} "
-                f"({manifest['model']['name']} vs {first[1]['model']['name']}, or other weights/preprocessing); "
+                f"{path if same_name else path.name} is not the same model as "
+                f"{first[0] if same_name else first[0].name} "
+                f"({manifest['model']['name']} vs {first[1]['model']['name']}; differs in: {differ}); "
                 "evaluate one model per call"
             )
         if any(r.path and Path(r.path).resolve() == path.resolve() for r in rows):

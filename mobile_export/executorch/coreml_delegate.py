@@ -401,8 +401,10 @@ def lower(module, example, specs, log=lambda _m: None):
     from executorch.backends.apple.coreml.partition import CoreMLPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from ..coreml.converter_fixes import apply as fix_converter
     from ..coreml.target import _quiet
 
+    fix_converter()  # the delegate converts through coremltools too: tanh GELU kept (converter_fixes)
     t0 = time.perf_counter()
     try:
         with _quiet(), torch.no_grad():

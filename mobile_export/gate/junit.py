@@ -126,19 +126,35 @@ def _clean(text: str) -> str:
     return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20)
 
 
-def eval_cases(report: dict, config_file: str | Path | None = None) -> list:
+def eval_cases(
+    report: dict, config_file: str | Path | None = None, max_top1_drop: float | None = None
+) -> list:
     """`eval --junit`: one test case per artifact row of an eval report. A row fails when its
     top-1 drop against the reference exceeds the project's `max-top1-drop` for that artifact
-    (points; [tool.mobile-export]); without a limit it passes and carries its numbers."""
+    (points; [tool.mobile-export]); without a limit it passes and carries its numbers; an
+    artifact the project's `skip` names is a skipped case. `max_top1_drop` (eval's
+    --max-top1-drop) overrides the project's value for every row."""
     cases = []
     for row in report["rows"][1:]:
         name = Path(row["file"]).name
-        limit = config_for(row["file"], config_file).limits_for(name).get("max-top1-drop")
+        config = config_for(row["file"], config_file)
+        limit = config.limits_for(name, {"max-top1-drop": max_top1_drop}).get("max-top1-drop")
         lo, hi = row["drop_ci95"]
         summary = (
             f"top-1 {row['top1']}% vs reference {report['rows'][0]['top1']}%: drop {row['drop_points']:+.2f} "
             f"points [95% CI {lo:+.2f}, {hi:+.2f}], McNemar p {row['mcnemar_p']:.3g}, n={row['images']}"
         )
+        skip = config.skipped(name)
+        if skip is not None:  # the project's `skip` holds for eval's gate as for verify's
+            cases.append(
+                JUnitCase(
+                    name,
+                    "mobile-export.eval",
+                    skipped=f"matches skip {skip!r} in {config.path}",
+                    system_out=summary,
+                )
+            )
+            continue
         failure = None
         if limit is not None and row["drop_points"] > limit.value:
             failure = (

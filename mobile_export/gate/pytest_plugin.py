@@ -4,6 +4,7 @@ check as `mobile-export verify` under the project's [tool.mobile-export] limits.
 
 Works with -k, -x, --junitxml and pytest-xdist: an item holds only paths, so any worker can
 run it alone. A failure prints the missed limits in one block (no traceback of our code).
+Under GitHub Actions (GITHUB_ACTIONS=true) each failed artifact is also an `::error` annotation.
 Registered through the `pytest11` entry point; this module imports nothing heavy, because
 every pytest session of a project with mobile-export installed loads it."""
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 MANIFEST = "manifest.json"
+_COULD_NOT_RUN = "parity check could not run"
 _PATHS = pytest.StashKey[list]()
 
 
@@ -63,6 +65,34 @@ def pytest_configure(config):
     given = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
     known = {Path(a.split("::")[0]).resolve() for a in given}
     config.args[:] = list(given) + [str(p) for p in paths if p not in known]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Under GitHub Actions (GITHUB_ACTIONS=true), one `::error file=...` annotation per failed
+    artifact, as `mobile-export verify` writes: the run's summary and the pull request show
+    them. Runs on the xdist controller too; items are recognised by their node id."""
+    if not config.stash.get(_PATHS, []):
+        return
+    from . import annotations
+
+    if not annotations.enabled():
+        return
+    for report in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", []):
+        artifact = _artifact_of(getattr(report, "nodeid", ""))
+        if artifact is None:
+            continue
+        text = report.longreprtext
+        could_not_run = text.startswith(_COULD_NOT_RUN)
+        title = f"{_COULD_NOT_RUN if could_not_run else 'parity gate failed'}: {Path(artifact).name}"
+        terminalreporter.write_line(annotations.annotation(text, file=artifact, title=title))
+
+
+def _artifact_of(nodeid: str) -> str | None:
+    """`app/models/manifest.json::test_parity[m.pte]` -> `app/models/m.pte` (rootdir-relative)."""
+    file, _, name = nodeid.partition("::")
+    if Path(file).name != MANIFEST or not (name.startswith("test_parity[") and name.endswith("]")):
+        return None
+    return (Path(file).parent / name[len("test_parity[") : -1]).as_posix()
 
 
 def _under_gate(path: Path, roots: list[Path]) -> bool:
@@ -161,7 +191,7 @@ class ParityItem(pytest.Item):
         if isinstance(excinfo.value, ParityFailed):
             return excinfo.value.explanation
         if isinstance(excinfo.value, CheckError):
-            return f"parity check could not run: {excinfo.value}"
+            return f"{_COULD_NOT_RUN}: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):

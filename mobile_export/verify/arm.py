@@ -84,12 +84,14 @@ def _judge(cpu: str, arm, ref, x86, qref, scale, topk: bool, key: str, limits: d
         row["vs_quantized"] = metrics.compare(qref, arm, topk=False)
         values["sqnr_db_vs_quantized"] = row["vs_quantized"]["sqnr_db"]
         if scale:
-            values["steps_vs_quantized"] = round(metrics.error_in_steps(qref, arm, scale), 4)
+            values["steps_vs_quantized"] = round(
+                metrics.error_in_steps(qref, arm, scale, thresholds.STEP_PERCENTILE), 4
+            )
     row["vs_x86"] = metrics.compare(x86, arm, topk=topk)
     x86_values = dict(row["vs_x86"])
     if scale:
         x86_values["steps_vs_quantized"] = row["vs_x86"]["steps"] = round(
-            metrics.error_in_steps(x86, arm, scale), 4
+            metrics.error_in_steps(x86, arm, scale, thresholds.STEP_PERCENTILE), 4
         )
     row["bit_exact_vs_x86"] = bool(row["vs_x86"]["max_abs"] == 0.0)
     failures = thresholds.check(values, limits, key)

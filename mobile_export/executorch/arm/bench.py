@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import manifest as mf
-from ...errors import ArtifactError
+from ...errors import ArtifactError, UsageError
 from .cpus import ArmCpu
 from .emulate import instructions_per_inference
 from .kit import find_kit
@@ -23,14 +23,10 @@ INPUT_SEED = 0  # the counted input: uniform [0, 1) floats; the kernels do not b
 
 def arm_bench(paths: list[Path], cpus: list[ArmCpu], log=lambda _m: None) -> dict:
     t0 = time.perf_counter()
+    checked = [_checked(Path(path)) for path in paths]  # every file refused before anything slow
     kit = find_kit()
     files = []
-    for path in paths:
-        path = Path(path)
-        if path.suffix != ".pte" or not path.is_file():
-            raise ArtifactError(f"{path} is not a .pte file; bench --cpu counts instructions of .pte files")
-        manifest, entry = mf.manifest_for(path)
-        mf.check_sha256(path, entry)
+    for path, manifest, entry in checked:
         size = int(manifest["model"]["resolution"])
         image = np.random.default_rng(INPUT_SEED).random((1, 3, size, size), dtype=np.float32)
         rows = []
@@ -54,6 +50,23 @@ def arm_bench(paths: list[Path], cpus: list[ArmCpu], log=lambda _m: None) -> dic
         "int8_vs_fp32": _ratios(files),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _checked(path: Path) -> tuple[Path, dict, dict]:
+    """An XNNPACK .pte with its manifest and entry, its sha256 checked. A Core ML file, or a
+    .pte whose payload is Core ML, is a usage error (the same refusal as verify --cpu)."""
+    from ...targets import target_for_artifact
+
+    if target_for_artifact(path).cpu_emulation() is None:
+        raise UsageError(
+            f"--cpu runs XNNPACK .pte files on emulated ARM CPUs; {path.name} is not one "
+            "(export --target executorch)"
+        )
+    if not path.is_file():
+        raise ArtifactError(f"{path} is not a .pte file; bench --cpu counts instructions of .pte files")
+    manifest, entry = mf.manifest_for(path)
+    mf.check_sha256(path, entry)
+    return path, manifest, entry
 
 
 def _ratios(files: list[dict]) -> list[dict]:
