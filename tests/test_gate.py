@@ -688,6 +688,11 @@ class ActionRun:
         self.inputs.update({"path": "models", "extra-pip-args": "--no-build-isolation --no-index"})
         self.installed = False
 
+    def python(self, code: str, cwd: Path) -> str:
+        """stdout of `code` run by the venv's own python."""
+        argv = [str(self.venv / "bin" / "python"), "-c", code]
+        return subprocess.run(argv, cwd=cwd, env=self.env, capture_output=True, text=True, check=True).stdout
+
     def step(self, name: str, cwd: Path) -> subprocess.CompletedProcess:
         step = next(s for s in self.action["runs"]["steps"] if s.get("name") == name)
         github = {"action_path": str(self.source)}
@@ -703,35 +708,16 @@ class ActionRun:
         if not self.installed:
             proc = self.step("Install mobile-export", folder)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            where = subprocess.run(
-                [
-                    str(self.venv / "bin" / "python"),
-                    "-c",
-                    "import mobile_export; print(mobile_export.__file__)",
-                ],
-                cwd=folder,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            where = self.python("import mobile_export; print(mobile_export.__file__)", folder)
             assert where.startswith(str(self.venv)), where
             # the installed distribution (the venv's, found before the machine's) declares the pytest11
             # entry point; the gate step's explicit -p would hide a missing one
-            declared = subprocess.run(
-                [
-                    str(self.venv / "bin" / "python"),
-                    "-c",
-                    "import importlib.metadata as m; d = m.distribution('mobile-export'); "
-                    "print(d.locate_file('')); "
-                    "print(*sorted(f'{e.name}={e.value}' for e in d.entry_points if e.group == 'pytest11'))",
-                ],
-                cwd=folder,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.splitlines()
+            declared = self.python(
+                "import importlib.metadata as m; d = m.distribution('mobile-export'); "
+                "print(d.locate_file('')); "
+                "print(*sorted(f'{e.name}={e.value}' for e in d.entry_points if e.group == 'pytest11'))",
+                folder,
+            ).splitlines()
             assert declared[0].startswith(str(self.venv)), declared
             assert declared[1:] == ["mobile_export.gate.pytest_plugin=mobile_export.gate.pytest_plugin"]
             assert "mobile-export, version" in proc.stdout  # the installed console script ran
