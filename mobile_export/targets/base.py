@@ -336,6 +336,16 @@ class Target(ABC):
         """How this target's files run on emulated phone CPUs; None when the backend has no way."""
         return None
 
+    def require_cpu_emulation(self, artifact: Path) -> CpuEmulation:
+        """`cpu_emulation()`, or the one-line refusal `--cpu` gives for a file that cannot run there."""
+        emulation = self.cpu_emulation()
+        if emulation is None:
+            raise UsageError(
+                f"--cpu runs XNNPACK .pte files on emulated ARM CPUs; {artifact.name} is not one "
+                "(export --target executorch)"
+            )
+        return emulation
+
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
         """What `mobile-export bench` reports for the artifact itself (latency where this host can
         run it, else size and structure), as one JSON-ready dict."""

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .. import manifest as mf
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError
 from . import metrics, thresholds
 from .reference import load_inputs, preprocess_of, rebuild_reference, run_module, softmax
 
@@ -245,11 +245,7 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
 def _arm_kit(target, path: Path):
     """The target's CPU emulation and its kit, checked before the slow part so a file that
     cannot run there, or a missing kit, fails in one line first."""
-    emulation = target.cpu_emulation()
-    if emulation is None:
-        raise UsageError(
-            f"--cpu runs XNNPACK .pte files on emulated ARM CPUs; {path.name} is not one (export --target executorch)"
-        )
+    emulation = target.require_cpu_emulation(path)
     return emulation, emulation.find_kit()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import manifest as mf
-from ...errors import ArtifactError, UsageError
+from ...errors import ArtifactError
 from .cpus import ArmCpu
 from .emulate import instructions_per_inference
 from .kit import find_kit
@@ -57,11 +57,7 @@ def _checked(path: Path) -> tuple[Path, dict, dict]:
     .pte whose payload is Core ML, is a usage error (the same refusal as verify --cpu)."""
     from ...targets import target_for_artifact
 
-    if target_for_artifact(path).cpu_emulation() is None:
-        raise UsageError(
-            f"--cpu runs XNNPACK .pte files on emulated ARM CPUs; {path.name} is not one "
-            "(export --target executorch)"
-        )
+    target_for_artifact(path).require_cpu_emulation(path)
     if not path.is_file():
         raise ArtifactError(f"{path} is not a .pte file; bench --cpu counts instructions of .pte files")
     manifest, entry = mf.manifest_for(path)
