@@ -238,3 +238,48 @@ def test_tiny_activations_survive_quantization(calib):
     reference = run_module(Tiny().eval(), calib)
     assert np.abs(reference).max() < 1e-4
     assert metrics.sqnr_db(reference, run_module(q.graph_module, calib)) > 20
+
+
+def test_reference_computes_what_xnnpack_computes(calib):
+    """Issue 18: the quantized PyTorch model adds each conv bias as XNNPACK stores it (int32 on
+    input x weight scale) and takes int8 means as XNNPACK's qs8 mean does (exact mean, half to
+    even), so on a conv -> 2x2 mean net (ties on a quarter of the pool's outputs) the runtime
+    lands on the reference's int8 values; snapping the biases leaves the program's bytes alone."""
+    import copy
+
+    import torch
+    from executorch.runtime import Runtime
+
+    from mobile_export.executorch.lowering import lower
+    from mobile_export.quantize import xnnpack_exact
+
+    class PoolNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 32, 3, stride=16, padding=1)
+            self.fc = torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x)).mean((2, 3), keepdim=True)
+            return self.fc(y.flatten(1))
+
+    example = torch.zeros(1, 3, 32, 32)
+    q = quantize_pt2e(PoolNet().eval(), example, calib, QuantRecipe())
+    assert q.reference_module is not None
+    assert sum("exact_int8_mean" in str(n.target) for n in q.reference.graph.nodes) == 1
+    assert xnnpack_exact.snap_biases(q.graph_module) == 2  # idempotent: already on the grid
+    unsnapped = copy.deepcopy(q.graph_module)
+    for node in unsnapped.graph.nodes:
+        if node.op == "call_function" and ("conv2d" in str(node.target) or "linear" in str(node.target)):
+            bias = xnnpack_exact._attr(unsnapped, node.args[2].target)
+            bias.data += 1e-9  # off the grid; quantizes to the same int32 values
+    program = bytes(lower(q.graph_module, example)[0].buffer)
+    assert program == bytes(lower(unsnapped, example)[0].buffer)
+    method = Runtime.get().load_program(program).load_method("forward")
+    runtime = np.concatenate(
+        [method.execute((torch.from_numpy(np.ascontiguousarray(x)),))[0].numpy() for x in calib]
+    )
+    with torch.no_grad():
+        reference = np.concatenate([q.reference(torch.from_numpy(x)).numpy() for x in calib])
+    assert np.abs(runtime - reference).max() <= 1e-6 + 0.01 * q.output_scale

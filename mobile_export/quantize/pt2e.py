@@ -62,6 +62,13 @@ class QuantizedModel:
     # same node names as graph_module, float arithmetic; the per-layer report compares the two
     calibration: dict = field(default_factory=dict)
     kept_fp32_nodes: int = 0
+    reference_module: object = None  # graph_module with XNNPACK's exact int8 means (xnnpack_exact.py):
+    # what the runtime is compared against; graph_module itself is what gets lowered
+
+    @property
+    def reference(self):
+        """The quantized PyTorch model as XNNPACK computes it (falls back to graph_module)."""
+        return self.reference_module if self.reference_module is not None else self.graph_module
 
 
 def quantization_config(recipe: QuantRecipe):
@@ -193,6 +200,7 @@ def quantize_pt2e(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from .calibration import to_tensor
+    from .xnnpack_exact import exact_means, snap_biases
 
     if not calibration_inputs:
         raise ExportError("int8 quantization needs at least one calibration image; pass --calibration DIR")
@@ -212,6 +220,10 @@ def quantize_pt2e(
                     converted, copy.deepcopy(float_graph), [to_tensor(x) for x in calibration_inputs]
                 )
                 log(f"int8: bias correction on {corrected} layer(s)")
+            # The graph adds each bias as XNNPACK stores it (int32 on input x weight scale), so
+            # the reference and the runtime add the same bias; the lowered program is unchanged.
+            snap_biases(converted)
+            reference, _means = exact_means(converted)
     except ExportError:
         raise
     except Exception as exc:  # torch.export / torchao raise many types; name the stage
@@ -229,7 +241,13 @@ def quantize_pt2e(
         f"int8: calibrated on {len(calibration_inputs)} image(s), observer {recipe.observer}, output scale {scale}"
     )
     return QuantizedModel(
-        converted, scale, zero_point, recipe, float_graph_module=float_graph, kept_fp32_nodes=kept
+        converted,
+        scale,
+        zero_point,
+        recipe,
+        float_graph_module=float_graph,
+        kept_fp32_nodes=kept,
+        reference_module=reference,
     )
 
 
