@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def row(model: str, mode: str, variant: str, report: dict) -> dict:
     vf = report["vs_float"]
     vq = report.get("vs_quantized") or {}
+    vw = report.get("vs_stored_weights") or {}
     return {
         "model": model,
         "mode": mode,
@@ -38,6 +39,9 @@ def row(model: str, mode: str, variant: str, report: dict) -> dict:
         "sqnr_vs_q": round(vq["sqnr_db"], 2) if vq else None,
         "steps_p999": report.get("steps_vs_quantized"),
         "steps_max": report.get("max_steps_vs_quantized"),
+        "sqnr_vs_w": round(vw["sqnr_db"], 2) if vw else None,
+        "weights_min": vw["weights_vs_float"]["min_sqnr_db"] if vw else None,
+        "layers_missing": len(vw["weights_vs_float"]["model_only"]) if vw else None,
         "indep_db": (report.get("input_dependence") or {}).get("sqnr_db_vs_own_mean"),
         "key": report["thresholds"]["key"],
         "passed": report["passed"],
@@ -52,6 +56,8 @@ def fmt(r: dict) -> str:
         if r["sqnr_vs_q"] is not None
         else ""
     )
+    if r.get("sqnr_vs_w") is not None:
+        q += f" vsW {r['sqnr_vs_w']:6.2f} dB weights min {r['weights_min']} dB missing {r['layers_missing']}"
     return (
         f"{r['model']:4s} {r['mode']:18s} {r['variant']:20s} SQNR {r['sqnr_db']:7.2f} dB cos {r['cosine']} "
         f"top1 {r['top1']:.3f} top5 {r['top5']:.3f} ties {r['ties']}{q} indep {r['indep_db']} dB "
@@ -70,6 +76,9 @@ def verdict(r: dict) -> str:
         "sqnr_db_vs_quantized": r.get("sqnr_vs_q"),
         "steps_vs_quantized": r.get("steps_p999"),
         "input_independence_db": r.get("indep_db"),
+        "sqnr_db_vs_stored_weights": r.get("sqnr_vs_w"),
+        "min_weight_sqnr_db": r.get("weights_min"),
+        "layers_missing": r.get("layers_missing"),
     }
     limits = thresholds.THRESHOLDS[r["key"]]
     return (
@@ -82,15 +91,19 @@ def verdict(r: dict) -> str:
 def markdown(rows: list[dict]) -> str:
     head = (
         "| model | mode | file | images | SQNR dB | top-1 | top-5 | ties | vs int8 PT dB | p99.9 / max steps "
-        "| indep. dB | row | verify (rows now) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| vs own weights dB | weakest layer's weights dB | layers missing | indep. dB | row | verify (rows now) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         steps = f"{r['steps_p999']} / {r['steps_max']}" if r.get("steps_p999") is not None else ""
         vq = "" if r.get("sqnr_vs_q") is None else r["sqnr_vs_q"]
+        vw = "" if r.get("sqnr_vs_w") is None else r["sqnr_vs_w"]
+        wmin = "" if r.get("weights_min") is None else r["weights_min"]
+        missing = "" if r.get("layers_missing") is None else r["layers_missing"]
         lines.append(
             f"| {r['model']} | {r['mode']} | {r['variant']} | {r['images']} | {r['sqnr_db']} | {r['top1']} "
-            f"| {r['top5']} | {r['ties']} | {vq} | {steps} | {r['indep_db']} | {r['key']} "
+            f"| {r['top5']} | {r['ties']} | {vq} | {steps} | {vw} | {wmin} | {missing} | {r['indep_db']} | {r['key']} "
             f"| {verdict(r)} |"
         )
     return "\n".join(lines)

@@ -3,13 +3,15 @@ each of them (and passes the correct file). Shared by tests/test_mutations.py an
 scripts/threshold_measurements.py.
 
 Each mutation reaches the file the way the bug would:
-- through the target's own code path, monkeypatched during a re-export (ExecuTorch: the
-  normalisation fold `with_normalization` gets the channels in BGR order, no mean, no 1/std,
-  or a model copy with one activation removed);
+- through the target's own code path, monkeypatched during a re-export (ExecuTorch, XNNPACK
+  and Core ML delegate alike, both export through lowering.export_module: the normalisation
+  fold `with_normalization` gets the channels in BGR order, no mean, no 1/std, or a model copy
+  with one activation removed);
 - by editing the saved file (Core ML: the program's image scale/bias constants, the input's
-  declared colour order, one activation op, one layer's weight blob in weight.bin; ExecuTorch:
-  one layer's constant data inside the .pte), with the manifest's sha256 updated so verify
-  reaches the numeric check.
+  declared colour order, one activation op, one layer's weight blob in weight.bin; ExecuTorch
+  XNNPACK: one layer's constant data inside the .pte; ExecuTorch Core ML delegate: the same
+  weight.bin edit as an .mlpackage's, made in the payload inside the .pte, same size, in
+  place), with the manifest's sha256 updated so verify reaches the numeric check.
 The correct files come from the real pipeline (`run_export`) with a trained checkpoint."""
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Mode:
         from mobile_export.targets import ExportOptions
 
         opts = dict(self.options)
-        if opts.get("quantize") == "int8" or opts.get("compress") == "w8a8":
+        if opts.get("quantize") == "int8" or opts.get("compress") in ("w8a8", "palettize-auto"):
             opts.update(calibration=calibration, calibration_limit=calibration_limit)
         return ExportOptions(**opts)
 
@@ -60,7 +62,11 @@ MODES = {
     "coreml-int8": Mode("coreml-int8", "coreml", {"compress": "int8"}),
     "coreml-palettize6": Mode("coreml-palettize6", "coreml", {"compress": "palettize6"}),
     "coreml-palettize4": Mode("coreml-palettize4", "coreml", {"compress": "palettize4"}),
+    "coreml-palettize-auto": Mode("coreml-palettize-auto", "coreml", {"compress": "palettize-auto"}),
     "coreml-w8a8": Mode("coreml-w8a8", "coreml", {"compress": "w8a8"}),
+    # ExecuTorch .pte whose compute is one Core ML delegate (int8: weight-only, compile spec)
+    "pte-coreml-fp16": Mode("pte-coreml-fp16", "executorch-coreml", {"precision": "fp16"}),
+    "pte-coreml-int8": Mode("pte-coreml-int8", "executorch-coreml", {"compress": "int8"}),
 }
 # V3-Small's int8 recipe (tests/test_int8_quality.py: the default measured 98.4-98.9% agreement)
 INT8_RECIPE = {"v3s": {"fp32_modules": ["conv_stem", "bn1", "blocks.0"], "bias_correction": True}}
@@ -130,7 +136,9 @@ def _drop_one_activation(module):
 @contextlib.contextmanager
 def patched_executorch_fold(mutation: str):
     """Replace the normalization wrapper the .pte exports use (lowering.with_normalization,
-    called by lowering.export_module) by a broken one for the duration."""
+    called by lowering.export_module, which the XNNPACK target and the Core ML delegate both
+    call; it looks the name up in lowering's globals at call time) by a broken one for the
+    duration."""
     import torch
 
     from mobile_export.executorch import lowering as et
@@ -244,6 +252,30 @@ def edit_pte_layer(pte: Path, mutation: str) -> None:
     else:
         raise ValueError(mutation)
     data[at : at + len(buf)] = values.tobytes()
+    pte.write_bytes(bytes(data))
+
+
+def edit_pte_coreml_layer(pte: Path, mutation: str) -> None:
+    """`edit_coreml_layer` on the Core ML payload inside an executorch-coreml .pte: the payload
+    unpacked to a temporary folder, its model.mlpackage's weight.bin edited, and the edited
+    bytes written back over the same region of the .pte (the size does not change, so the
+    program's offsets and the payload's index stay valid)."""
+    import tempfile
+
+    from mobile_export.executorch import flatfs
+    from mobile_export.executorch.coreml_delegate import PACKAGE_DIR, core_ml_payload
+
+    data = bytearray(pte.read_bytes())
+    delegate, payload = core_ml_payload(bytes(data), pte.name)
+    offset, size = flatfs.file_regions(payload)[f"{PACKAGE_DIR}/Data/com.apple.CoreML/weights/weight.bin"]
+    with tempfile.TemporaryDirectory(prefix="mutant_pte_coreml_") as tmp:
+        package = flatfs.unflatten(payload, tmp) / PACKAGE_DIR
+        edit_coreml_layer(package, mutation)
+        edited = _weights_file(package).read_bytes()
+    assert len(edited) == size, "the edit must keep weight.bin's size"
+    assert edited != payload[offset : offset + size], "the edit must change weight.bin"
+    start = delegate.offset + offset
+    data[start : start + size] = edited
     pte.write_bytes(bytes(data))
 
 
@@ -414,10 +446,10 @@ def make_mutant(
 ) -> Path:
     """The file of `mode` with `mutation` injected; a new folder under `work`."""
     dest = Path(work) / f"{mode.name}-{mutation}"
-    if mode.target == "executorch":
+    if mode.target in ("executorch", "executorch-coreml"):
         if mutation in ("layer_scrambled", "layer_sign_flipped"):
             pte = copy_export(correct, dest)
-            edit_pte_layer(pte, mutation)
+            (edit_pte_layer if mode.target == "executorch" else edit_pte_coreml_layer)(pte, mutation)
             refresh_sha256(pte)
             return pte
         with patched_executorch_fold(mutation):

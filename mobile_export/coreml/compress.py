@@ -46,6 +46,11 @@ class CompressionMode:
     why_min_ios: str = ""
 
     @property
+    def changes_only_weights(self) -> bool:
+        """Compressed weights, float activations: PyTorch with the stored weights is exact."""
+        return self.name != "none" and self.activations is None
+
+    @property
     def palettizes(self) -> bool:
         return self.nbits is not None or self.data_aware
 
@@ -151,13 +156,22 @@ def palette_group_size(channels: int) -> int:
     return next(g for g in PALETTE_GROUPS if channels % g == 0)
 
 
+# Only the weights of these ops are compressed: a norm's per-channel gain or a fixed upsampling
+# kernel of 2048+ elements is a const too (MobileNetV5), and one int8 scale or one palette for
+# a whole gain vector changed the outputs of V5 files (measured 45.9 dB against PyTorch with the
+# file's own conv weights, fp32 compute; 112-117 dB for V1-V4, which have no such consts).
+COMPRESSED_OPS = ("conv", "linear")
+
+
 def palettized_weights(mlmodel) -> dict[str, tuple[int, ...]]:
-    """The weights palettization compresses (name -> shape): those of WEIGHT_THRESHOLD elements or more."""
+    """The weights palettization compresses (name -> shape): conv/linear weights of
+    WEIGHT_THRESHOLD elements or more."""
     import coremltools.optimize.coreml as cto
 
     return {
         name: tuple(meta.val.shape)
         for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items()
+        if meta.child_ops and all(child.op_type in COMPRESSED_OPS for child in meta.child_ops)
     }
 
 
@@ -167,14 +181,13 @@ def _weight_config(mlmodel, mode: CompressionMode, bits: dict[str, int] | None =
     import coremltools.optimize.coreml as cto
 
     if not mode.palettizes:
-        return cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(
-                mode="linear_symmetric",
-                dtype="int8",
-                granularity="per_channel",
-                weight_threshold=WEIGHT_THRESHOLD,
-            )
+        int8 = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric",
+            dtype="int8",
+            granularity="per_channel",
+            weight_threshold=WEIGHT_THRESHOLD,
         )
+        return cto.OptimizationConfig(op_type_configs={op: int8 for op in COMPRESSED_OPS})
     if mode.data_aware and not bits:
         raise ExportError(
             f"{mode.name} needs palette sizes from the sensitivity pass; none were computed (internal error)"

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ExportError, UsageError
 from ..manifest import ArtifactEntry
-from ..targets.base import ExportOptions, OpInfo, PerOpValues, Target
+from ..targets.base import ExportOptions, OpInfo, PerOpValues, StoredWeights, Target
 from . import compress as cq
 from .quiet import quiet as _quiet
 from .spec import (
@@ -262,6 +262,25 @@ class CoreMLTarget(Target):
             title=f"{artifact.name}: per-layer error ({len(feeds)} real images, Linux executor)",
             source="Linux ML Program executor vs the PyTorch layers, conv/linear by conv/linear",
             whole=OpInfo("output", "mlpackage vs PyTorch", "(whole program, Linux ML Program executor)"),
+        )
+
+    def stored_weights(self, artifact: Path, entry: dict, manifest: dict) -> StoredWeights | None:
+        """For weight-only compression (int8 weights, palettes): every conv/linear weight as the
+        package stores it, decompressed by the executor's loader (coremltools' own decompress)."""
+        typed = ArtifactEntry.from_dict(entry)
+        mode = typed.quantization_mode
+        if mode not in cq.MODES or not cq.MODES[mode].changes_only_weights:
+            return None
+        from .mil import load_program
+        from .mil.weights import anchor_weights
+
+        folded = bool(typed.coreml and typed.coreml.get("std_folded_into_first_conv"))
+        std = manifest["preprocess"]["std"]
+        return StoredWeights(
+            layers=anchor_weights(load_program(artifact)),
+            input_scale=tuple(1.0 / float(s) for s in std) if folded else None,
+            how=f"the PyTorch model with the {mode} weights this package stores (decompressed), "
+            "BatchNorm and 1/std folds undone",
         )
 
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:

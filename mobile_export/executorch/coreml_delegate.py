@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ArtifactError, DelegationError, ExportError, UsageError, first_line
 from ..manifest import ArtifactEntry
-from ..targets.base import ExportOptions, OpInfo, PerOpValues, Target
+from ..targets.base import ExportOptions, OpInfo, PerOpValues, StoredWeights, Target
 from . import flatfs, pte_reader
 from .lowering import delegation_summary, export_module, runtime_record
 from .target import MAGIC, MIN_BYTES, input_contract
@@ -244,6 +244,23 @@ class ExecuTorchCoreMLTarget(Target):
                 result = program.run({name: np.ascontiguousarray(x, dtype=np.float32)})
                 outputs.append(program.output_vector(result).reshape(x.shape[0], -1))
         return outputs
+
+    def stored_weights(self, artifact: Path, entry: dict, manifest: dict) -> StoredWeights | None:
+        """For --compress int8 (weight-only): the payload's conv/linear weights, decompressed.
+        The normalization stays in the graph as a multiply and an add, so no weight carries 1/std."""
+        if ArtifactEntry.from_dict(entry).quantization_mode != "int8":
+            return None
+        from ..coreml import mil
+        from ..coreml.mil.weights import anchor_weights
+
+        with unpacked(artifact) as package:
+            layers = anchor_weights(mil.load_program(package))
+        return StoredWeights(
+            layers=layers,
+            input_scale=None,
+            how="the PyTorch model with the int8 weights of the .pte's Core ML payload (decompressed), "
+            "BatchNorm folds undone",
+        )
 
     def benchmark(self, artifact: Path, entry: dict, threads: int, runs: int, warmup: int, log) -> dict:
         """Size, ops per backend and the load time of the Core ML payload (what Linux can tell):

@@ -13,8 +13,14 @@ from .config import GateConfig, discover, load_config, verify_overrides
 Log = Callable[[str], None]
 
 # Limits where a smaller value is better; every other limit is a minimum.
-_AT_MOST = {"steps_vs_quantized"}
-_UNITS = {"sqnr_db": "dB", "sqnr_db_vs_quantized": "dB", "steps_vs_quantized": "steps"}
+_AT_MOST = {"steps_vs_quantized", "max_layers_missing"}
+_UNITS = {
+    "sqnr_db": "dB",
+    "sqnr_db_vs_quantized": "dB",
+    "steps_vs_quantized": "steps",
+    "sqnr_db_vs_stored_weights": "dB",
+    "min_weight_sqnr_db": "dB",
+}
 
 
 def config_for(
@@ -85,6 +91,12 @@ def values_of(report: dict) -> dict:
     if report.get("vs_quantized"):
         values["sqnr_db_vs_quantized"] = report["vs_quantized"].get("sqnr_db")
     values["steps_vs_quantized"] = report.get("steps_vs_quantized")
+    stored = report.get("vs_stored_weights")
+    if stored:
+        values["sqnr_db_vs_stored_weights"] = stored.get("sqnr_db")
+        weights = stored.get("weights_vs_float") or {}
+        values["min_weight_sqnr_db"] = weights.get("min_sqnr_db")
+        values["max_layers_missing"] = len(weights.get("model_only") or [])
     return values
 
 

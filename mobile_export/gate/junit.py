@@ -71,6 +71,7 @@ def _metrics_text(report: dict) -> str:
             "vs_float",
             "vs_quantized",
             "steps_vs_quantized",
+            "vs_stored_weights",
             "thresholds",
             "threshold_sources",
             "gate",

@@ -19,6 +19,7 @@ from .base import (
     Precision,
     QuantizedReference,
     QuantizeMode,
+    StoredWeights,
     Target,
     ValueSink,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "OpInfo",
     "PerOpValues",
     "QuantizedReference",
+    "StoredWeights",
     "Target",
     "ValueSink",
     "available",

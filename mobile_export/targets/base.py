@@ -225,6 +225,19 @@ class QuantizedReference:
     how: str
 
 
+@dataclass
+class StoredWeights:
+    """The weights a weight-compressed artifact stores for each conv/linear, decompressed, in the
+    order its program runs them. PyTorch with these weights is a second reference: the artifact
+    must match it to about its compute precision, so an error in the graph (a dropped
+    activation) cannot hide inside the compression's own error (issue 21)."""
+
+    layers: list[tuple[str, str, np.ndarray]]  # (op type "conv"/"linear", op name, weight as stored)
+    # Per input channel factor the artifact folded into its first conv's weights (1/std), else None
+    input_scale: tuple[float, ...] | None
+    how: str
+
+
 class CpuEmulation(ABC):
     """A target's artifacts on emulated phone CPUs (`verify --cpu`, `bench --cpu`, `setup-arm`):
     the phone's own kernels, run on this host under an emulator set up once (the "kit")."""
@@ -316,6 +329,11 @@ class Target(ABC):
     ) -> QuantizedReference | None:
         """The quantized PyTorch model behind a quantized artifact, rebuilt from the manifest's
         recipe; None when the target has no such model (e.g. weight-only compression)."""
+        return None
+
+    def stored_weights(self, artifact: Path, entry: dict, manifest: dict) -> StoredWeights | None:
+        """The artifact's decompressed conv/linear weights when its compression changes only the
+        weights (verify builds PyTorch with them); None when it does not apply."""
         return None
 
     def per_op_values(

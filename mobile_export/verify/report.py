@@ -52,7 +52,20 @@ def format_report(report: dict) -> str:
             f"  image dep.  reference vs its own mean {dep['sqnr_db_vs_own_mean']:.1f} dB "
             f"(limit {_num(dep.get('limit_db'))} dB; lower = outputs depend more on the image)"
         )
-    if report.get("quantization") not in (None, "none"):
+    stored = report.get("vs_stored_weights")
+    if stored:
+        w = stored["weights_vs_float"]
+        lines.append(f"  vs own wts  {_metrics_line(stored)} (PyTorch running the weights this file stores)")
+        lines.append(
+            f"  weights     vs float: least faithful layer {_num(w['min_sqnr_db'])} dB ({w['min_layer']}), "
+            f"all layers {_num(w['overall_sqnr_db'])} dB"
+        )
+        if w.get("model_only"):
+            shown = ", ".join(w["model_only"][:3]) + (" ..." if len(w["model_only"]) > 3 else "")
+            lines.append(
+                f"  missing     {len(w['model_only'])} model layer(s) the file holds no weights for: {shown}"
+            )
+    if report.get("quantization") not in (None, "none") and report.get("output_scale") is not None:
         lines.append(
             f"  out scale   {_num(report.get('output_scale'))}; error vs float {_num(report.get('steps_vs_float'))} steps"
         )

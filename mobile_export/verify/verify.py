@@ -74,10 +74,7 @@ def verify_artifact(
     # What `run` returns is the target's call: Core ML gives a classifier's logits on Linux
     # (read before its softmax) and log-probabilities under Core ML's own predict.
     quantity = target.output_quantity(entry)
-    if quantity == "probabilities":
-        ref = softmax(ref)
-    elif quantity == "log_probabilities":
-        ref = np.log(np.maximum(softmax(ref), 1e-45))
+    ref = _as_quantity(ref, quantity)
     topk = kind != "features" and manifest["model"].get("output", "logits") != "features"
 
     plain, given_by = {}, {}
@@ -138,6 +135,13 @@ def verify_artifact(
         if report.get("vs_quantized"):
             values["sqnr_db_vs_quantized"] = report["vs_quantized"]["sqnr_db"]
             values["steps_vs_quantized"] = report.get("steps_vs_quantized")
+
+    stored = target.stored_weights(path, entry.to_dict(), manifest)
+    if stored is not None:
+        report["vs_stored_weights"] = _stored_weights_part(stored, built, inputs.normalized, quantity, test)
+        values["sqnr_db_vs_stored_weights"] = report["vs_stored_weights"]["sqnr_db"]
+        values["min_weight_sqnr_db"] = report["vs_stored_weights"]["weights_vs_float"]["min_sqnr_db"]
+        values["layers_missing"] = len(report["vs_stored_weights"]["weights_vs_float"]["model_only"])
 
     if extras.get("bundled_ok") is not None:
         ok = [int(v) for v in np.asarray(extras["bundled_ok"]).ravel()]
@@ -233,13 +237,38 @@ def _int8_part(quant, qref, in_model, inputs, test, ref) -> dict:
         part["steps_vs_quantized"] = None
         part["max_steps_vs_quantized"] = None
         return part
-    qref = run_module(quantized.graph_module, inputs.raw if in_model else inputs.normalized)
+    # the quantized model as XNNPACK computes it (biases on its int32 grid, exact int8 means)
+    qref = run_module(quantized.reference, inputs.raw if in_model else inputs.normalized)
     part["_qref_outputs"] = qref  # for the ARM rows; removed before returning
     part["vs_quantized"] = metrics.compare(qref, test, topk=False)
     pct = thresholds.STEP_PERCENTILE
     part["steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale, pct)) if scale else None
     part["max_steps_vs_quantized"] = _finite(metrics.error_in_steps(qref, test, scale)) if scale else None
     return part
+
+
+def _as_quantity(logits: np.ndarray, quantity: str) -> np.ndarray:
+    """The reference's logits as the quantity the artifact's run returns."""
+    if quantity == "probabilities":
+        return softmax(logits)
+    if quantity == "log_probabilities":
+        return np.log(np.maximum(softmax(logits), 1e-45))
+    return logits
+
+
+def _stored_weights_part(stored, built, normalized, quantity: str, test: np.ndarray) -> dict:
+    """The artifact against PyTorch running the artifact's own weights (verify/stored_weights.py):
+    what is left is the graph and the compute precision, not the compression."""
+    from .stored_weights import module_with_stored_weights
+
+    module, weights = module_with_stored_weights(built.module, stored, built.input_shape)
+    ref = _as_quantity(run_module(module, normalized), quantity)
+    return {
+        **metrics.compare(ref, test, topk=False),
+        "reference": stored.how,
+        "weights_vs_float": {k: v for k, v in weights.items() if k != "layers"},
+        "weights_by_layer": weights["layers"],
+    }
 
 
 def _arm_kit(target, path: Path):
