@@ -8,12 +8,12 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
+from ..verify.thresholds import LABELS, VALUE_OF
+from ..verify.verify import stored_weights_values
 from .config import GateConfig, discover, load_config, verify_overrides
 
 Log = Callable[[str], None]
 
-# Limits where a smaller value is better; every other limit is a minimum.
-_AT_MOST = {"steps_vs_quantized", "max_layers_missing"}
 _UNITS = {
     "sqnr_db": "dB",
     "sqnr_db_vs_quantized": "dB",
@@ -91,12 +91,8 @@ def values_of(report: dict) -> dict:
     if report.get("vs_quantized"):
         values["sqnr_db_vs_quantized"] = report["vs_quantized"].get("sqnr_db")
     values["steps_vs_quantized"] = report.get("steps_vs_quantized")
-    stored = report.get("vs_stored_weights")
-    if stored:
-        values["sqnr_db_vs_stored_weights"] = stored.get("sqnr_db")
-        weights = stored.get("weights_vs_float") or {}
-        values["min_weight_sqnr_db"] = weights.get("min_sqnr_db")
-        values["max_layers_missing"] = len(weights.get("model_only") or [])
+    if report.get("vs_stored_weights"):
+        values.update(stored_weights_values(report["vs_stored_weights"]))
     return values
 
 
@@ -106,10 +102,10 @@ def shortfalls(report: dict) -> list[dict]:
     sources = report.get("threshold_sources", {})
     out = []
     for name, limit in (report.get("thresholds") or {}).items():
-        value = values.get(name)
+        value = values.get(VALUE_OF.get(name, name))
         if name == "key" or value is None:
             continue
-        at_most = name in _AT_MOST
+        at_most = not LABELS.get(name, ("", "", True))[2]  # the table says which way is better
         if (value > limit) if at_most else (value < limit):
             out.append(
                 {

@@ -139,9 +139,7 @@ def verify_artifact(
     stored = target.stored_weights(path, entry.to_dict(), manifest)
     if stored is not None:
         report["vs_stored_weights"] = _stored_weights_part(stored, built, inputs.normalized, quantity, test)
-        values["sqnr_db_vs_stored_weights"] = report["vs_stored_weights"]["sqnr_db"]
-        values["min_weight_sqnr_db"] = report["vs_stored_weights"]["weights_vs_float"]["min_sqnr_db"]
-        values["layers_missing"] = len(report["vs_stored_weights"]["weights_vs_float"]["model_only"])
+        values.update(stored_weights_values(report["vs_stored_weights"]))
 
     if extras.get("bundled_ok") is not None:
         ok = [int(v) for v in np.asarray(extras["bundled_ok"]).ravel()]
@@ -254,6 +252,17 @@ def _as_quantity(logits: np.ndarray, quantity: str) -> np.ndarray:
     if quantity == "log_probabilities":
         return np.log(np.maximum(softmax(logits), 1e-45))
     return logits
+
+
+def stored_weights_values(part: dict) -> dict:
+    """The gated numbers of a report's "vs_stored_weights" part, by the names thresholds.check
+    reads (verify and the CI gate both use it)."""
+    weights = part["weights_vs_float"]
+    return {
+        "sqnr_db_vs_stored_weights": part["sqnr_db"],
+        "min_weight_sqnr_db": weights["min_sqnr_db"],
+        "layers_missing": len(weights["model_only"]),
+    }
 
 
 def _stored_weights_part(stored, built, normalized, quantity: str, test: np.ndarray) -> dict:
