@@ -123,22 +123,27 @@ def model_options(fn):
     )(_collect("build", _model_options, ("weights", "seed", "num_classes", "labels_file", "resolution"))(fn))
 
 
-def _executorch_options(quantize, keep_fp32, bias_correction, allow_partial, fast_gelu, bundled):
+def _executorch_options(
+    quantize, keep_fp32, bias_correction, recipe_name, qat, qat_epochs, allow_partial, fast_gelu, bundled
+):
     from .targets import ExecuTorchOptions, Gelu
 
     recipe = None
-    if keep_fp32 is not None or bias_correction:
+    if keep_fp32 is not None or bias_correction or recipe_name != "ptq" or qat is not None:
         if quantize != "int8":
             raise click.UsageError(
-                "--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8"
+                "--keep-fp32, --bias-correction, --recipe and --qat shape int8 quantization; add --quantize int8"
             )
         recipe = {
             "fp32_modules": [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()],
             "bias_correction": bias_correction,
+            "rounding": "adaround" if recipe_name == "adaround" else "nearest",
+            "distill_epochs": qat_epochs if qat is not None else 0,
         }
     return ExecuTorchOptions(
         quantize=quantize,
         recipe=recipe,
+        distill_folder=qat,
         gelu=Gelu.FAST if fast_gelu else Gelu.EXACT,
         allow_partial=allow_partial,
         bundled=bundled,
@@ -175,6 +180,30 @@ def executorch_options(fn):
             help="ExecuTorch int8: correct each layer's bias on the calibration images.",
         ),
         click.option(
+            "--recipe",
+            "recipe_name",
+            type=click.Choice(["ptq", "adaround"]),
+            default="ptq",
+            show_default=True,
+            help="ExecuTorch int8 weight rounding: ptq (nearest) or adaround (learned per layer on the "
+            "calibration images, no labels; ~1 min for V2 at 64 px).",
+        ),
+        click.option(
+            "--qat",
+            type=click.Path(path_type=Path, exists=True, file_okay=False),
+            default=None,
+            metavar="DIR",
+            help="ExecuTorch int8: fine-tune the int8 model on these unlabelled images by distillation "
+            "from the float model (the graph that is lowered is the one trained).",
+        ),
+        click.option(
+            "--qat-epochs",
+            type=click.IntRange(1, 100),
+            default=4,
+            show_default=True,
+            help="ExecuTorch int8 --qat: passes over the images.",
+        ),
+        click.option(
             "--allow-partial",
             is_flag=True,
             help="ExecuTorch: accept compute ops outside the XNNPACK / Core ML delegate.",
@@ -193,7 +222,17 @@ def executorch_options(fn):
         _collect(
             "executorch",
             _executorch_options,
-            ("quantize", "keep_fp32", "bias_correction", "allow_partial", "fast_gelu", "bundled"),
+            (
+                "quantize",
+                "keep_fp32",
+                "bias_correction",
+                "recipe_name",
+                "qat",
+                "qat_epochs",
+                "allow_partial",
+                "fast_gelu",
+                "bundled",
+            ),
         )(fn)
     )
 

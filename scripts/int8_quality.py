@@ -72,6 +72,14 @@ RECIPES: dict[str, dict] = {
         "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
         "bias_correction": True,
     },
+    # Round 6: learned weight rounding (AdaRound) alone, with bias correction, with the fp32 stem.
+    "adaround": {"observer": "histogram", "rounding": "adaround"},
+    "adaround-bias-corr": {"observer": "histogram", "rounding": "adaround", "bias_correction": True},
+    "fp32-stem-first-block-adaround": {
+        "observer": "histogram",
+        "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
+        "rounding": "adaround",
+    },
     "fp32-first-block-se-bias-corr": {
         "observer": "histogram",
         "fp32_modules": ["blocks.0", "*.se"],

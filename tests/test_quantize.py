@@ -252,6 +252,7 @@ def test_reference_computes_what_xnnpack_computes(calib):
 
     from mobile_export.executorch.lowering import lower
     from mobile_export.quantize import xnnpack_exact
+    from mobile_export.quantize.graph_walk import attr
 
     class PoolNet(torch.nn.Module):
         def __init__(self):
@@ -272,7 +273,7 @@ def test_reference_computes_what_xnnpack_computes(calib):
     unsnapped = copy.deepcopy(q.graph_module)
     for node in unsnapped.graph.nodes:
         if node.op == "call_function" and ("conv2d" in str(node.target) or "linear" in str(node.target)):
-            bias = xnnpack_exact._attr(unsnapped, node.args[2].target)
+            bias = attr(unsnapped, node.args[2].target)
             bias.data += 1e-9  # off the grid; quantizes to the same int32 values
     program = bytes(lower(q.graph_module, example)[0].buffer)
     assert program == bytes(lower(unsnapped, example)[0].buffer)

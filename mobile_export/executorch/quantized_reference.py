@@ -5,7 +5,9 @@ float model shows what quantization itself costs.
 Right after an export the caller hands verify the exact model that was lowered (the export's
 "quantized_model"). Otherwise it is rebuilt here: same weights, same recipe, same calibration
 images (the bundled photos, or the recorded folder if it is still there); quantization is
-deterministic, and the rebuilt output scale must equal the recorded one, else it is not used."""
+deterministic, and the rebuilt output scale must equal the recorded one, else it is not used.
+Learned recipes (AdaRound, distillation) are run again, and the rebuilt int8 weights must hash
+to the recorded digest."""
 
 from __future__ import annotations
 
@@ -47,8 +49,32 @@ def _rebuild(entry, built, quant, cal, folder):
     )
     if cal.get("files") and [p.name for p in calibration.paths] != list(cal["files"]):
         return None, "unavailable: the calibration images differ from the ones recorded at export"
+    recipe = QuantRecipe.from_dict(quant)
+    distill_inputs = None
+    if recipe.distill_epochs:
+        images = quant.get("distillation_images") or {}
+        if not images.get("folder") or not Path(images["folder"]).is_dir():
+            return None, f"unavailable: the --qat folder {images.get('folder')!r} is not here to rebuild it"
+        distill = load_calibration(
+            images["folder"],
+            pre,
+            limit=int(images.get("images") or 1),
+            normalized=not in_model,
+            progress=False,
+        )
+        if distill.digest_record().get("files_sha256") != images.get("files_sha256"):
+            return None, "unavailable: the --qat images differ from the ones recorded at export"
+        distill_inputs = distill.inputs
     shape = tuple(entry.input["shape"])
-    quantized = quantize_pt2e(model, torch.zeros(shape), calibration.inputs, QuantRecipe.from_dict(quant))
+    quantized = quantize_pt2e(
+        model, torch.zeros(shape), calibration.inputs, recipe, distill_inputs=distill_inputs
+    )
+    learned = (quant.get("learned") or {}).get("weights_sha256")
+    if learned is not None and quantized.learned.get("weights_sha256") != learned:
+        return None, (
+            "unavailable: the rebuilt learned int8 weights differ from the exported ones "
+            "(AdaRound/distillation repeat exactly only on the same thread count and libraries)"
+        )
     recorded = quant.get("output_scale")
     if (
         recorded is not None

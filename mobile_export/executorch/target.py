@@ -7,6 +7,7 @@ logits [1, classes] (or the feature tensor of backbone-only variants)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -44,6 +45,7 @@ MIN_BYTES = 64  # smaller than any real program: header + one empty plan
 BUNDLED_CASES = 3  # real photos embedded in a .bpte for the on-device self-check
 QUANT_MODE = "pt2e-int8"
 BENCH_TIMEOUT_S = 900.0
+DISTILL_IMAGE_LIMIT = 4096  # --qat: an even sample of at most this many images, decoded as used
 
 
 class ExecuTorchTarget(Target):
@@ -92,7 +94,25 @@ class ExecuTorchTarget(Target):
                 normalized=not options.normalize_in_model,
                 log=log,
             )
-            quantized = quantize_pt2e(model, example, calibration.inputs, recipe, log)
+            distill_images = None
+            if recipe.learned:  # the export's --seed drives AdaRound's and distillation's sampling
+                recipe = dataclasses.replace(recipe, seed=options.seed)
+            if recipe.distill_epochs:
+                distill_images = load_calibration(
+                    opts.distill_folder,
+                    pre,
+                    limit=DISTILL_IMAGE_LIMIT,
+                    normalized=not options.normalize_in_model,
+                    log=log,
+                )
+            quantized = quantize_pt2e(
+                model,
+                example,
+                calibration.inputs,
+                recipe,
+                log,
+                distill_inputs=distill_images.inputs if distill_images is not None else None,
+            )
             quantization = {
                 "mode": QUANT_MODE,
                 "scheme": "XNNPACKQuantizer symmetric int8, per-channel weights"
@@ -103,6 +123,10 @@ class ExecuTorchTarget(Target):
                 "output_scale": quantized.output_scale,
                 "output_zero_point": quantized.output_zero_point,
             }
+            if distill_images is not None:
+                quantization["distillation_images"] = distill_images.digest_record()
+            if quantized.learned:
+                quantization["learned"] = quantized.learned
             program_source = quantized.graph_module
         else:
             program_source = model

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .graph_walk import attr, record, walk
+
 _LINEAR_OPS = ("conv2d", "linear")
 
 
@@ -27,13 +29,6 @@ def _is_quantized_linear_op(node) -> bool:
     )
 
 
-def _attr(graph_module, target: str):
-    obj = graph_module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _channel_mean(outputs: list):
     import torch
 
@@ -42,70 +37,26 @@ def _channel_mean(outputs: list):
     return stacked.mean(dim=dims)
 
 
-def _run_per_node(graph_module, inputs: Sequence, on_node=None) -> None:
-    """Walk the graph node by node with every input at once (one value list per node), so
-    `on_node(node, values)` can see a layer's outputs over all images and return a
-    replacement before later layers consume them."""
-    env: dict = {}
-
-    def value(arg, i):
-        import torch.fx
-
-        return torch.fx.node.map_arg(arg, lambda n: env[n][i])
-
-    count = len(inputs)
-    for node in graph_module.graph.nodes:
-        if node.op == "placeholder":
-            env[node] = list(inputs)
-        elif node.op == "get_attr":
-            env[node] = [_attr(graph_module, node.target)] * count
-        elif node.op == "call_function":
-            env[node] = [node.target(*value(node.args, i), **value(node.kwargs, i)) for i in range(count)]
-        elif node.op == "call_module":
-            module = graph_module.get_submodule(node.target)
-            env[node] = [module(*value(node.args, i), **value(node.kwargs, i)) for i in range(count)]
-        elif node.op == "call_method":
-            env[node] = [
-                getattr(value(node.args[0], i), node.target)(
-                    *value(node.args[1:], i), **value(node.kwargs, i)
-                )
-                for i in range(count)
-            ]
-        elif node.op == "output":
-            return
-        if on_node is not None:
-            replaced = on_node(node, env[node])
-            if replaced is not None:
-                env[node] = replaced
-
-
 def correct_biases(quantized, float_graph, inputs: Sequence) -> int:
     """Correct the biases of `quantized` (convert_pt2e output, same node names as the prepared
     `float_graph`) in place; returns how many layers were corrected."""
     import torch
 
     targets = {n.name for n in quantized.graph.nodes if _is_quantized_linear_op(n)}
-    float_means: dict = {}
+    float_means = record(float_graph, inputs, targets, _channel_mean)
     with torch.no_grad():
-        _run_per_node(
-            float_graph,
-            inputs,
-            lambda node, values: (
-                float_means.__setitem__(node.name, _channel_mean(values)) if node.name in targets else None
-            ),
-        )
         corrected = 0
 
-        def correct(node, values):
+        def correct(node, values, _env):
             nonlocal corrected
             if node.name not in targets or node.name not in float_means:
                 return None
             shift = float_means[node.name] - _channel_mean(values)
-            bias = _attr(quantized, node.args[2].target)
+            bias = attr(quantized, node.args[2].target)
             bias.add_(shift.to(bias.dtype))
             corrected += 1
             view = (1, -1) + (1,) * (values[0].dim() - 2)
             return [v + shift.reshape(view) for v in values]
 
-        _run_per_node(quantized, inputs, correct)
+        walk(quantized, inputs, correct)
     return corrected

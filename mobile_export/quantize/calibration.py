@@ -66,6 +66,14 @@ class CalibrationSet:
             "files": [p.name for p in self.paths],
         }
 
+    def digest_record(self) -> dict:
+        """record() for sets too large to list: the file names' sha256 instead of the names."""
+        import hashlib
+
+        names = "\n".join(p.name for p in self.paths).encode()
+        record = {k: v for k, v in self.record().items() if k != "files"}
+        return {**record, "files_sha256": hashlib.sha256(names).hexdigest()}
+
 
 def load_calibration(
     folder: str | Path | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -28,6 +29,11 @@ OBSERVERS = ("histogram", "minmax", "moving_average")
 #: tensors alive; XNNPACK accepts it (scales must be normal floats, requantization ratios below 256).
 MIN_ACTIVATION_SCALE = 2**-24
 
+#: Weight rounding: "nearest" (convert_pt2e's) or "adaround" (learned, adaround.py).
+ROUNDINGS = ("nearest", "adaround")
+DEFAULT_ROUNDING_ITERATIONS = 500
+DEFAULT_DISTILL_LEARNING_RATE = 1e-4
+
 
 @dataclass(frozen=True)
 class QuantRecipe:
@@ -35,10 +41,43 @@ class QuantRecipe:
     per_channel: bool = True  # per-output-channel weight scales (the XNNPACK sweet spot)
     fp32_modules: tuple[str, ...] = ()  # module names (prefixes or globs) of the model kept in float
     bias_correction: bool = False  # layer-by-layer empirical bias correction on the calibration images
+    rounding: str = "nearest"  # "adaround": each weight's rounding learned on the calibration images
+    rounding_iterations: int = DEFAULT_ROUNDING_ITERATIONS  # AdaRound steps per layer
+    distill_epochs: int = 0  # > 0: fine-tune the int8 graph on unlabelled images (distill.py)
+    distill_learning_rate: float = DEFAULT_DISTILL_LEARNING_RATE
+    seed: int = 0  # AdaRound's and distillation's sampling
+
+    def __post_init__(self):
+        if self.rounding not in ROUNDINGS:
+            raise ExportError(
+                f"unknown weight rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}"
+            )
+        if self.rounding_iterations < 1:
+            raise ExportError(
+                f"AdaRound needs at least 1 iteration per layer, not {self.rounding_iterations}"
+            )
+        if self.distill_epochs < 0 or not 0 < self.distill_learning_rate < 1:
+            raise ExportError(
+                f"distillation needs epochs >= 0 and a learning rate in (0, 1), not "
+                f"{self.distill_epochs} / {self.distill_learning_rate}"
+            )
+
+    @property
+    def learned(self) -> bool:
+        """Whether the int8 weights are learned (not only calibrated): they must be rebuilt
+        bit for bit, which the manifest's weights digest checks."""
+        return self.rounding != "nearest" or self.distill_epochs > 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fp32_modules"] = list(self.fp32_modules)
+        # manifests of calibrated-only files stay as they were before learned recipes existed
+        if self.rounding == "nearest":
+            del d["rounding"], d["rounding_iterations"]
+        if self.distill_epochs == 0:
+            del d["distill_epochs"], d["distill_learning_rate"]
+        if not self.learned:
+            del d["seed"]
         return d
 
     @classmethod
@@ -49,6 +88,11 @@ class QuantRecipe:
             per_channel=bool(d.get("per_channel", True)),
             fp32_modules=tuple(d.get("fp32_modules", ())),
             bias_correction=bool(d.get("bias_correction", False)),
+            rounding=d.get("rounding", "nearest"),
+            rounding_iterations=int(d.get("rounding_iterations", DEFAULT_ROUNDING_ITERATIONS)),
+            distill_epochs=int(d.get("distill_epochs", 0)),
+            distill_learning_rate=float(d.get("distill_learning_rate", DEFAULT_DISTILL_LEARNING_RATE)),
+            seed=int(d.get("seed", 0)),
         )
 
 
@@ -62,6 +106,8 @@ class QuantizedModel:
     # same node names as graph_module, float arithmetic; the per-layer report compares the two
     calibration: dict = field(default_factory=dict)
     kept_fp32_nodes: int = 0
+    learned: dict = field(default_factory=dict)  # what AdaRound / distillation did, and the
+    # sha256 of the int8 weights they produced (rebuilds must land on the same)
     reference_module: object = None  # graph_module with XNNPACK's exact int8 means (xnnpack_exact.py):
     # what the runtime is compared against; graph_module itself is what gets lowered
 
@@ -193,9 +239,12 @@ def quantize_pt2e(
     calibration_inputs: Sequence[np.ndarray],
     recipe: QuantRecipe = QuantRecipe(),
     log: Callable[[str], None] = lambda _m: None,
+    distill_inputs: Sequence[np.ndarray] | None = None,
 ) -> QuantizedModel:
-    """Quantize `module` (fp32, eval) with observers calibrated on `calibration_inputs`.
-    Deterministic: the same module and inputs give the same scales and bytes."""
+    """Quantize `module` (fp32, eval) with observers calibrated on `calibration_inputs`; with
+    a learned recipe, AdaRound on the calibration images and/or distillation from `module` on
+    `distill_inputs` follow. Deterministic: the same module, inputs and thread count give the
+    same scales and bytes."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -204,6 +253,8 @@ def quantize_pt2e(
 
     if not calibration_inputs:
         raise ExportError("int8 quantization needs at least one calibration image; pass --calibration DIR")
+    if recipe.distill_epochs and not distill_inputs:
+        raise ExportError("distillation needs a folder of unlabelled images; pass --qat DIR")
     quantizer = quantizer_for(recipe)
     try:
         with torch.no_grad():
@@ -213,6 +264,11 @@ def quantize_pt2e(
                 prepared(to_tensor(x))
             float_graph = copy.deepcopy(prepared)
             converted = convert_pt2e(prepared)
+            learned = {}
+            if recipe.rounding == "adaround":
+                learned["rounding"] = _learn_rounding(converted, float_graph, calibration_inputs, recipe, log)
+            if recipe.distill_epochs:
+                learned["distillation"] = _distill(converted, module, distill_inputs, recipe, log)
             if recipe.bias_correction:
                 from .bias_correction import correct_biases
 
@@ -223,6 +279,10 @@ def quantize_pt2e(
             # The graph adds each bias as XNNPACK stores it (int32 on input x weight scale), so
             # the reference and the runtime add the same bias; the lowered program is unchanged.
             snap_biases(converted)
+            if recipe.learned:
+                from .adaround import weights_digest
+
+                learned["weights_sha256"] = weights_digest(converted)
             reference, _means = exact_means(converted)
     except ExportError:
         raise
@@ -248,7 +308,65 @@ def quantize_pt2e(
         float_graph_module=float_graph,
         kept_fp32_nodes=kept,
         reference_module=reference,
+        learned=learned,
     )
+
+
+@contextmanager
+def _progress(total: int, desc: str, unit: str):
+    """An update(n) callable drawing a tqdm bar on stderr when it is a terminal."""
+    import sys
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a missing bar must not stop an export
+        yield lambda _n: None
+        return
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def _learn_rounding(converted, float_graph, calibration_inputs, recipe: QuantRecipe, log) -> dict:
+    from .adaround import int8_layers, learn_rounding
+    from .calibration import to_tensor
+
+    with _progress(int8_layers(converted), "adaround", "layer") as progress:
+        report = learn_rounding(
+            converted,
+            float_graph,
+            [to_tensor(x) for x in calibration_inputs],
+            iterations=recipe.rounding_iterations,
+            seed=recipe.seed,
+            progress=progress,
+        )
+    log(
+        f"int8: AdaRound learned {report.layers} layer(s) ({report.flipped} of {report.weights} weights "
+        f"rounded the other way than nearest, {report.kept_nearest} kept nearest) in {report.seconds:.0f}s"
+    )
+    return report.to_dict()
+
+
+def _distill(converted, teacher, images, recipe: QuantRecipe, log) -> dict:
+    from .distill import distill
+
+    with _progress(recipe.distill_epochs * len(images), "distilling", "img") as progress:
+        report = distill(
+            converted,
+            teacher,
+            images,
+            epochs=recipe.distill_epochs,
+            learning_rate=recipe.distill_learning_rate,
+            seed=recipe.seed,
+            progress=progress,
+        )
+    log(
+        f"int8: distilled on {report.images} image(s) x {report.epochs} epoch(s) in {report.seconds:.0f}s, "
+        f"logit MSE {report.first_loss:.4g} -> {report.last_loss:.4g}"
+    )
+    return report.to_dict()
 
 
 _DEQUANT = ("dequantize_per_tensor",)

@@ -23,6 +23,8 @@ network: 30.5 dB .pte vs quantized graph on V3-Small at 64 px before, 42.9 dB wi
 
 from __future__ import annotations
 
+from .graph_walk import attr
+
 _GEMM = ("aten.conv2d.", "aten.linear.", "aten.conv1d.")
 _MEANS = ("aten.mean.dim", "aten.adaptive_avg_pool2d.")
 
@@ -39,16 +41,9 @@ def _q_per_tensor(node) -> bool:
     return _is(node, ("quantize_per_tensor",)) and not _is(node, ("dequantize",))
 
 
-def _attr(graph_module, target: str):
-    obj = graph_module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _scalar(graph_module, value) -> float:
     if getattr(value, "op", None) == "get_attr":
-        return float(_attr(graph_module, value.target).item())
+        return float(attr(graph_module, value.target).item())
     return float(value)
 
 
@@ -70,10 +65,10 @@ def snap_biases(graph_module) -> int:
         sx = _scalar(graph_module, x.args[1])
         sw_arg = w.args[1]
         if getattr(sw_arg, "op", None) == "get_attr":
-            sw = _attr(graph_module, sw_arg.target).to(torch.float32)
+            sw = attr(graph_module, sw_arg.target).to(torch.float32)
         else:
             sw = torch.tensor(float(sw_arg), dtype=torch.float32)
-        bias = _attr(graph_module, b.target)
+        bias = attr(graph_module, b.target)
         with torch.no_grad():
             scale = (sw * sx).to(torch.float32).reshape(-1)
             if scale.numel() not in (1, bias.numel()):
@@ -123,9 +118,9 @@ def exact_means(graph_module):
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph._codegen = graph_module.graph._codegen
     twin = torch.fx.GraphModule(graph_module, graph)
-    for attr in ("_in_spec", "_out_spec"):
-        if hasattr(graph_module, attr):
-            setattr(twin, attr, getattr(graph_module, attr))
+    for name in ("_in_spec", "_out_spec"):
+        if hasattr(graph_module, name):
+            setattr(twin, name, getattr(graph_module, name))
     return twin, count
 
 

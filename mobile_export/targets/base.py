@@ -67,6 +67,7 @@ class ExecuTorchOptions:
 
     quantize: QuantizeMode = QuantizeMode.NONE
     recipe: object | None = None  # quantize.QuantRecipe for int8 (None: the default recipe)
+    distill_folder: Path | None = None  # unlabelled images for the recipe's distillation (--qat DIR)
     gelu: Gelu = Gelu.EXACT
     allow_partial: bool = False  # accept ops outside the XNNPACK delegate
     bundled: bool = False  # also write a .bpte with reference inputs/outputs
@@ -75,19 +76,27 @@ class ExecuTorchOptions:
         object.__setattr__(self, "quantize", QuantizeMode.parse(self.quantize, "--quantize"))
         object.__setattr__(self, "gelu", Gelu.parse(self.gelu, "GELU choice"))
         if self.recipe is not None:
+            from ..errors import ExportError
             from ..quantize.pt2e import OBSERVERS, QuantRecipe
 
-            recipe = (
-                self.recipe if isinstance(self.recipe, QuantRecipe) else QuantRecipe.from_dict(self.recipe)
-            )
+            try:
+                recipe = (
+                    self.recipe
+                    if isinstance(self.recipe, QuantRecipe)
+                    else QuantRecipe.from_dict(self.recipe)
+                )
+            except ExportError as exc:  # a recipe is options: its faults are usage errors
+                raise UsageError(str(exc)) from None
             if recipe.observer not in OBSERVERS:
                 raise UsageError(
                     f"unknown activation observer {recipe.observer!r}; choose one of {', '.join(OBSERVERS)}"
                 )
             if self.quantize != QuantizeMode.INT8:
                 raise UsageError(
-                    "--keep-fp32 and --bias-correction shape int8 quantization; add --quantize int8"
+                    "--keep-fp32, --bias-correction, --recipe and --qat shape int8 quantization; add --quantize int8"
                 )
+            if recipe.distill_epochs and self.distill_folder is None:
+                raise UsageError("distillation needs a folder of unlabelled images; pass --qat DIR")
             object.__setattr__(self, "recipe", recipe)
 
 
@@ -146,6 +155,7 @@ class ExportOptions:
     bundled: bool = False  # executorch: also write a .bpte with reference inputs/outputs
     seed: int = 0
     quant_recipe: object | None = None  # executorch int8: quantize.QuantRecipe (or its dict)
+    distill_folder: Path | None = None  # executorch int8 --qat: unlabelled images to distill on
     gelu: Gelu = Gelu.EXACT  # executorch: tanh GELU written out, or XNNPACK's erf GELU
 
     def __post_init__(self):
@@ -159,6 +169,7 @@ class ExportOptions:
         return cls(
             quantize=executorch.quantize,
             quant_recipe=executorch.recipe,
+            distill_folder=executorch.distill_folder,
             gelu=executorch.gelu,
             allow_partial=executorch.allow_partial,
             bundled=executorch.bundled,
@@ -175,7 +186,12 @@ class ExportOptions:
     @property
     def executorch(self) -> ExecuTorchOptions:
         return ExecuTorchOptions(
-            self.quantize, self.quant_recipe, self.gelu, self.allow_partial, self.bundled
+            quantize=self.quantize,
+            recipe=self.quant_recipe,
+            distill_folder=self.distill_folder,
+            gelu=self.gelu,
+            allow_partial=self.allow_partial,
+            bundled=self.bundled,
         )
 
     @property
