@@ -20,7 +20,7 @@ def attr(graph_module, target: str):
 def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> None:
     """Run `graph_module` on every input at once, node by node. `on_node(node, values, env)`
     sees a node's values over all images (env: node -> values, for its inputs) and may return
-    a replacement before later nodes consume them."""
+    a replacement before later nodes consume them. Values no later node reads are dropped."""
     import torch.fx
 
     env: dict = {}
@@ -29,7 +29,12 @@ def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> Non
         return torch.fx.node.map_arg(arg, lambda n: env[n][i])
 
     count = len(inputs)
-    for node in graph_module.graph.nodes:
+    nodes = list(graph_module.graph.nodes)
+    last_use = {}  # a value is dropped once its last consumer has run: memory stays one stage deep
+    for index, node in enumerate(nodes):
+        for used in node.all_input_nodes:
+            last_use[used] = index
+    for index, node in enumerate(nodes):
         if node.op == "placeholder":
             env[node] = list(inputs)
         elif node.op == "get_attr":
@@ -52,6 +57,9 @@ def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> Non
             replaced = on_node(node, env[node], env)
             if replaced is not None:
                 env[node] = replaced
+        for used in node.all_input_nodes:
+            if last_use[used] == index:
+                del env[used]
 
 
 def record(graph_module, inputs: Sequence, names, reduce: Callable) -> dict:
