@@ -59,7 +59,7 @@ def _layer_errors(q, module, calibration) -> dict:
     on the calibration images, each layer fed the float model's own input, in graph order."""
     import torch
 
-    from mobile_export.quantize.adaround import _dequantize_args, _float_weight, _int8_weight
+    from mobile_export.quantize.adaround import _float_weight, _int8_weight, dequantize_args
     from mobile_export.quantize.graph_walk import attr, walk
 
     inputs = {}
@@ -78,7 +78,7 @@ def _layer_errors(q, module, calibration) -> dict:
         for name, (x, float_out) in inputs.items():
             node = names[name]
             dq = node.args[1]
-            scale, _qmin, _qmax = _dequantize_args(q.graph_module, dq)
+            scale, _qmin, _qmax = dequantize_args(q.graph_module, dq)
             w = attr(q.graph_module, dq.args[0].target).to(torch.float32) * scale
             assert _float_weight(q.float_graph_module, name) is not None
             bias = attr(q.graph_module, node.args[2].target)

@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .graph_walk import attr, record, walk
+from .graph_walk import attr, calls, record, walk
 
 # The paper's (and AIMET's) constants: rectified-sigmoid stretch, regularizer weight, beta
 # schedule, and the share of iterations without the regularizer.
@@ -63,16 +63,12 @@ class RoundingReport:
         }
 
 
-def _is(node, names) -> bool:
-    return getattr(node, "op", None) == "call_function" and any(k in str(node.target) for k in names)
-
-
 def _int8_weight(node):
     """The dequantize node feeding `node`'s weight from a stored int8 tensor, or None."""
-    if not _is(node, _GEMM) or len(node.args) < 2:
+    if not calls(node, _GEMM) or len(node.args) < 2:
         return None
     dq = node.args[1]
-    if not _is(dq, ("dequantize_per_channel", "dequantize_per_tensor")):
+    if not calls(dq, ("dequantize_per_channel", "dequantize_per_tensor")):
         return None
     if getattr(dq.args[0], "op", None) != "get_attr":
         return None
@@ -83,7 +79,7 @@ def _activation(node):
     """The ReLU / clamp right after `node` (its only user), which the objective applies too:
     what the clamp removes needs no precision."""
     users = list(node.users)
-    if len(users) == 1 and _is(users[0], _ACTIVATIONS):
+    if len(users) == 1 and calls(users[0], _ACTIVATIONS):
         return users[0]
     return None
 
@@ -102,7 +98,7 @@ def _float_weight(float_graph, name: str):
     return attr(float_graph, w.target).detach()
 
 
-def _dequantize_args(graph_module, dq):
+def dequantize_args(graph_module, dq):
     """(scale broadcast to the weight, quant_min, quant_max) of a weight dequantize."""
     import torch
 
@@ -160,7 +156,7 @@ def learn_rounding(
         if w_float is None:
             return None
         dq = node.args[1]
-        scale, qmin, qmax = _dequantize_args(quantized, dq)
+        scale, qmin, qmax = dequantize_args(quantized, dq)
         x = torch.cat(env[node.args[0]])
         samples = values[0][0, 0].numel() * len(values) if values[0].dim() > 2 else len(values)
         fan_in = w_float[0].numel()

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .adaround import threads
-from .graph_walk import attr
+from .adaround import dequantize_args, threads
+from .graph_walk import attr, calls
 
 DEFAULT_EPOCHS = 4
 DEFAULT_LEARNING_RATE = 1e-4
@@ -47,10 +47,6 @@ class DistillReport:
             "last_epoch_loss": round(self.last_loss, 6),
             "seconds": round(self.seconds, 1),
         }
-
-
-def _is(node, name: str) -> bool:
-    return node.op == "call_function" and name in str(node.target)
 
 
 def _round_through(x, scale, zero_point, qmin, qmax):
@@ -80,8 +76,8 @@ def _fake_quant_weight(w, scales, zero_points, axis, qmin, qmax, _dtype):
 def trainable_twin(converted):
     """A copy of the converted graph that trains: int8 weights as float parameters (their
     dequantized values), float biases as parameters, quantize -> rounding with a straight-through
-    gradient, dequantize -> identity. Returns (twin, [(int8 target, weight param name, scale
-    target)], [bias targets])."""
+    gradient, dequantize -> identity. Returns (twin, [(weight dequantize node name, weight
+    param name)], [bias targets])."""
     import torch
 
     twin = copy.deepcopy(converted)
@@ -89,7 +85,7 @@ def trainable_twin(converted):
     biases = []
     graph = twin.graph
     for node in list(graph.nodes):
-        if _is(node, "dequantize_per_channel") and node.args[0].op == "get_attr":
+        if calls(node, ("dequantize_per_channel",)) and node.args[0].op == "get_attr":
             stored = node.args[0]
             scales = attr(twin, node.args[1].target)
             zps = attr(twin, node.args[2].target)
@@ -103,10 +99,10 @@ def trainable_twin(converted):
                 param = graph.get_attr(name)
             node.args = (param, *node.args[1:])
             node.target = _fake_quant_weight
-            weights.append((stored.target, name))
-        elif _is(node, "quantize_per_tensor") and not _is(node, "dequantize"):
+            weights.append((node.name, name))
+        elif calls(node, ("quantize_per_tensor",)) and not calls(node, ("dequantize",)):
             node.target = _fake_quant_per_tensor
-        elif _is(node, "dequantize_per_tensor") and node.args[0].op == "call_function":
+        elif calls(node, ("dequantize_per_tensor",)) and node.args[0].op == "call_function":
             node.target = _pass_through  # (int8 constants folded at convert keep their dequantize)
     for node in graph.nodes:
         if node.op == "call_function" and any(k in str(node.target) for k in ("conv2d", "linear")):
@@ -155,23 +151,13 @@ def distill(
             twin, params + bias_tensors, images, targets, epochs, learning_rate, generator, progress
         )
     with torch.no_grad():
-        for stored_target, name in weights:
-            stored = attr(converted, stored_target)
-            dq = next(
-                n
-                for n in converted.graph.nodes
-                if _is(n, "dequantize_per_channel")
-                and n.args[0].op == "get_attr"
-                and n.args[0].target == stored_target
-            )
-            scales = attr(converted, dq.args[1].target)
-            zps = attr(converted, dq.args[2].target)
-            axis, qmin, qmax = int(dq.args[3]), int(dq.args[4]), int(dq.args[5])
-            shape = [1] * stored.dim()
-            shape[axis] = -1
+        nodes = {n.name: n for n in converted.graph.nodes}
+        for dq_name, name in weights:  # the same dequantize node name in both graphs
+            dq = nodes[dq_name]
+            stored = attr(converted, dq.args[0].target)
+            scale, qmin, qmax = dequantize_args(converted, dq)
             w = twin.get_parameter(name)
-            q = torch.clamp(torch.round(w * (1.0 / scales.reshape(shape))) + zps.reshape(shape), qmin, qmax)
-            stored.copy_(q.to(stored.dtype))
+            stored.copy_(torch.clamp(torch.round(w * (1.0 / scale)), qmin, qmax).to(stored.dtype))
         for target, tensor in zip(biases, bias_tensors):
             attr(converted, target).copy_(tensor.detach())
     return DistillReport(len(images), epochs, steps, losses[0], losses[-1], time.perf_counter() - t0)

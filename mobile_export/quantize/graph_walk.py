@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 
+def calls(node, names) -> bool:
+    """`node` calls an op whose name contains one of `names` (e.g. "dequantize_per_channel")."""
+    return getattr(node, "op", None) == "call_function" and any(k in str(node.target) for k in names)
+
+
 def attr(graph_module, target: str):
     """The tensor a get_attr node names (dotted paths included)."""
     obj = graph_module

@@ -23,22 +23,18 @@ network: 30.5 dB .pte vs quantized graph on V3-Small at 64 px before, 42.9 dB wi
 
 from __future__ import annotations
 
-from .graph_walk import attr
+from .graph_walk import attr, calls
 
 _GEMM = ("aten.conv2d.", "aten.linear.", "aten.conv1d.")
 _MEANS = ("aten.mean.dim", "aten.adaptive_avg_pool2d.")
 
 
-def _is(node, names) -> bool:
-    return getattr(node, "op", None) == "call_function" and any(k in str(node.target) for k in names)
-
-
 def _dq_per_tensor(node) -> bool:
-    return _is(node, ("dequantize_per_tensor",))
+    return calls(node, ("dequantize_per_tensor",))
 
 
 def _q_per_tensor(node) -> bool:
-    return _is(node, ("quantize_per_tensor",)) and not _is(node, ("dequantize",))
+    return calls(node, ("quantize_per_tensor",)) and not calls(node, ("dequantize",))
 
 
 def _scalar(graph_module, value) -> float:
@@ -57,10 +53,12 @@ def snap_biases(graph_module) -> int:
 
     count = 0
     for node in graph_module.graph.nodes:
-        if not _is(node, _GEMM) or len(node.args) < 3:
+        if not calls(node, _GEMM) or len(node.args) < 3:
             continue
         x, w, b = node.args[0], node.args[1], node.args[2]
-        if not (_dq_per_tensor(x) and _is(w, ("dequantize_per_",)) and getattr(b, "op", None) == "get_attr"):
+        if not (
+            _dq_per_tensor(x) and calls(w, ("dequantize_per_",)) and getattr(b, "op", None) == "get_attr"
+        ):
             continue
         sx = _scalar(graph_module, x.args[1])
         sw_arg = w.args[1]
@@ -103,13 +101,13 @@ def exact_means(graph_module):
         users = list(node.users)
         x = node.args[0] if node.args else None
         if (
-            _is(node, _MEANS)
+            calls(node, _MEANS)
             and _dq_per_tensor(x)
             and len(users) == 1
             and _q_per_tensor(users[0])
             and _reduces_hw(node)
         ):
-            dims, keepdim = ((2, 3), True) if _is(node, ("adaptive_avg_pool2d",)) else _mean_args(node)
+            dims, keepdim = ((2, 3), True) if calls(node, ("adaptive_avg_pool2d",)) else _mean_args(node)
             s_in, s_out = _scalar(graph_module, x.args[1]), _scalar(graph_module, users[0].args[1])
             env[node] = graph.call_function(exact_int8_mean, (env[x], tuple(dims), keepdim, s_in, s_out))
             env[node].meta = dict(node.meta)
@@ -131,7 +129,7 @@ def _mean_args(node):
 
 
 def _reduces_hw(node) -> bool:
-    if _is(node, ("adaptive_avg_pool2d",)):
+    if calls(node, ("adaptive_avg_pool2d",)):
         size = node.args[1] if len(node.args) > 1 else None
         return size is not None and list(size) == [1, 1]
     val = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
