@@ -130,10 +130,7 @@ def peak_gmacs(threads: int, dtype: str = "fp32", cpu: dict | None = None) -> di
         how_unit = "1 fp32 MAC per lane (FMA)"
     cores = min(threads, cpu["cores"] or threads)
     gmacs = cores * ghz * lanes * pipes * per_lane
-    how = (
-        f"{cores} core(s) x {ghz:.2f} GHz ({source}) x "
-        f"{lanes} lanes x {pipes} FMA pipe(s) x {how_unit}"
-    )
+    how = f"{cores} core(s) x {ghz:.2f} GHz ({source}) x {lanes} lanes x {pipes} FMA pipe(s) x {how_unit}"
     return {"gmacs": round(gmacs, 1), "how": how}
 
 
