@@ -123,6 +123,26 @@ def model_options(fn):
     )(_collect("build", _model_options, ("weights", "seed", "num_classes", "labels_file", "resolution"))(fn))
 
 
+def _keep_fp32_entries(text: str) -> tuple[list[str], float | None]:
+    """--keep-fp32 MODULES[,auto[:PERCENT]] -> (module names, sweep budget or None)."""
+    from .quantize.sensitivity import DEFAULT_BUDGET_PERCENT
+
+    modules, auto = [], None
+    for entry in (e.strip() for e in text.split(",")):
+        if entry == "auto":
+            auto = DEFAULT_BUDGET_PERCENT
+        elif entry.startswith("auto:"):
+            try:
+                auto = float(entry[5:].rstrip("%"))
+            except ValueError:
+                raise click.UsageError(
+                    f"--keep-fp32 {entry!r}: auto:PERCENT takes a number, e.g. auto:5 (5% of the weights)"
+                ) from None
+        elif entry:
+            modules.append(entry)
+    return modules, auto
+
+
 def _executorch_options(
     quantize, keep_fp32, bias_correction, recipe_name, qat, qat_epochs, allow_partial, fast_gelu, bundled
 ):
@@ -134,8 +154,10 @@ def _executorch_options(
             raise click.UsageError(
                 "--keep-fp32, --bias-correction, --recipe and --qat shape int8 quantization; add --quantize int8"
             )
+        modules, auto = _keep_fp32_entries(keep_fp32 or "")
         recipe = {
-            "fp32_modules": [m.strip() for m in (keep_fp32 or "").split(",") if m.strip()],
+            "fp32_modules": modules,
+            "fp32_auto": auto,
             "bias_correction": bias_correction,
             "rounding": "adaround" if recipe_name == "adaround" else "nearest",
             "distill_epochs": qat_epochs if qat is not None else 0,
@@ -172,7 +194,9 @@ def executorch_options(fn):
             "--keep-fp32",
             default=None,
             metavar="MODULES",
-            help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0).",
+            help="ExecuTorch int8: comma-separated module names or globs kept in float (e.g. conv_stem,bn1,blocks.0); "
+            "auto[:PERCENT] picks them by a sensitivity sweep on the calibration images, within PERCENT of the "
+            "weights (default 5).",
         ),
         click.option(
             "--bias-correction",

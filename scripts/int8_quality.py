@@ -80,6 +80,10 @@ RECIPES: dict[str, dict] = {
         "fp32_modules": ["conv_stem", "bn1", "blocks.0"],
         "rounding": "adaround",
     },
+    # Round 7: the modules kept in float chosen by a sensitivity sweep (--keep-fp32 auto[:PERCENT]).
+    "fp32-auto": {"observer": "histogram", "fp32_auto": 5.0},
+    "fp32-auto-10": {"observer": "histogram", "fp32_auto": 10.0},
+    "fp32-auto-adaround": {"observer": "histogram", "fp32_auto": 5.0, "rounding": "adaround"},
     "fp32-first-block-se-bias-corr": {
         "observer": "histogram",
         "fp32_modules": ["blocks.0", "*.se"],

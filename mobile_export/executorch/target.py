@@ -118,7 +118,7 @@ class ExecuTorchTarget(Target):
                 "scheme": "XNNPACKQuantizer symmetric int8, per-channel weights"
                 if recipe.per_channel
                 else "XNNPACKQuantizer symmetric int8, per-tensor weights",
-                **recipe.to_dict(),
+                **quantized.recipe.to_dict(),  # --keep-fp32 auto resolved into module names
                 "calibration": {**calibration.record(), "limit": options.calibration_limit},
                 "output_scale": quantized.output_scale,
                 "output_zero_point": quantized.output_zero_point,
@@ -127,6 +127,8 @@ class ExecuTorchTarget(Target):
                 quantization["distillation_images"] = distill_images.digest_record()
             if quantized.learned:
                 quantization["learned"] = quantized.learned
+            if quantized.sensitivity:
+                quantization["fp32_sensitivity"] = quantized.sensitivity
             program_source = quantized.graph_module
         else:
             program_source = model

@@ -63,6 +63,21 @@ def _fake_quant_per_tensor(x, scale, zero_point, qmin, qmax, _dtype):
     return _round_through(x, scale, zero_point, qmin, qmax)
 
 
+def _fake_quant_learned_scale(x, log_scale, zero_point, qmin, qmax, _dtype):
+    """quantize_per_tensor then dequantize with a learned scale (LSQ, Esser et al. 2020): the
+    rounding passes gradients straight through, the clamp stops them, and the scale gets the
+    gradient of the rounding error. The forward pass computes what the int8 ops compute with
+    the same float32 scale: 1/scale in double, as the decomposed op's Python float does."""
+    import torch
+
+    scale = log_scale.exp()
+    stored = scale.detach().float().double()  # the float32 scale the int8 graph stores
+    inverse = (1.0 / stored).float() + (1.0 / scale - (1.0 / scale).detach())
+    v = x * inverse
+    q = torch.clamp(v + (torch.round(v) - v).detach() + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
 def _pass_through(x, *_args, **_kwargs):
     return x
 
@@ -73,26 +88,73 @@ def _fake_quant_weight(w, scales, zero_points, axis, qmin, qmax, _dtype):
     return _round_through(w, scales.reshape(shape), zero_points.reshape(shape), qmin, qmax)
 
 
-def trainable_twin(converted):
+def activation_groups(graph_module) -> list[list[str]]:
+    """The activation quantize nodes (names) that must keep one scale: a quantize whose input op
+    reads a dequantize of an equal (scale, zero point) is the quantizer's shared spec (pooling,
+    reshapes, concatenation: XNNPACK runs them on the int8 values as they are)."""
+    parent: dict[str, str] = {}
+
+    def find(name):
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    for node in graph_module.graph.nodes:
+        if calls(node, ("quantize_per_tensor",)) and not calls(node, ("dequantize",)):
+            parent[node.name] = node.name
+            source = node.args[0]
+            for arg in getattr(source, "all_input_nodes", ()):
+                if calls(arg, ("dequantize_per_tensor",)) and arg.args[0].name in parent:
+                    upstream = arg.args[0]
+                    if tuple(upstream.args[1:3]) == tuple(node.args[1:3]):
+                        parent[find(node.name)] = find(upstream.name)
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return list(groups.values())
+
+
+def trainable_twin(converted, learn_scales: bool = False):
     """A copy of the converted graph that trains: int8 weights as float parameters (their
     dequantized values), float biases as parameters, quantize -> rounding with a straight-through
-    gradient, dequantize -> identity. Returns (twin, [(weight dequantize node name, weight
-    param name)], [bias targets])."""
+    gradient, dequantize -> identity. With `learn_scales`, each group of activation quantize
+    nodes that share a scale gets it as a parameter (its log). Returns (twin, [(weight dequantize
+    node name, weight param name)], [bias targets], {scale param name: [quantize node names]})."""
+    import math
+
     import torch
 
     twin = copy.deepcopy(converted)
     weights = []
     biases = []
+    scales = {}
     graph = twin.graph
+    if learn_scales:
+        nodes = {n.name: n for n in graph.nodes}
+        for group in activation_groups(twin):
+            name = f"distill_scale_{len(scales)}"
+            first = nodes[group[0]]
+            twin.register_parameter(
+                name, torch.nn.Parameter(torch.tensor(math.log(float(first.args[1])), dtype=torch.float64))
+            )
+            scales[name] = group
+            for q_name in group:
+                q = nodes[q_name]
+                with graph.inserting_before(q):
+                    param = graph.get_attr(name)
+                q.args = (q.args[0], param, *q.args[2:])
+                q.target = _fake_quant_learned_scale
     for node in list(graph.nodes):
         if calls(node, ("dequantize_per_channel",)) and node.args[0].op == "get_attr":
             stored = node.args[0]
-            scales = attr(twin, node.args[1].target)
+            channel_scales = attr(twin, node.args[1].target)
             zps = attr(twin, node.args[2].target)
             axis = int(node.args[3])
             shape = [1] * attr(twin, stored.target).dim()
             shape[axis] = -1
-            start = (attr(twin, stored.target).to(torch.float32) - zps.reshape(shape)) * scales.reshape(shape)
+            start = (
+                attr(twin, stored.target).to(torch.float32) - zps.reshape(shape)
+            ) * channel_scales.reshape(shape)
             name = f"distill_weight_{len(weights)}"
             twin.register_parameter(name, torch.nn.Parameter(start))
             with graph.inserting_before(node):
@@ -100,6 +162,8 @@ def trainable_twin(converted):
             node.args = (param, *node.args[1:])
             node.target = _fake_quant_weight
             weights.append((node.name, name))
+        elif node.target is _fake_quant_learned_scale:
+            continue
         elif calls(node, ("quantize_per_tensor",)) and not calls(node, ("dequantize",)):
             node.target = _fake_quant_per_tensor
         elif calls(node, ("dequantize_per_tensor",)) and node.args[0].op == "call_function":
@@ -113,7 +177,7 @@ def trainable_twin(converted):
                     biases.append(b.target)
     graph.eliminate_dead_code()
     twin.recompile()
-    return twin, weights, biases
+    return twin, weights, biases, scales
 
 
 def distill(
@@ -123,12 +187,14 @@ def distill(
     *,
     epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
+    scale_learning_rate: float = 0.0,
     seed: int = 0,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> DistillReport:
     """Fine-tune `converted` (convert_pt2e output) in place so its logits follow `teacher`'s
     on `images` (arrays or tensors, batch 1, as the graph takes them). Deterministic for a given
-    seed, images and thread count. `progress(n)` counts images."""
+    seed, images and thread count. `progress(n)` counts images. A `scale_learning_rate` > 0
+    also learns the activation scales (their logs, at that rate) and writes them back."""
     import numpy as np
     import torch
 
@@ -137,19 +203,20 @@ def distill(
     t0 = time.perf_counter()
     with torch.no_grad():
         targets = [teacher(to_tensor(x)).detach() for x in images]
-    twin, weights, biases = trainable_twin(converted)
+    twin, weights, biases, scales = trainable_twin(converted, learn_scales=scale_learning_rate > 0)
     params = [twin.get_parameter(name) for _t, name in weights]
     bias_tensors = []
     for target in biases:
         tensor = attr(twin, target)
         tensor.requires_grad_(True)
         bias_tensors.append(tensor)
+    groups = [{"params": params + bias_tensors, "lr": learning_rate}]
+    if scales:
+        groups.append({"params": [twin.get_parameter(n) for n in scales], "lr": scale_learning_rate})
     generator = torch.Generator().manual_seed(seed)
     small = int(np.prod(np.shape(images[0]))) < ONE_THREAD_BELOW if len(images) else True
     with threads(1 if small else torch.get_num_threads()):
-        losses, steps = _train(
-            twin, params + bias_tensors, images, targets, epochs, learning_rate, generator, progress
-        )
+        losses, steps = _train(twin, groups, images, targets, epochs, generator, progress)
     with torch.no_grad():
         nodes = {n.name: n for n in converted.graph.nodes}
         for dq_name, name in weights:  # the same dequantize node name in both graphs
@@ -160,16 +227,30 @@ def distill(
             stored.copy_(torch.clamp(torch.round(w * (1.0 / scale)), qmin, qmax).to(stored.dtype))
         for target, tensor in zip(biases, bias_tensors):
             attr(converted, target).copy_(tensor.detach())
+        for name, group in scales.items():
+            _set_scale(nodes, group, float(twin.get_parameter(name).exp().float()))
+    if scales:
+        converted.recompile()
     return DistillReport(len(images), epochs, steps, losses[0], losses[-1], time.perf_counter() - t0)
 
 
-def _train(twin, params, images, targets, epochs, learning_rate, generator, progress):
+def _set_scale(nodes: dict, group: list[str], scale: float) -> None:
+    """Give the quantize nodes of `group` and the dequantize nodes reading them `scale`."""
+    for q_name in group:
+        q = nodes[q_name]
+        q.args = (q.args[0], scale, *q.args[2:])
+        for user in list(q.users):
+            if calls(user, ("dequantize_per_tensor",)):
+                user.args = (user.args[0], scale, *user.args[2:])
+
+
+def _train(twin, param_groups, images, targets, epochs, generator, progress):
     """Adam on a cosine schedule, mean squared logit error; returns (loss per epoch, steps)."""
     import math
 
     import torch
 
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    optimizer = torch.optim.Adam(param_groups)
     total_steps = epochs * math.ceil(len(images) / BATCH_IMAGES)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))

@@ -46,6 +46,8 @@ class QuantRecipe:
     distill_epochs: int = 0  # > 0: fine-tune the int8 graph on unlabelled images (distill.py)
     distill_learning_rate: float = DEFAULT_DISTILL_LEARNING_RATE
     seed: int = 0  # AdaRound's and distillation's sampling
+    fp32_auto: float | None = None  # percent of weights a sensitivity sweep may keep in float
+    # (sensitivity.py); quantize_pt2e resolves it into fp32_modules
 
     def __post_init__(self):
         if self.rounding not in ROUNDINGS:
@@ -60,6 +62,10 @@ class QuantRecipe:
             raise ExportError(
                 f"distillation needs epochs >= 0 and a learning rate in (0, 1), not "
                 f"{self.distill_epochs} / {self.distill_learning_rate}"
+            )
+        if self.fp32_auto is not None and not 0 < self.fp32_auto <= 100:
+            raise ExportError(
+                f"--keep-fp32 auto:PERCENT takes a share of the weights in (0, 100], not {self.fp32_auto}"
             )
 
     @property
@@ -78,6 +84,8 @@ class QuantRecipe:
             del d["distill_epochs"], d["distill_learning_rate"]
         if not self.learned:
             del d["seed"]
+        if self.fp32_auto is None:
+            del d["fp32_auto"]
         return d
 
     @classmethod
@@ -93,6 +101,7 @@ class QuantRecipe:
             distill_epochs=int(d.get("distill_epochs", 0)),
             distill_learning_rate=float(d.get("distill_learning_rate", DEFAULT_DISTILL_LEARNING_RATE)),
             seed=int(d.get("seed", 0)),
+            fp32_auto=None if d.get("fp32_auto") is None else float(d["fp32_auto"]),
         )
 
 
@@ -108,6 +117,7 @@ class QuantizedModel:
     kept_fp32_nodes: int = 0
     learned: dict = field(default_factory=dict)  # what AdaRound / distillation did, and the
     # sha256 of the int8 weights they produced (rebuilds must land on the same)
+    sensitivity: dict = field(default_factory=dict)  # --keep-fp32 auto: the sweep and its choice
     reference_module: object = None  # graph_module with XNNPACK's exact int8 means (xnnpack_exact.py):
     # what the runtime is compared against; graph_module itself is what gets lowered
 
@@ -255,10 +265,17 @@ def quantize_pt2e(
         raise ExportError("int8 quantization needs at least one calibration image; pass --calibration DIR")
     if recipe.distill_epochs and not distill_inputs:
         raise ExportError("distillation needs a folder of unlabelled images; pass --qat DIR")
+    sensitivity = {}
+    if recipe.fp32_auto is not None:
+        recipe, sensitivity = _keep_fp32_auto(module, example_input, calibration_inputs, recipe, log)
     quantizer = quantizer_for(recipe)
     try:
         with torch.no_grad():
-            captured = torch.export.export(module.eval(), (example_input,), strict=False).module()
+            # A copy: the exported graph shares the module's parameters, and snapping, AdaRound
+            # and distillation write into the graph's tensors. On the module itself they would
+            # move the float model's classifier bias, the reference every later check uses.
+            float_copy = copy.deepcopy(module).eval()
+            captured = torch.export.export(float_copy, (example_input,), strict=False).module()
             prepared = prepare_pt2e(captured, quantizer)
             for x in calibration_inputs:
                 prepared(to_tensor(x))
@@ -309,6 +326,7 @@ def quantize_pt2e(
         kept_fp32_nodes=kept,
         reference_module=reference,
         learned=learned,
+        sensitivity=sensitivity,
     )
 
 
@@ -347,6 +365,27 @@ def _learn_rounding(converted, float_graph, calibration_inputs, recipe: QuantRec
         f"rounded the other way than nearest, {report.kept_nearest} kept nearest) in {report.seconds:.0f}s"
     )
     return report.to_dict()
+
+
+def _keep_fp32_auto(module, example_input, calibration_inputs, recipe: QuantRecipe, log):
+    """Resolve `fp32_auto` into module names by a sensitivity sweep (sensitivity.py)."""
+    from .calibration import to_tensor
+    from .sensitivity import sweep, units_to_measure
+
+    def plain(candidate: QuantRecipe) -> QuantizedModel:
+        return quantize_pt2e(module, example_input, calibration_inputs, candidate)
+
+    images = [to_tensor(x) for x in calibration_inputs]
+    with _progress(len(units_to_measure(module, recipe)) + 2, "fp32 sensitivity", "quantization") as progress:
+        resolved, report = sweep(module, plain, recipe, images, recipe.fp32_auto, progress)
+    kept = ", ".join(report.chosen) or "nothing"
+    log(
+        f"int8: sensitivity sweep over {len(report.units)} unit(s) in {report.seconds:.0f}s keeps {kept} in fp32 "
+        f"({100 * report.chosen_weights / max(report.total_weights, 1):.1f}% of weights, budget "
+        f"{report.budget_percent:g}%): logits SQNR {report.all_int8_sqnr_db:.2f} -> {report.chosen_sqnr_db:.2f} dB "
+        "on the calibration images"
+    )
+    return resolved, report.to_dict()
 
 
 def _distill(converted, teacher, images, recipe: QuantRecipe, log) -> dict:
