@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ExportError, first_line
+from .sensitivity import module_inside
 
 # Activation observers by name. "histogram" searches the clipping range that minimizes the
 # L2 quantization error (XNNPACKQuantizer's default); "minmax" takes the raw extremes;
@@ -216,14 +217,7 @@ def annotate_conv_clamp(graph_module, config, filter_fn=None) -> int:
 def unmatched_modules(module, patterns: Sequence[str]) -> list[str]:
     """The fp32_modules entries that name no submodule of `module` (typos fail early)."""
     names = [name for name, _ in module.named_modules() if name]
-    return [p for p in patterns if not any(_inside(n, p) for n in names)]
-
-
-def _inside(path: str, pattern: str) -> bool:
-    """`path` is the module `pattern` names (a name or glob) or one of its submodules."""
-    from fnmatch import fnmatchcase
-
-    return fnmatchcase(path, pattern) or fnmatchcase(path, pattern + ".*")
+    return [p for p in patterns if not any(module_inside(n, p) for n in names)]
 
 
 def _module_filter(prefixes: Sequence[str]) -> Callable:
@@ -236,7 +230,7 @@ def _module_filter(prefixes: Sequence[str]) -> Callable:
         for path, _type in stack.values():
             path = str(path)
             for prefix in prefixes:
-                if any(_inside(p, prefix) for p in (path, path.split(".", 1)[-1])):
+                if any(module_inside(p, prefix) for p in (path, path.split(".", 1)[-1])):
                     return False
         return True
 

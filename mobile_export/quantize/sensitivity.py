@@ -89,14 +89,19 @@ def candidate_units(module, prefix: str = "") -> list[Unit]:
     return units
 
 
+def module_inside(path: str, pattern: str) -> bool:
+    """`path` is the module `pattern` names (a name or glob) or one of its submodules."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(path, pattern) or fnmatchcase(path, pattern + ".*")
+
+
 def units_to_measure(module, recipe) -> list[Unit]:
     """The candidate units not already kept in float by the recipe's named modules."""
-    from .pt2e import _inside
-
     return [
         u
         for u in candidate_units(module)
-        if not all(any(_inside(m, kept) for kept in recipe.fp32_modules) for m in u.modules)
+        if not all(any(module_inside(m, kept) for kept in recipe.fp32_modules) for m in u.modules)
     ]
 
 
