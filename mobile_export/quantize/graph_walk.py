@@ -22,10 +22,11 @@ def attr(graph_module, target: str):
     return obj
 
 
-def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> None:
-    """Run `graph_module` on every input at once, node by node. `on_node(node, values, env)`
-    sees a node's values over all images (env: node -> values, for its inputs) and may return
-    a replacement before later nodes consume them. Values no later node reads are dropped."""
+def steps(graph_module, inputs: Sequence):
+    """Run `graph_module` on every input at once, node by node, yielding (node, env) after each
+    node (env: node -> values over all images). The consumer may replace env[node] before
+    asking for the next step. Values no later node reads are then dropped, so memory stays one
+    stage deep, and two graphs can be walked side by side."""
     import torch.fx
 
     env: dict = {}
@@ -35,7 +36,7 @@ def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> Non
 
     count = len(inputs)
     nodes = list(graph_module.graph.nodes)
-    last_use = {}  # a value is dropped once its last consumer has run: memory stays one stage deep
+    last_use = {}
     for index, node in enumerate(nodes):
         for used in node.all_input_nodes:
             last_use[used] = index
@@ -58,13 +59,21 @@ def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> Non
             ]
         elif node.op == "output":
             return
+        yield node, env
+        for used in node.all_input_nodes:
+            if last_use[used] == index:
+                del env[used]
+
+
+def walk(graph_module, inputs: Sequence, on_node: Callable | None = None) -> None:
+    """Run `graph_module` on every input at once, node by node. `on_node(node, values, env)`
+    sees a node's values over all images and may return a replacement before later nodes
+    consume them."""
+    for node, env in steps(graph_module, inputs):
         if on_node is not None:
             replaced = on_node(node, env[node], env)
             if replaced is not None:
                 env[node] = replaced
-        for used in node.all_input_nodes:
-            if last_use[used] == index:
-                del env[used]
 
 
 def record(graph_module, inputs: Sequence, names, reduce: Callable) -> dict:
