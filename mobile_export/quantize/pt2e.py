@@ -376,7 +376,7 @@ def _keep_fp32_auto(module, example_input, calibration_inputs, recipe: QuantReci
     log(
         f"int8: sensitivity sweep over {len(report.units)} unit(s) in {report.seconds:.0f}s keeps {kept} in fp32 "
         f"({100 * report.chosen_weights / max(report.total_weights, 1):.1f}% of weights, budget "
-        f"{report.budget_percent:g}%): logits SQNR {report.all_int8_sqnr_db:.2f} -> {report.chosen_sqnr_db:.2f} dB "
+        f"{report.budget_percent:g}%): logits SQNR {report.base_sqnr_db:.2f} -> {report.chosen_sqnr_db:.2f} dB "
         "on the calibration images"
     )
     return resolved, report.to_dict()

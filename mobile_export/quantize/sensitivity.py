@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 DEFAULT_BUDGET_PERCENT = 5.0
 MIN_GAIN_DB = 0.05  # a unit that gains less than this is noise, not sensitivity
+EXACT_DB = 300.0  # identical outputs (JSON has no infinity)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Unit:
 class SensitivityReport:
     budget_percent: float
     total_weights: int
-    all_int8_sqnr_db: float
+    base_sqnr_db: float  # nothing chosen: int8 but for the modules the recipe names itself
     units: list[dict] = field(default_factory=list)  # every unit: modules, weights, sqnr_db, gain_db
     chosen: list[str] = field(default_factory=list)
     chosen_weights: int = 0
@@ -44,7 +45,7 @@ class SensitivityReport:
             "budget_percent": self.budget_percent,
             "total_weights": self.total_weights,
             "images": self.images,
-            "all_int8_sqnr_db": round(self.all_int8_sqnr_db, 3),
+            "base_sqnr_db": round(self.base_sqnr_db, 3),
             "chosen": list(self.chosen),
             "chosen_weights": self.chosen_weights,
             "chosen_percent": round(100 * self.chosen_weights / max(self.total_weights, 1), 3),
@@ -109,7 +110,7 @@ def logits_sqnr_db(reference: Sequence, outputs: Sequence) -> float:
     """Signal-to-quantization-noise of `outputs` against `reference`, over all images."""
     signal = sum(float((r.double() ** 2).sum()) for r in reference)
     noise = sum(float(((r.double() - o.double()) ** 2).sum()) for r, o in zip(reference, outputs))
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+    return EXACT_DB if noise == 0 else min(EXACT_DB, 10 * math.log10(signal / noise))
 
 
 def choose_fp32_units(units: Sequence[Unit], gains_db: Sequence[float], budget_weights: int) -> list[int]:
@@ -158,7 +159,7 @@ def sweep(
     report = SensitivityReport(
         budget_percent=budget_percent,
         total_weights=total,
-        all_int8_sqnr_db=base,
+        base_sqnr_db=base,
         units=[
             {"modules": list(u.modules), "weights": u.weights, "sqnr_db": round(s, 3), "gain_db": round(g, 3)}
             for u, s, g in zip(units, scores, gains)
