@@ -148,12 +148,8 @@ def _executorch_options(
 ):
     from .targets import ExecuTorchOptions, Gelu
 
-    recipe = None
+    recipe = None  # ExecuTorchOptions refuses a recipe without --quantize int8
     if keep_fp32 is not None or bias_correction or recipe_name != "ptq" or qat is not None:
-        if quantize != "int8":
-            raise click.UsageError(
-                "--keep-fp32, --bias-correction, --recipe and --qat shape int8 quantization; add --quantize int8"
-            )
         modules, auto = _keep_fp32_entries(keep_fp32 or "")
         recipe = {
             "fp32_modules": modules,

@@ -370,8 +370,9 @@ def _keep_fp32_auto(module, example_input, calibration_inputs, recipe: QuantReci
         return quantize_pt2e(module, example_input, calibration_inputs, candidate)
 
     images = [to_tensor(x) for x in calibration_inputs]
-    with _progress(len(units_to_measure(module, recipe)) + 2, "fp32 sensitivity", "quantization") as progress:
-        resolved, report = sweep(module, plain, recipe, images, recipe.fp32_auto, progress)
+    units = units_to_measure(module, recipe)
+    with _progress(len(units) + 2, "fp32 sensitivity", "quantization") as progress:
+        resolved, report = sweep(module, units, plain, recipe, images, recipe.fp32_auto, progress)
     kept = ", ".join(report.chosen) or "nothing"
     log(
         f"int8: sensitivity sweep over {len(report.units)} unit(s) in {report.seconds:.0f}s keeps {kept} in fp32 "

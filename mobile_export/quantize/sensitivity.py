@@ -127,19 +127,19 @@ def choose_fp32_units(units: Sequence[Unit], gains_db: Sequence[float], budget_w
 
 def sweep(
     module,
+    units: Sequence[Unit],
     quantize: Callable,
     recipe,
     images: Sequence,
     budget_percent: float,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> tuple[object, SensitivityReport]:
-    """Measure every unit's sensitivity and return (the recipe with the chosen modules in
-    `fp32_modules`, the report). `quantize(recipe)` -> QuantizedModel is the caller's plain PTQ
-    on its calibration images; `images` are those images as tensors."""
+    """Measure the sensitivity of each of `units` (units_to_measure) and return (the recipe
+    with the chosen modules in `fp32_modules`, the report). `quantize(recipe)` -> QuantizedModel
+    is the caller's plain PTQ on its calibration images; `images` are those images as tensors."""
     import torch
 
     t0 = time.perf_counter()
-    units = units_to_measure(module, recipe)
     total = sum(u.weights for u in candidate_units(module))
     plain = dataclasses.replace(recipe, rounding="nearest", distill_epochs=0, fp32_auto=None)
     with torch.no_grad():
