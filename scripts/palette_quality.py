@@ -2,12 +2,12 @@
 
 For each trained checkpoint (tests/fixtures/trained/, photo task by default) the script
 exports Core ML fp16 packages with --compress palettize4, palettize6 and palettize-auto (the
-data-aware mix under a size budget) through CoreMLTarget, with calibration images from the
+data-aware mix under a size budget), or w8a8, through CoreMLTarget, with calibration images from the
 training split, runs each package with the Linux ML Program executor on every held-out image,
 and prints top-1 agreement with the float PyTorch model, logits SQNR and the weights' size as a
 fraction of their fp32 size. No labels are used by any mode.
 
-    python scripts/palette_quality.py [--checkpoint PATH] [--modes palettize4,palettize-auto] [--budget 0.15]
+    python scripts/palette_quality.py [--checkpoint PATH] [--modes palettize4,w8a8] [--budget 0.15] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ def measure(
         "fraction_of_fp32": round(weights.stat().st_size / fp32_bytes, 4),
         "export_seconds": round(seconds, 1),
         "palette_bits": fields["quantization"].get("palette_bits", {}).get("layers_per_bits"),
+        "seed": seed,
+        "activation_ranges": fields["quantization"].get("calibration", {}).get("activation_ranges"),
+        "ranges_logits_sqnr_db": fields["quantization"].get("calibration", {}).get("ranges_logits_sqnr_db"),
     }
 
 
@@ -90,11 +93,15 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", type=Path, action="append")
     parser.add_argument("--modes", default="palettize4,palettize6,palettize-auto")
     parser.add_argument("--budget", type=float, default=0.15)
+    parser.add_argument("--seeds", default="0", help="calibration draws, comma-separated")
     args = parser.parse_args(argv)
     for checkpoint in args.checkpoint or [DEFAULT]:
-        with tempfile.TemporaryDirectory() as tmp:
-            for mode in args.modes.split(","):
-                print(json.dumps(measure(checkpoint, mode, args.budget, Path(tmp))), flush=True)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                for mode in args.modes.split(","):
+                    print(
+                        json.dumps(measure(checkpoint, mode, args.budget, Path(tmp), seed=seed)), flush=True
+                    )
     return 0
 
 

@@ -223,6 +223,45 @@ def test_compression_modes(exports, trained, photos, name, mode):
     assert weights(package) < weights(float_package)
 
 
+def test_w8a8_keeps_the_activation_ranges_that_measure_closest_to_float(exports, trained):
+    """Both range methods are fitted on one half of the calibration images and measured on the
+    other (both ways); the manifest records both, the better one is kept, and the shipped
+    file's activation scales are that method's ranges over all calibration images."""
+    from mobile_export.coreml import mil
+    from mobile_export.coreml import target as coreml_target
+
+    built = trained[V3]
+    package, fields, _ = exports(V3, compress="w8a8", built=built)
+    record = fields["quantization"]["calibration"]
+    measured = record["ranges_logits_sqnr_db"]
+    assert set(measured) == set(mil.RANGE_METHODS)
+    assert measured[record["activation_ranges"]] == max(measured.values())
+    assert min(measured.values()) > 12.0  # a trained model: both are real quantizations, not noise
+    assert record["ranges_folds"] == 2
+
+    float_package, _, _ = exports(V3, built=built, deployment_target="17")
+    options = ExportOptions(compress="w8a8")
+    plan = coreml_target._Plan(built, options)
+    _, samples = coreml_target._calibration_samples(built, options, plan, lambda _m: None)
+    candidates = mil.candidate_ranges(mil.load_program(float_package), samples)
+    program = mil.load_program(package)
+    scales = {
+        op.inputs["input"][0]: float(program.consts[op.inputs["scale"][0]])
+        for op in program.compute_ops()
+        if op.type == "quantize" and op.inputs["input"][0] in candidates["minmax"]
+    }
+
+    def matching(ranges):
+        return sum(
+            scale == pytest.approx(max(-ranges[n]["rmin"], ranges[n]["rmax"]) / 127, rel=2e-3)
+            for n, scale in scales.items()
+        )
+
+    kept, other = (candidates[m] for m in sorted(candidates, key=lambda m: m != record["activation_ranges"]))
+    assert len(scales) > 10
+    assert matching(kept) >= 0.8 * len(scales) > matching(other)
+
+
 @pytest.mark.parametrize("bug", ["rb_swap", "no_std"])
 @pytest.mark.parametrize("precision, mode", list(FLOORS))
 def test_floors_reject_colour_and_normalisation_bugs(exports, photos, tmp_path, precision, mode, bug):

@@ -33,7 +33,8 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
 from mobile_export import preprocess as pp  # noqa: E402
-from mobile_export.coreml.mil import activation_stats, coremltools_calibration, load_program  # noqa: E402
+from mobile_export.coreml.mil import activation_stats, calibration, coremltools_calibration, load_program  # noqa: E402
+from mobile_export.errors import UsageError  # noqa: E402
 from mobile_export.verify.metrics import cosine_similarity, sqnr_db  # noqa: E402
 
 PHOTOS = pp.bundled_photos()
@@ -363,7 +364,7 @@ def test_intermediates_are_freed_after_their_last_reader(v2):
 def test_activation_stats_cover_all_samples(v2):
     feeds = v2.feeds()[:4]
     program = load_program(v2.packages["fp16"])
-    stats = activation_stats(program, feeds)
+    stats = activation_stats(program, feeds, "minmax")
     assert stats["image"]["rmax"] > 200 and stats["image"]["rmin"] >= 0
     name = logits_name(program)
     per_sample = [program.run(f, capture={name})[name] for f in feeds]
@@ -371,6 +372,50 @@ def test_activation_stats_cover_all_samples(v2):
     assert stats[name]["rmax"] == pytest.approx(max(float(v.max()) for v in per_sample))
     last_only = float(per_sample[-1].max())
     assert any(float(v.max()) > last_only for v in per_sample[:-1]) or stats[name]["rmax"] == last_only
+
+
+def _quantization_mse(x, t):
+    step = t / 127
+    return float(np.mean((np.clip(np.round(x / step), -127, 127) * step - x) ** 2))
+
+
+def _magnitude_histogram(x):
+    a = np.abs(x)
+    return np.histogram(a[a > 0], calibration.HISTOGRAM_BINS, (0.0, float(a.max())))[0], float(a.max())
+
+
+def test_mse_threshold_clips_a_rare_outlier_and_lowers_the_error():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 200_000), [40.0]])  # one activation 40 sigma out
+    hist, largest = _magnitude_histogram(x)
+    t = calibration.mse_threshold(hist, largest)
+    # one value's clipping error against 200,000 values' rounding noise: the optimum is inside
+    assert 4.0 < t < 0.6 * largest
+    assert _quantization_mse(x, t) < 0.6 * _quantization_mse(x, largest)
+    # the threshold is the best of the candidates by the real error too (within bin rounding)
+    candidates = np.linspace(largest / 8, largest, 200)
+    assert _quantization_mse(x, t) <= 1.05 * min(_quantization_mse(x, c) for c in candidates)
+
+
+def test_mse_threshold_keeps_the_range_of_a_bounded_spread():
+    x = np.random.default_rng(1).uniform(-6, 6, 100_000)  # every value is as likely as the largest
+    hist, largest = _magnitude_histogram(x)
+    assert calibration.mse_threshold(hist, largest) == pytest.approx(largest, rel=0.01)
+    assert calibration.mse_threshold(np.zeros(calibration.HISTOGRAM_BINS), 0.0) == 0.0
+
+
+def test_mse_ranges_lie_inside_the_minmax_ranges(v2):
+    feeds = v2.feeds()[:4]
+    program = load_program(v2.packages["fp16"])
+    minmax = activation_stats(program, feeds, "minmax")
+    mse = activation_stats(program, feeds, "mse")
+    assert mse.keys() == minmax.keys()
+    for name, r in mse.items():
+        assert minmax[name]["rmin"] <= r["rmin"] <= r["rmax"] <= minmax[name]["rmax"], name
+    assert sum(r["rmax"] < minmax[n]["rmax"] for n, r in mse.items()) > len(mse) // 2
+    assert mse["image"] == minmax["image"]  # the pixels' range is the image format's: never clipped
+    with pytest.raises(UsageError, match="minmax"):
+        activation_stats(program, feeds, "percentile")
 
 
 def test_w8a8_with_coremltools_calibration_on_linux(v2, tmp_path):

@@ -9,9 +9,10 @@ accuracy silently. We apply the same registered compression passes to the progra
 once with that pass removed (`guarded_pipeline`).
 
 Never enabled: palettization with `enable_per_channel_scale` (coremltools PR #2777: it can
-corrupt a weight it skips). Activation ranges are min/max over ALL calibration images (the
-shipped calibration keeps only the last batch, #2704): the caller computes them by running the
-saved program through the Linux ML Program executor and passes them in."""
+corrupt a weight it skips). Activation ranges come from ALL calibration images (the shipped
+calibration keeps only the last batch, #2704): the caller computes them by running the saved
+program through the Linux ML Program executor (mil.calibration; the target measures which
+range method to use) and passes them in."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ MODES: dict[str, CompressionMode] = {
             "w8a8",
             17,
             "int8 linear symmetric, one scale per output channel",
-            activations="int8 linear symmetric, min/max over the calibration images",
+            activations="int8 linear symmetric, one scale per tensor from the calibration images "
+            "(clipped at the least squared error or min/max, whichever measured closer to float)",
             needs_calibration=True,
             why_min_ios="activation quantize/dequantize need iOS17",
         ),

@@ -75,7 +75,7 @@ def measure_noise(
     palettized alone in the loaded `program` (restored afterwards)."""
     import torch
 
-    outputs = [_output(program, feeds, output) for feeds in samples]
+    outputs = [output_of(program, feeds, output) for feeds in samples]
     signal = float(sum(np.sum(o**2) for o in outputs)) or 1.0
     noise: dict[str, dict[int, float]] = {}
     for i, w in enumerate(weights):
@@ -87,7 +87,7 @@ def measure_noise(
             approx = palettized(values, nbits, w.group_size, lut_for(nbits))
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(approx)).to(tensor.dtype))
             err = sum(
-                float(np.sum((_output(program, f, output) - ref) ** 2)) for f, ref in zip(samples, outputs)
+                float(np.sum((output_of(program, f, output) - ref) ** 2)) for f, ref in zip(samples, outputs)
             )
             noise[w.name][nbits] = err / signal
         tensor.copy_(original)
@@ -163,7 +163,8 @@ def _db(relative_noise: float) -> float:
     return -10 * math.log10(relative_noise) if relative_noise > 0 else 300.0
 
 
-def _output(program, feeds: dict, output: str | None) -> np.ndarray:
+def output_of(program, feeds: dict, output: str | None) -> np.ndarray:
+    """The value named `output` (a classifier's logits) for one sample, else the main output."""
     if output is not None:
         return np.asarray(program.run(feeds, capture={output})[output], dtype=np.float64).reshape(1, -1)
     return np.asarray(program.output_vector(program.run(feeds)), dtype=np.float64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .calibration import activation_stats, coremltools_calibration
+from .calibration import RANGE_METHODS, activation_stats, candidate_ranges, coremltools_calibration
 from .program import InputInfo, OpInfo, Program, load_program, program_from_spec
 
 
@@ -39,8 +39,10 @@ __all__ = [
     "InputInfo",
     "OpInfo",
     "Program",
+    "RANGE_METHODS",
     "SUPPORTED_OPS",
     "activation_stats",
+    "candidate_ranges",
     "coremltools_calibration",
     "load_program",
     "program_from_spec",
