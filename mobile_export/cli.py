@@ -976,6 +976,16 @@ def _split(values) -> list[str] | None:
     "--keep-artifacts", is_flag=True, help="Keep every exported file (default: only each model's fp32 .pte)."
 )
 @click.option(
+    "--accept-code",
+    multiple=True,
+    metavar="VERSION",
+    help='Also use cached cells an earlier code version made (its "code" in matrix.json, e.g. '
+    "0.1.0+bfb6057334d659ae; repeatable); the table says which cells came from it.",
+)
+@click.option(
+    "--cached-only", is_flag=True, help="Run nothing: tabulate the cache; cells not in it show as not run."
+)
+@click.option(
     "--ray",
     "ray_address",
     is_flag=False,
@@ -997,6 +1007,8 @@ def matrix(
     against,
     bench_runs,
     keep_artifacts,
+    accept_code,
+    cached_only,
     ray_address,
     as_json,
 ):
@@ -1030,6 +1042,8 @@ def matrix(
         bench_runs=bench_runs,
         ray=ray_address,
         keep_artifacts=keep_artifacts,
+        accept_code=tuple(accept_code),
+        cached_only=cached_only,
     )
     doc = _run(run_matrix, request, log=_log)
     written = _run(write_outputs, doc, out, publish)

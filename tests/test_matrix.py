@@ -110,6 +110,71 @@ def test_diff_through_the_cli(slice_run, tmp_path, cli):
     assert "changes against" in stdout and "et-fp32: latency vs fp32 .pte 2.00x -> 1.00x" in stdout
 
 
+EARLIER = "0.1.0+0123456789abcdef"  # a code version that is not this one
+
+
+def _as_if_made_by(out, earlier: str) -> None:
+    """Re-key every cached cell under `out` as if code `earlier` had made it."""
+    from mobile_export.matrix.run import plan
+
+    jobs, about = plan(MatrixRequest(out=out, **SLICE))
+    for cell in jobs[0].cells:
+        path = out / "cells" / cell.model / f"{cell.format}.json"
+        row = json.loads(path.read_text())
+        row["key"] = cell.cache_key(about["versions"], earlier)
+        path.write_text(json.dumps(row))
+
+
+def test_cells_of_earlier_code_count_only_when_accepted(slice_run, tmp_path, cli):
+    """A code change invalidates the cache; --accept-code names earlier code whose cells may
+    still be tabulated (each row says so), and --cached-only runs nothing."""
+    import shutil
+
+    source, doc = slice_run
+    out = tmp_path / "cache"
+    shutil.copytree(source / "cells", out / "cells")
+    _as_if_made_by(out, EARLIER)
+
+    nothing = run_matrix(MatrixRequest(out=out, cached_only=True, **SLICE))
+    assert [r["status"] for r in nothing["cells"]] == ["not run", "not run"]
+    assert not (out / "work").exists()  # nothing was exported
+    assert "2 cell(s) not run" in markdown(nothing) and "| not run | not run |" in markdown(nothing)
+    assert diff(doc, nothing) == []  # a cell that did not run is not a change
+
+    accepted = run_matrix(MatrixRequest(out=out, cached_only=True, accept_code=(EARLIER,), **SLICE))
+    assert [r["code"] for r in accepted["cells"]] == [EARLIER, EARLIER]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("code", "key")} for r in rows]  # noqa: E731
+    assert strip(accepted["cells"]) == strip(doc["cells"])
+    table = markdown(accepted)
+    assert f"accepted with --accept-code: 2 by code {EARLIER}; 0 by code {accepted['code']}." in table
+    assert f"(code {EARLIER})" in table
+
+    # the code is the only part of the key it relaxes: other options still miss the cache
+    other = dict(SLICE, resolution=48)
+    missed = run_matrix(MatrixRequest(out=out, cached_only=True, accept_code=(EARLIER,), **other))
+    assert [r["status"] for r in missed["cells"]] == ["not run", "not run"]
+
+    page = tmp_path / "page.md"
+    code, _, _ = cli(
+        "matrix",
+        "--models",
+        "v1-025",
+        "--formats",
+        "et-fp32,coreml-fp16",
+        "--resolution",
+        32,
+        "--out",
+        out,
+        "--cached-only",
+        "--accept-code",
+        EARLIER,
+        "--publish",
+        page,
+    )
+    assert code == 0
+    assert f"(code {EARLIER})" in page.read_text() and not (out / "work").exists()
+
+
 def test_a_crashing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     real = cells_mod.cell_command
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 from pathlib import Path
 
 from ..fsutil import write_text_atomic
@@ -22,6 +23,8 @@ def _mb(n) -> str:
 def short(row: dict) -> str:
     """One grid cell: status, SQNR, size, latency ratio."""
     status = row["status"]
+    if status == "not run":
+        return status
     if not row.get("lowered"):
         return f"{'crash' if status == 'crashed' else 'no'}: {row.get('reason', status)[:60]}"
     sqnr = (row.get("parity") or {}).get("sqnr_db")
@@ -45,11 +48,23 @@ def _grid(doc: dict) -> tuple[list[str], list[str], dict]:
 def header_lines(doc: dict) -> list[str]:
     m = doc["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v)
-    return [
+    lines = [
         f"Generated {doc['generated']} by `mobile-export matrix` ({doc['runner']}); wall time "
         f"{doc['wall_seconds'] / 60:.1f} min (cells from the cache count 0), cells' own time {doc['cell_seconds'] / 60:.1f} min.",
         f"Machine: {m.get('model')}, {m.get('cores')} cores. Versions: {versions}; code {doc['code']}.",
     ]
+    earlier = Counter(r["code"] for r in doc["cells"] if r.get("code"))
+    if earlier:
+        made = ", ".join(f"{n} by code {code}" for code, n in sorted(earlier.items()))
+        current = sum(not r.get("code") and r["status"] != "not run" for r in doc["cells"])
+        lines.append(
+            f"Cells made by earlier code and accepted with --accept-code: {made}; "
+            f"{current} by code {doc['code']}."
+        )
+    missing = sum(r["status"] == "not run" for r in doc["cells"])
+    if missing:
+        lines.append(f"{missing} cell(s) not run: not in the cache, and --cached-only runs nothing.")
+    return lines
 
 
 def _resolution_label(doc: dict, model: str) -> str:
@@ -103,6 +118,8 @@ def markdown(doc: dict) -> str:
         )
         fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
         status = r["status"] if r.get("lowered") else f"{r['status']}: {r.get('reason', '')[:80]}"
+        if r.get("code"):
+            status += f" (code {r['code']})"
         lines.append(
             " | ".join(
                 [
@@ -133,6 +150,7 @@ def html_page(doc: dict) -> str:
         "not lowered": "#ffcdd2",
         "crashed": "#ef9a9a",
         "timed out": "#e0e0e0",
+        "not run": "#f5f5f5",
     }
     head = "".join(f"<th>{html.escape(FORMATS[f].label)}</th>" for f in formats)
     rows = []
@@ -191,8 +209,8 @@ def diff(old: dict, new: dict) -> list[str]:
         key = (r["model"], r["format"])
         o = before.get(key)
         name = f"{r['model']} {r['format']}"
-        if o is None:
-            continue
+        if o is None or "not run" in (o["status"], r["status"]):
+            continue  # a cell one side did not run says nothing about a change
         if o.get("lowered") and not r.get("lowered"):
             lines.append(f"{name}: stopped lowering ({r['status']}: {r.get('reason', '')})")
             continue

@@ -3,7 +3,9 @@
 Cells of one model run one after another in one worker, the fp32 .pte first: it is the
 baseline every other .pte of that model is timed against in the same worker. A cell whose
 cache key (options, library versions, code) is unchanged is read back, so Ctrl-C and the
-same command continue where the run stopped."""
+same command continue where the run stopped. `--accept-code` also reads back cells an earlier
+code version made (each row says which), and `--cached-only` runs nothing: so a table can be
+published from cells that several commits ran, and say so."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import fnmatch
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +54,10 @@ class MatrixRequest:
     bench_runs: int = 20
     ray: str | None = None  # None: local; "auto" or an address: a Ray cluster
     keep_artifacts: bool = False
+    # earlier code versions (as matrix.json's "code" names them) whose cached cells still count;
+    # each such row says which code made it. Everything else in the key must match.
+    accept_code: tuple[str, ...] = ()
+    cached_only: bool = False  # run nothing: cells not in the cache are "not run"
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class ModelJob:
     work: str
     bench_runs: int
     keep_artifacts: bool
+    # per cell, (cache key, code version) of each accepted earlier code
+    earlier: tuple[tuple[tuple[str, str], ...], ...] = ()
+    cached_only: bool = False
 
     @property
     def memory_gb(self) -> float:
@@ -183,6 +192,10 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
             for f in ordered
         )
         keys = tuple(c.cache_key(versions, code) for c in cells)
+        earlier = tuple(
+            tuple((c.cache_key(versions, old), old) for old in request.accept_code if old != code)
+            for c in cells
+        )
         jobs.append(
             ModelJob(
                 spec.name,
@@ -191,6 +204,8 @@ def plan(request: MatrixRequest) -> tuple[list[ModelJob], dict]:
                 str(Path(request.out) / "work"),
                 request.bench_runs,
                 request.keep_artifacts,
+                earlier,
+                request.cached_only,
             )
         )
     return jobs, {"versions": versions, "code": code, "formats": [f.key for f in formats]}
@@ -214,15 +229,43 @@ def cell_path(out: Path, cell: CellSpec) -> Path:
     return out / "cells" / cell.model / f"{cell.format}.json"
 
 
+def _from_cache(out: Path, cell: CellSpec, key: str, earlier) -> dict | None:
+    """The cached row under this code's key, else under an accepted earlier code's key (the row
+    then says which code made it)."""
+    row = cached(out, cell, key)
+    if row is not None:
+        return row
+    for old_key, old_code in earlier:
+        row = cached(out, cell, old_key)
+        if row is not None:
+            return {**row, "code": old_code}
+    return None
+
+
+def not_run(cell: CellSpec, key: str) -> dict:
+    return {
+        **asdict(cell),
+        "key": key,
+        "status": "not run",
+        "lowered": False,
+        "reason": "not in the cache (--cached-only)",
+    }
+
+
 def run_model(job: ModelJob, log: Log = lambda _m: None) -> list[dict]:
     """Every cell of one model, each from the cache or run fresh and cached at once."""
     out = Path(job.work).parent
     rows = []
     baseline = None
-    for cell, key in zip(job.cells, job.keys):
-        row = cached(out, cell, key)
-        if row is not None and (cell.format != BASELINE or Path(row.get("baseline_file", "")).is_file()):
-            log(f"{cell.model} {cell.format}: cached ({row['status']})")
+    for i, (cell, key) in enumerate(zip(job.cells, job.keys)):
+        row = _from_cache(out, cell, key, job.earlier[i] if job.earlier else ())
+        baseline_kept = cell.format != BASELINE or Path((row or {}).get("baseline_file", "")).is_file()
+        if row is not None and (baseline_kept or job.cached_only):
+            made_by = f", code {row['code']}" if "code" in row else ""
+            log(f"{cell.model} {cell.format}: cached ({row['status']}{made_by})")
+        elif job.cached_only:
+            row = not_run(cell, key)
+            log(f"{cell.model} {cell.format}: not in the cache")
         else:
             log(f"{cell.model} {cell.format}: running ...")
             row = run_cell(
