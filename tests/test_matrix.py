@@ -20,6 +20,7 @@ pytest.importorskip("executorch")
 pytest.importorskip("coremltools")
 
 SLICE = dict(models=["v1-025"], formats=["et-fp32", "coreml-fp16"], resolution=32, bench_runs=2)
+SLICE_ARGS = ("--models", "v1-025", "--formats", "et-fp32,coreml-fp16", "--resolution", 32)  # as CLI options
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +94,7 @@ def test_diff_through_the_cli(slice_run, tmp_path, cli):
     (tmp_path / "old.json").write_text(json.dumps(old))
     code, stdout, _ = cli(
         "matrix",
-        "--models",
-        "v1-025",
-        "--formats",
-        "et-fp32,coreml-fp16",
-        "--resolution",
-        32,
+        *SLICE_ARGS,
         "--bench-runs",
         2,
         "--out",
@@ -157,12 +153,7 @@ def test_cells_of_earlier_code_count_only_when_accepted(slice_run, tmp_path, cli
     page = tmp_path / "page.md"
     code, _, _ = cli(
         "matrix",
-        "--models",
-        "v1-025",
-        "--formats",
-        "et-fp32,coreml-fp16",
-        "--resolution",
-        32,
+        *SLICE_ARGS,
         "--out",
         out,
         "--cached-only",
