@@ -15,20 +15,32 @@ BOOKKEEPING = {"getitem", "alloc", "executorch_call_delegate"}  # never delegate
 def with_normalization(module, mean, std):
     """Wrap `module` so it takes RGB in [0, 1]: (x - mean) / std as x * (1/std) + (-mean/std),
     one multiply and one add that XNNPACK fuses cheaply, in float constants (integer
-    scalars would leave copies outside the delegate)."""
+    scalars would leave copies outside the delegate). They sit in a submodule named
+    quantize.FLOAT_INPUT_MODULE, which int8 keeps in float: the image is quantized once, after
+    them."""
     import torch
 
-    class NormalizedInput(torch.nn.Module):
-        def __init__(self, model, mean, std):
+    from ..quantize.pt2e import FLOAT_INPUT_MODULE
+
+    class Normalize(torch.nn.Module):
+        def __init__(self, mean, std):
             super().__init__()
             std_t = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
             mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
             self.register_buffer("inv_std", 1.0 / std_t)
             self.register_buffer("shift", -mean_t / std_t)
+
+        def forward(self, x):
+            return x * self.inv_std + self.shift
+
+    class NormalizedInput(torch.nn.Module):
+        def __init__(self, model, mean, std):
+            super().__init__()
+            self.add_module(FLOAT_INPUT_MODULE, Normalize(mean, std))
             self.model = model
 
         def forward(self, x):
-            return self.model(x * self.inv_std + self.shift)
+            return self.model(getattr(self, FLOAT_INPUT_MODULE)(x))
 
     return NormalizedInput(module, mean, std).eval()
 
