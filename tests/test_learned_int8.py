@@ -187,7 +187,7 @@ def test_learned_recipe_in_the_manifest_and_plain_ones_unchanged():
     from mobile_export.quantize import QuantRecipe
 
     plain = QuantRecipe(bias_correction=True).to_dict()
-    assert set(plain) == {"observer", "per_channel", "fp32_modules", "bias_correction"}
+    assert set(plain) == {"observer", "per_channel", "fp32_modules", "bias_correction", "float_input"}
     learned = QuantRecipe(rounding="adaround", distill_epochs=2, seed=3)
     d = learned.to_dict()
     assert d["rounding"] == "adaround" and d["distill_epochs"] == 2 and d["seed"] == 3

@@ -284,3 +284,30 @@ def test_reference_computes_what_xnnpack_computes(calib):
     with torch.no_grad():
         reference = np.concatenate([q.reference(torch.from_numpy(x)).numpy() for x in calib])
     assert np.abs(runtime - reference).max() <= 1e-6 + 0.01 * q.output_scale
+
+
+def test_input_normalization_stays_float_and_old_manifests_rebuild_it_in_int8(calib):
+    """The .pte's normalization wrapper is kept out of int8, so the image is quantized once, at
+    the first conv; a manifest without the "float_input" key is a file from before, whose
+    rebuilt reference quantizes the normalization as that file does."""
+    import torch
+
+    from mobile_export.executorch.lowering import with_normalization
+    from mobile_export.executorch.quantized_reference import recipe_of
+
+    def ops_on_the_image(recipe):
+        wrapped = with_normalization(_net(), PRE.mean, PRE.std)
+        raw = [np.asarray(x, np.float32) * np.array(PRE.std, np.float32).reshape(1, 3, 1, 1) for x in calib]
+        quantized = quantize_pt2e(wrapped, torch.zeros(1, 3, 32, 32), raw, recipe)
+        graph = quantized.graph_module.graph
+        image = next(n for n in graph.nodes if n.op == "placeholder")
+        return " ".join(str(user.target) for user in image.users)
+
+    floating, quantized = ops_on_the_image(QuantRecipe()), ops_on_the_image(QuantRecipe(float_input=False))
+    assert "mul" in floating and "quantize_per_tensor" not in floating
+    assert "quantize_per_tensor" in quantized and "mul" not in quantized
+
+    assert QuantRecipe().to_dict()["float_input"] is True
+    assert recipe_of(QuantRecipe().to_dict()).float_input
+    old = {k: v for k, v in QuantRecipe().to_dict().items() if k != "float_input"}
+    assert not recipe_of(old).float_input

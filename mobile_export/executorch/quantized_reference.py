@@ -31,10 +31,22 @@ def rebuild(entry: dict, built) -> QuantizedReference:
     return QuantizedReference(model, how)
 
 
+def recipe_of(quant: dict):
+    """The recipe a manifest's quantization section records. Files exported before the input
+    normalization stayed in float (no "float_input" key) ran it in int8, and so does their
+    rebuilt reference."""
+    import dataclasses
+
+    from ..quantize import QuantRecipe
+
+    recipe = QuantRecipe.from_dict(quant)
+    return recipe if "float_input" in quant else dataclasses.replace(recipe, float_input=False)
+
+
 def _rebuild(entry, built, quant, cal, folder):
     import torch
 
-    from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
+    from ..quantize import load_calibration, quantize_pt2e
     from .lowering import with_normalization
 
     in_model = entry.normalized_in_model
@@ -49,7 +61,7 @@ def _rebuild(entry, built, quant, cal, folder):
     )
     if cal.get("files") and [p.name for p in calibration.paths] != list(cal["files"]):
         return None, "unavailable: the calibration images differ from the ones recorded at export"
-    recipe = QuantRecipe.from_dict(quant)
+    recipe = recipe_of(quant)
     distill_inputs = None
     if recipe.distill_epochs:
         images = quant.get("distillation_images") or {}

@@ -49,6 +49,8 @@ class QuantRecipe:
     seed: int = 0  # AdaRound's and distillation's sampling
     fp32_auto: float | None = None  # percent of weights a sensitivity sweep may keep in float
     # (sensitivity.py); quantize_pt2e resolves it into fp32_modules
+    float_input: bool = True  # the input normalization (FLOAT_INPUT_MODULE) stays in float;
+    # manifests from before it did rebuild with False (executorch.quantized_reference)
 
     def __post_init__(self):
         if self.rounding not in ROUNDINGS:
@@ -103,6 +105,7 @@ class QuantRecipe:
             distill_learning_rate=float(d.get("distill_learning_rate", DEFAULT_DISTILL_LEARNING_RATE)),
             seed=int(d.get("seed", 0)),
             fp32_auto=None if d.get("fp32_auto") is None else float(d["fp32_auto"]),
+            float_input=bool(d.get("float_input", True)),
         )
 
 
@@ -176,7 +179,9 @@ def quantizer_for(recipe: QuantRecipe):
             return super().annotate(model)
 
     quantizer = _Quantizer().set_global(quantization_config(recipe))
-    quantizer.set_filter_function(_module_filter((*recipe.fp32_modules, FLOAT_INPUT_MODULE)))
+    in_float = (*recipe.fp32_modules, *((FLOAT_INPUT_MODULE,) if recipe.float_input else ()))
+    if in_float:
+        quantizer.set_filter_function(_module_filter(in_float))
     return quantizer
 
 
