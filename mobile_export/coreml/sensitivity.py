@@ -93,7 +93,7 @@ def measure_noise(
         tensor.copy_(original)
         log(
             f"coreml: sensitivity {i + 1}/{len(weights)} {w.name}: "
-            + ", ".join(f"{b}-bit {_db(noise[w.name][b]):.1f} dB" for b in CANDIDATE_BITS)
+            + ", ".join(f"{b}-bit {noise_db(noise[w.name][b]):.1f} dB" for b in CANDIDATE_BITS)
         )
     return noise
 
@@ -154,12 +154,13 @@ def plan_bits(
         budget_bytes=budget_bytes,
         compressed_bytes=fixed_bytes + sum(by_name[n].bytes_at(b) for n, b in bits.items()),
         fp32_bytes=fp32_bytes,
-        predicted_sqnr_db=_db(total_noise),
+        predicted_sqnr_db=noise_db(total_noise),
         counts=counts,
     )
 
 
-def _db(relative_noise: float) -> float:
+def noise_db(relative_noise: float) -> float:
+    """SQNR in dB from noise energy / signal energy; 300 dB when there is no noise."""
     return -10 * math.log10(relative_noise) if relative_noise > 0 else 300.0
 
 

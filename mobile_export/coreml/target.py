@@ -33,6 +33,7 @@ read from the executor) for classifiers, the features otherwise; see `output_qua
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -566,19 +567,14 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, ios: 
     least squared error wins on four trained MobileNets by 0.5-3.2 dB; on V4 Conv-S it loses
     1-3 dB to plain min/max, and scoring on the images it was fitted to did not show it
     (docs/palettes.md)."""
-    import tempfile
-
     from . import mil
+    from .sensitivity import noise_db
 
     calib, samples = _calibration_samples(built, options, plan, log)
     halves = (samples[0::2], samples[1::2])
     folds = [halves, halves[::-1]] if len(samples) > 1 else [(samples, samples)]
     signal, noise = 0.0, {}
-    with tempfile.TemporaryDirectory(prefix=".calib.", dir=dest.parent) as tmp:
-        float_pkg = Path(tmp) / "float.mlpackage"
-        with _quiet():
-            mlmodel.save(str(float_pkg))
-        program = mil.load_program(float_pkg)
+    with _float_program(mlmodel, dest, ".calib.") as (program, tmp):
         log(
             f"coreml: choosing activation ranges ({' or '.join(mil.RANGE_METHODS)}) on {len(samples)} "
             "calibration image(s): fitted on one half, measured on the other, both ways"
@@ -593,7 +589,7 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, ios: 
                 error = reference - _logits(mil.load_program(package), check)
                 noise[method] = noise.get(method, 0.0) + float(np.sum(error**2))
                 shutil.rmtree(package)
-        measured = {m: round(float(10 * np.log10(signal / max(n, 1e-30))), 2) for m, n in noise.items()}
+        measured = {m: round(noise_db(n / max(signal, 1e-30)), 2) for m, n in noise.items()}
         best = max(measured, key=measured.get)  # a tie keeps the first (the default) method
         said = ", ".join(f"{m} {db:.1f} dB" for m, db in measured.items())
         log(
@@ -606,6 +602,21 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, ios: 
         "ranges_logits_sqnr_db": measured,
         "ranges_folds": len(folds),
     }
+
+
+@contextlib.contextmanager
+def _float_program(mlmodel, dest: Path, prefix: str):
+    """(the executor's Program of `mlmodel`, the temporary folder it was saved in beside
+    `dest`), for the passes that run the float model before compressing it."""
+    import tempfile
+
+    from . import mil
+
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=dest.parent) as tmp:
+        package = Path(tmp) / "float.mlpackage"
+        with _quiet():
+            mlmodel.save(str(package))
+        yield mil.load_program(package), Path(tmp)
 
 
 def _logits(program, samples: list[dict]) -> np.ndarray:
@@ -639,9 +650,6 @@ def _palette_bits(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Pat
     """Palette size per weight for palettize-auto: each weight's output noise at 2-8 bits,
     measured by running the float program on calibration images, then the least noisy
     choice that fits `options.size_budget` x the fp32 weights' bytes (coreml.sensitivity)."""
-    import tempfile
-
-    from . import mil
     from .sensitivity import WeightInfo, plan_bits
 
     calib, samples = _calibration_samples(built, options, plan, log)
@@ -649,11 +657,7 @@ def _palette_bits(mlmodel, built, options: ExportOptions, plan: _Plan, dest: Pat
     with _quiet():
         shapes = cq.palettized_weights(mlmodel)
     weights = [WeightInfo(name, shape, cq.palette_group_size(shape[0])) for name, shape in shapes.items()]
-    with tempfile.TemporaryDirectory(prefix=".palette.", dir=dest.parent) as tmp:
-        float_pkg = Path(tmp) / "float.mlpackage"
-        with _quiet():
-            mlmodel.save(str(float_pkg))
-        program = mil.load_program(float_pkg)
+    with _float_program(mlmodel, dest, ".palette.") as (program, _):
         floats = {
             n: np.asarray(v)
             for n, v in program.consts.items()
