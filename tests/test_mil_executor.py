@@ -358,6 +358,30 @@ def test_intermediates_are_freed_after_their_last_reader(v2):
     assert early in freed_at and program.run(v2.feeds()[0], capture={early})[early].size > 0
 
 
+def test_a_run_resumed_from_a_checkpoint_equals_the_whole_run(v2):
+    """start/advance/resume (the palette sensitivity pass shares each image's prefix this way)
+    give the same outputs as run; resume leaves its checkpoint as it was; a value freed before
+    the checkpoint cannot be captured from it."""
+    program = load_program(v2.packages["fp16"])
+    feeds = v2.feeds()[0]
+    whole = program.run(feeds)
+    point = program.start(feeds)
+    middle = len(program._steps) // 2
+    program.advance(point, middle)
+    alive = dict(point.env)
+    for _ in range(2):
+        resumed = program.resume(point)
+        for name in program.outputs:
+            assert np.array_equal(np.asarray(resumed[name]), np.asarray(whole[name])), name
+        assert point.step == middle and point.env.keys() == alive.keys()
+        assert all(point.env[k] is alive[k] for k in alive)
+    early = program._steps[1].info.outputs[0]
+    with pytest.raises(UsageError, match="freed before"):
+        program.resume(point, capture={early})
+    with pytest.raises(UsageError, match="back to"):
+        program.advance(point, 1)
+
+
 # --- W8A8: activation calibration through the executor ------------------------------------------
 
 

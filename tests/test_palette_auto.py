@@ -124,3 +124,43 @@ def test_verify_passes_the_data_aware_file(exported):
     report = verify_artifact(dest, reference=built)
     assert report["passed"], report["failures"]
     assert report["vs_float"]["sqnr_db"] > 14.0
+
+
+def test_checkpointed_sensitivity_measures_what_full_runs_measure(exported):
+    """measure_noise reruns only the ops from each weight's first reader on; every number
+    must equal the one a full run with that weight palettized gives."""
+    import torch
+
+    from mobile_export.coreml import mil
+    from mobile_export.coreml.sensitivity import measure_noise, output_of
+    from mobile_export.coreml.target import softmax_input
+
+    _, _, _, float_pkg = exported
+    program = mil.load_program(float_pkg)
+    name = program.inputs[0].name
+    rng = np.random.default_rng(3)
+    samples = [{name: rng.integers(0, 256, (64, 64, 3)).astype(np.float32)} for _ in range(3)]
+    floats = [
+        n for n, v in program.consts.items() if isinstance(v, np.ndarray) and v.ndim == 4 and v.size > 256
+    ]
+    picked = [floats[0], floats[len(floats) // 2], floats[-1]][::-1]  # out of program order
+    weights = [
+        WeightInfo(n, program.consts[n].shape, cq.palette_group_size(program.consts[n].shape[0]))
+        for n in picked
+    ]
+    output = softmax_input(program.spec)
+    noise = measure_noise(program, samples, weights, cq.kmeans_lut, output)
+    assert list(noise) == picked
+
+    refs = [output_of(program, f, output) for f in samples]
+    signal = float(sum(np.sum(r**2) for r in refs))
+    for w in weights:
+        tensor = program._static[w.name]
+        original = tensor.clone()
+        for nbits in (2, 6):
+            approx = palettized(np.asarray(program.consts[w.name]), nbits, w.group_size, cq.kmeans_lut(nbits))
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(approx)).to(tensor.dtype))
+            full = sum(float(np.sum((output_of(program, f, output) - r) ** 2)) for f, r in zip(samples, refs))
+            assert noise[w.name][nbits] == full / signal, (w.name, nbits)
+        tensor.copy_(original)
+        assert noise[w.name][2] > noise[w.name][6] > 0

@@ -72,13 +72,25 @@ def measure_noise(
     program, samples: list[dict], weights: list[WeightInfo], lut_for, output: str | None, log=lambda _m: None
 ) -> dict:
     """{weight: {bits: output noise energy / output signal energy}} over `samples`, each weight
-    palettized alone in the loaded `program` (restored afterwards)."""
+    palettized alone in the loaded `program` (restored afterwards).
+
+    Weights are visited in program order, and each image's run is kept as a checkpoint just
+    before the first op reading the weight: the ops before it compute the same values for
+    every palette, so only the rest of the program runs again (MobileNetV5-300m: 283 weights
+    x 5 palettes x 16 images; this halves the work and changes no number)."""
     import torch
 
     outputs = [output_of(program, feeds, output) for feeds in samples]
     signal = float(sum(np.sum(o**2) for o in outputs)) or 1.0
+    first_reader = {}
+    for w in weights:
+        readers = program.steps_reading(w.name)
+        first_reader[w.name] = readers[0] if readers else 0
+    points = [program.start(feeds) for feeds in samples]
     noise: dict[str, dict[int, float]] = {}
-    for i, w in enumerate(weights):
+    for i, w in enumerate(sorted(weights, key=lambda w: first_reader[w.name])):
+        for point in points:
+            program.advance(point, first_reader[w.name])
         tensor = program._static[w.name]
         original = tensor.clone()
         values = np.asarray(program.consts[w.name])
@@ -87,7 +99,8 @@ def measure_noise(
             approx = palettized(values, nbits, w.group_size, lut_for(nbits))
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(approx)).to(tensor.dtype))
             err = sum(
-                float(np.sum((output_of(program, f, output) - ref) ** 2)) for f, ref in zip(samples, outputs)
+                float(np.sum((output_of(program, point, output) - ref) ** 2))
+                for point, ref in zip(points, outputs)
             )
             noise[w.name][nbits] = err / signal
         tensor.copy_(original)
@@ -95,7 +108,7 @@ def measure_noise(
             f"coreml: sensitivity {i + 1}/{len(weights)} {w.name}: "
             + ", ".join(f"{b}-bit {noise_db(noise[w.name][b]):.1f} dB" for b in CANDIDATE_BITS)
         )
-    return noise
+    return {w.name: noise[w.name] for w in weights}
 
 
 def choose_bits(
@@ -164,8 +177,12 @@ def noise_db(relative_noise: float) -> float:
     return -10 * math.log10(relative_noise) if relative_noise > 0 else 300.0
 
 
-def output_of(program, feeds: dict, output: str | None) -> np.ndarray:
-    """The value named `output` (a classifier's logits) for one sample, else the main output."""
+def output_of(program, run_from, output: str | None) -> np.ndarray:
+    """The value named `output` (a classifier's logits) for one sample, else the main output.
+    run_from: the sample's feeds, or a `Checkpoint` of its run (left as it was)."""
+    from .mil.program import Checkpoint
+
+    point = run_from if isinstance(run_from, Checkpoint) else program.start(run_from)
     if output is not None:
-        return np.asarray(program.run(feeds, capture={output})[output], dtype=np.float64).reshape(1, -1)
-    return np.asarray(program.output_vector(program.run(feeds)), dtype=np.float64)
+        return np.asarray(program.resume(point, capture={output})[output], dtype=np.float64).reshape(1, -1)
+    return np.asarray(program.output_vector(program.resume(point)), dtype=np.float64)

@@ -55,6 +55,14 @@ class _Step:
     frees: tuple[str, ...] = ()  # values no later op reads: dropped after this step
 
 
+@dataclass
+class Checkpoint:
+    """A run stopped before op `step`: the values alive there (see `Program.start`)."""
+
+    env: dict
+    step: int
+
+
 class Program:
     """A loaded ML Program: `run(feeds)` executes it; `ops`, `inputs`, `outputs` describe it."""
 
@@ -261,8 +269,10 @@ class Program:
         capture: names of intermediate values (op outputs) or ops to return as well.
         Returns the program outputs (numpy arrays in the declared dtype; a classifier gives
         its label and a {label: probability} dict) plus each captured value."""
-        import torch
+        return self.resume(self.start(feeds), capture)
 
+    def start(self, feeds: dict) -> Checkpoint:
+        """A checkpoint before the first op, for `advance` and `resume` (inputs as for `run`)."""
         env: dict = {}
         for info in self.inputs:
             if info.name not in feeds:
@@ -270,15 +280,55 @@ class Program:
                     f"no value for input {info.name!r}; pass feeds={{{info.name!r}: array}} ({info.kind} {info.shape})"
                 )
             env[info.name] = self._feed(info, feeds[info.name])
+        return Checkpoint(env, 0)
+
+    def advance(self, point: Checkpoint, step: int) -> None:
+        """Run `point` forward to just before op `step` (an index into `steps_reading`'s
+        answers), so that runs differing only from there on share the work before it."""
+        if step < point.step:
+            raise UsageError(f"cannot advance a checkpoint at op {point.step} back to op {step}")
+        self._execute(point.env, point.step, step, set(), {})
+        point.step = step
+
+    def resume(self, point: Checkpoint, capture: Iterable[str] | None = None) -> dict:
+        """Finish the run from `point` with the constants as they are now; `point` is left
+        as it was. Captured values must be alive at the checkpoint or computed after it."""
+        env = dict(point.env)  # ops never write into their inputs: a shallow copy suffices
         wanted = self._capture_names(capture)
-        captured: dict = {}
-        for name in wanted & set(env):
-            captured[name] = _to_numpy(env[name], self._types.get(name, 11))
+        captured = {name: _to_numpy(env[name], self._types.get(name, 11)) for name in wanted & set(env)}
+        self._execute(env, point.step, len(self._steps), wanted, captured)
+        result = {}
+        for name in self.outputs:
+            value = env[name] if name in env else self._static[name]
+            result[name] = _to_numpy(value, self._types.get(name, 11))
+        for name in wanted:
+            if name in self._static and name not in captured:
+                captured[name] = _to_numpy(self._static[name], self._types.get(name, 11))
+        missing = wanted - set(captured)
+        if missing:
+            raise UsageError(
+                f"cannot capture {sorted(missing)[0]!r} from op {point.step} on: it was computed and freed before; "
+                "resume from an earlier checkpoint"
+            )
+        result.update(captured)
+        return result
+
+    def steps_reading(self, name: str) -> list[int]:
+        """Indices of the ops that read value or constant `name`, in program order."""
+        return [
+            i
+            for i, step in enumerate(self._steps)
+            if any(name in names for names in step.info.inputs.values())
+        ]
+
+    def _execute(self, env: dict, start: int, stop: int, wanted: set[str], captured: dict) -> None:
+        import torch
+
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                for step in self._steps:
+                for step in self._steps[start:stop]:
                     step.run(env)
                     for out in step.info.outputs:
                         if out in wanted:
@@ -287,15 +337,6 @@ class Program:
                         env.pop(name, None)
         finally:
             torch.set_num_threads(threads)
-        result = {}
-        for name in self.outputs:
-            value = env[name] if name in env else self._static[name]
-            result[name] = _to_numpy(value, self._types.get(name, 11))
-        for name in wanted:
-            if name in self._static and name not in captured:
-                captured[name] = _to_numpy(self._static[name], self._types.get(name, 11))
-        result.update(captured)
-        return result
 
     def _capture_names(self, capture) -> set[str]:
         if not capture:
