@@ -257,7 +257,25 @@ def executorch_options(fn):
     )
 
 
-def _coreml_options(precision, compress, size_budget, ios, input_kind, logits, compute_units):
+def _keep_fp16_percent(text: str | None) -> float | None:
+    """--keep-fp16 auto[:PERCENT] -> the percent of W8A8 activation tensors left fp16."""
+    from .coreml.fp16_activations import DEFAULT_PERCENT
+
+    if text is None:
+        return None
+    if text == "auto":
+        return DEFAULT_PERCENT
+    if text.startswith("auto:"):
+        try:
+            return float(text[5:].rstrip("%"))
+        except ValueError:
+            pass
+    raise click.UsageError(
+        f"--keep-fp16 {text!r}: give auto or auto:PERCENT, e.g. auto:10 (10% of the activation tensors)"
+    )
+
+
+def _coreml_options(precision, compress, size_budget, keep_fp16, ios, input_kind, logits, compute_units):
     from .targets import CoreMLOptions
 
     return CoreMLOptions(
@@ -268,6 +286,7 @@ def _coreml_options(precision, compress, size_budget, ios, input_kind, logits, c
         classifier=not logits,
         size_budget=size_budget,
         compute_units=compute_units,
+        fp16_activations=_keep_fp16_percent(keep_fp16),
     )
 
 
@@ -294,6 +313,13 @@ def coreml_options(fn):
             default=0.15,
             show_default=True,
             help="Core ML palettize-auto: weights' size as a fraction of their fp32 size.",
+        ),
+        click.option(
+            "--keep-fp16",
+            default=None,
+            metavar="auto[:PERCENT]",
+            help="Core ML w8a8: leave the activations whose int8 rounding costs most (measured on the "
+            "calibration images) in fp16, up to PERCENT of them (default 10).",
         ),
         click.option(
             "--ios",
@@ -326,7 +352,16 @@ def coreml_options(fn):
         _collect(
             "coreml",
             _coreml_options,
-            ("precision", "compress", "size_budget", "ios", "input_kind", "logits", "compute_units"),
+            (
+                "precision",
+                "compress",
+                "size_budget",
+                "keep_fp16",
+                "ios",
+                "input_kind",
+                "logits",
+                "compute_units",
+            ),
         )(fn)
     )
 

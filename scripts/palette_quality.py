@@ -7,7 +7,10 @@ training split, runs each package with the Linux ML Program executor on every he
 and prints top-1 agreement with the float PyTorch model, logits SQNR and the weights' size as a
 fraction of their fp32 size. No labels are used by any mode.
 
-    python scripts/palette_quality.py [--checkpoint PATH] [--modes palettize4,w8a8] [--budget 0.15] [--seeds 0,1,2]
+    python scripts/palette_quality.py [--checkpoint PATH] [--modes palettize4,w8a8,w8a8-fp16] [--budget 0.15]
+        [--seeds 0,1,2] [--keep-fp16 10]
+
+Mode w8a8-fp16 is --compress w8a8 --keep-fp16 auto:PERCENT.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ DEFAULT = ROOT / "tests" / "fixtures" / "trained" / "mobilenet_v2_100_photos_64.
 
 
 def measure(
-    checkpoint: Path, mode: str, budget: float, work: Path, calibration_images: int = 64, seed: int = 0
+    checkpoint: Path,
+    mode: str,
+    budget: float,
+    work: Path,
+    calibration_images: int = 64,
+    seed: int = 0,
+    keep_fp16: float = 10.0,
 ) -> dict:
     import int8_quality
     import train_small
@@ -47,7 +56,8 @@ def measure(
     fields = CoreMLTarget().export(
         built,
         ExportOptions(
-            compress=mode,
+            compress="w8a8" if mode == "w8a8-fp16" else mode,
+            fp16_activations=keep_fp16 if mode == "w8a8-fp16" else None,
             calibration=calib,
             calibration_limit=calibration_images,
             size_budget=budget,
@@ -85,6 +95,10 @@ def measure(
         "seed": seed,
         "activation_ranges": fields["quantization"].get("calibration", {}).get("activation_ranges"),
         "ranges_logits_sqnr_db": fields["quantization"].get("calibration", {}).get("ranges_logits_sqnr_db"),
+        "fp16_activations": {
+            k: v for k, v in fields["quantization"].get("fp16_activations", {}).items() if k != "gains_db"
+        }
+        or None,
     }
 
 
@@ -94,13 +108,24 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="palettize4,palettize6,palettize-auto")
     parser.add_argument("--budget", type=float, default=0.15)
     parser.add_argument("--seeds", default="0", help="calibration draws, comma-separated")
+    parser.add_argument(
+        "--keep-fp16",
+        type=float,
+        default=10.0,
+        help="mode w8a8-fp16: percent of activation tensors left fp16",
+    )
     args = parser.parse_args(argv)
     for checkpoint in args.checkpoint or [DEFAULT]:
         for seed in (int(s) for s in args.seeds.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 for mode in args.modes.split(","):
                     print(
-                        json.dumps(measure(checkpoint, mode, args.budget, Path(tmp), seed=seed)), flush=True
+                        json.dumps(
+                            measure(
+                                checkpoint, mode, args.budget, Path(tmp), seed=seed, keep_fp16=args.keep_fp16
+                            )
+                        ),
+                        flush=True,
                     )
     return 0
 

@@ -262,6 +262,37 @@ def test_w8a8_keeps_the_activation_ranges_that_measure_closest_to_float(exports,
     assert matching(kept) >= 0.8 * len(scales) > matching(other)
 
 
+def test_w8a8_keep_fp16_leaves_the_costliest_activations_fp16(exports, trained, photos):
+    """--keep-fp16 auto: the tensors whose int8 rounding costs most on the calibration images
+    lose their quantize/dequantize pairs, no others do, and the shipped file computes what the
+    choice measured (the plain W8A8 file run with those pairs passed through)."""
+    from mobile_export.coreml import mil
+
+    built = trained[V3]
+    plain, _, _ = exports(V3, compress="w8a8", built=built)
+    package, fields, _ = exports(V3, compress="w8a8", built=built, fp16_activations=10.0)
+    record = fields["quantization"]["fp16_activations"]
+    before, after = mil.load_program(plain), mil.load_program(package)
+    quantized = before.quantized_values()
+    chosen = record["fp16_tensors"]
+    assert record["quantized_tensors"] == len(quantized) > 20
+    assert 0 < len(chosen) <= len(quantized) // 10
+    assert after.quantized_values() == [n for n in quantized if n not in chosen]
+    gains = record["gains_db"]
+    assert min(gains[n] for n in chosen) >= max(g for n, g in gains.items() if n not in chosen)
+    measured = record["calibration_logits_sqnr_db"]
+    assert measured["chosen"] > measured["all_int8"] + 0.5, measured
+
+    from PIL import Image
+
+    images = [np.asarray(Image.open(p).convert("RGB").resize((built.resolution,) * 2)) for p in photos]
+    name = after.inputs[0].name
+    with before.float_values(chosen):
+        simulated = [before.output_vector(before.run({name: x})) for x in images]
+    shipped = [after.output_vector(after.run({name: x})) for x in images]
+    assert sqnr(np.stack(simulated), np.stack(shipped)) > 60.0
+
+
 @pytest.mark.parametrize("bug", ["rb_swap", "no_std"])
 @pytest.mark.parametrize("precision, mode", list(FLOORS))
 def test_floors_reject_colour_and_normalisation_bugs(exports, photos, tmp_path, precision, mode, bug):

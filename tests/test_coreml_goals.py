@@ -1,7 +1,8 @@
 """Issue 18's Core ML compression goals on the trained MobileNetV2 1.0 photo model, measured
 the way docs/palettes.md measures them: 64 calibration crops from the training split (no
 labels), every one of the 1,020 held-out crops run through the Linux ML Program executor,
-agreement = same top-1 as the float PyTorch model. Slow (-m slow): 124 s with two workers."""
+agreement = same top-1 as the float PyTorch model. Slow (-m slow): 124 s with two workers
+(before the --keep-fp16 test)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def test_w8a8_chosen_ranges_beat_min_max_on_held_out_images(quality, tmp_path, m
     minmax = quality.measure(V2_PHOTOS, "w8a8", 0.15, tmp_path / "minmax")
     assert minmax["activation_ranges"] == "minmax"
     assert chosen["logits_sqnr_db"] >= minmax["logits_sqnr_db"] + 2.0
+
+
+def test_w8a8_with_the_costliest_activations_in_fp16_keeps_99_percent(quality, tmp_path):
+    """Issue 18's W8A8 goal, with `--keep-fp16 auto` (10% of the activation tensors left fp16,
+    chosen on the calibration images). Measured 2026-12-03, calibration seed 0: 99.22%,
+    31.86 dB, 9 of 99 tensors in fp16 (all int8: 98.53%, 28.36 dB)."""
+    result = quality.measure(V2_PHOTOS, "w8a8-fp16", 0.15, tmp_path, keep_fp16=10.0)
+    kept = result["fp16_activations"]
+    assert 0 < len(kept["fp16_tensors"]) <= kept["quantized_tensors"] // 10
+    assert result["agreement_pct"] >= 99.0
+    assert result["logits_sqnr_db"] >= 30.0

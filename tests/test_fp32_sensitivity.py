@@ -108,6 +108,29 @@ def test_cli_parses_auto_and_refuses_a_bad_budget(cli, tmp_path):
     assert not any(tmp_path.glob("*/*.pte"))
 
 
+def test_cli_refuses_keep_fp16_without_w8a8_or_with_a_bad_share(cli, tmp_path):
+    """--keep-fp16 (Core ML W8A8's counterpart of --keep-fp32) is checked before any export."""
+    code, _, err = cli("v2-035", "--target", "coreml", "--keep-fp16", "auto", "--out", tmp_path / "a")
+    assert code == 2 and "add --compress w8a8" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(
+        "v2-035",
+        "--target",
+        "coreml",
+        "--compress",
+        "w8a8",
+        "--keep-fp16",
+        "auto:90",
+        "--out",
+        tmp_path / "b",
+    )
+    assert code == 2 and "outside 0-50" in err
+    code, _, err = cli(
+        "v2-035", "--target", "coreml", "--compress", "w8a8", "--keep-fp16", "some", "--out", tmp_path / "c"
+    )
+    assert code == 2 and "give auto or auto:PERCENT" in err and "Traceback" not in err
+    assert not any(tmp_path.glob("*/*.mlpackage"))
+
+
 def test_export_records_the_sweep_and_verify_rebuilds_the_choice(cli, tmp_path, one_thread):
     pytest.importorskip("executorch")
     from et_helpers import photo_folder

@@ -280,11 +280,14 @@ def compress(
     ios: int,
     activation_stats: dict | None = None,
     bits: dict[str, int] | None = None,
+    fp16_activations: frozenset[str] = frozenset(),
 ):
     """Apply `mode_name` to a converted ML Program; returns a new MLModel (not loaded).
 
     `activation_stats` ({tensor name: {"rmin", "rmax"}}, inputs included) is required for w8a8;
-    `bits` (weight name -> palette bits, from coreml.sensitivity) for palettize-auto."""
+    `bits` (weight name -> palette bits, from coreml.sensitivity) for palettize-auto;
+    `fp16_activations`: w8a8 tensors whose quantize/dequantize pairs are removed afterwards
+    (they stay fp16; coreml.fp16_activations chooses them)."""
     mode = get_mode(mode_name)
     if mode.name == "none":
         return mlmodel
@@ -307,6 +310,8 @@ def compress(
             p.set_options([PassOption("config", config), PassOption("activation_stats", activation_stats)])
             passes.append(p)
         passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+        if fp16_activations:
+            passes.append(_remove_quantize_pairs(fp16_activations))
     weight_pass = PASS_REGISTRY[
         "compression::palettize_weights" if mode.palettizes else "compression::linear_quantize_weights"
     ]
@@ -315,6 +320,35 @@ def compress(
     )
     passes.append(weight_pass)
     return apply_passes(mlmodel, passes, ios)
+
+
+def _remove_quantize_pairs(names: frozenset[str]):
+    """A graph pass: each quantize reading one of `names`, and the dequantizes reading it, go;
+    their readers read the float value. What `mil.Program.float_values` simulates."""
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+
+    class RemoveQuantizePairs(AbstractGraphPass):
+        def apply(self, prog):
+            for function in prog.functions.values():
+                block = function
+                with block:
+                    for op in list(block.operations):
+                        if (
+                            op.op_type != "quantize"
+                            or op.enclosing_block is None
+                            or op.input.name not in names
+                        ):
+                            continue
+                        readers = list(op.outputs[0].child_ops)
+                        if not readers or any(r.op_type != "dequantize" for r in readers):
+                            continue
+                        for dq in readers:
+                            block.replace_uses_of_var_after_op(
+                                anchor_op=dq, old_var=dq.outputs[0], new_var=op.input
+                            )
+                        block.remove_ops(readers + [op])
+
+    return RemoveQuantizePairs()
 
 
 def apply_passes(mlmodel, passes, ios: int):

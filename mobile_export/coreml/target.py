@@ -139,15 +139,22 @@ class CoreMLTarget(Target):
             f"{'folded into the first conv' if folded else 'as an in-model multiply'})"
         )
         mlmodel = _convert(exported, built, plan, precision, ios)
-        stats, calib, choice = None, None, None
+        stats, calib, choice, fp16 = None, None, None, None
         if mode.needs_calibration:
-            stats, calib = _activation_stats(mlmodel, built, options, plan, ios, dest, log)
+            stats, calib, fp16 = _activation_stats(mlmodel, built, options, plan, ios, dest, log)
         if mode.data_aware:
             choice, calib = _palette_bits(mlmodel, built, options, plan, dest, log)
         if mode.name != "none":
             log(f"coreml: compressing weights ({mode.name})")
             with _quiet():
-                mlmodel = cq.compress(mlmodel, mode.name, ios, stats, bits=choice.bits if choice else None)
+                mlmodel = cq.compress(
+                    mlmodel,
+                    mode.name,
+                    ios,
+                    stats,
+                    bits=choice.bits if choice else None,
+                    fp16_activations=frozenset(fp16.names) if fp16 else frozenset(),
+                )
         _describe(mlmodel, built, plan, precision, mode, ios)
         with _quiet():
             mlmodel.save(str(dest))
@@ -170,6 +177,11 @@ class CoreMLTarget(Target):
             quant["palette_bits"] = choice.record()
         if calib is not None:
             quant["calibration"] = calib
+        if fp16 is not None:
+            quant["activations"] += (
+                f"; {len(fp16.names)} of {fp16.quantized} tensors left fp16 where int8 rounding cost most"
+            )
+            quant["fp16_activations"] = fp16.record()
         quant["guarded_passes_removed"] = list(cq.UNSAFE_PASSES)
         return {
             "target": self.name,
@@ -558,7 +570,8 @@ def _convert(exported, built, plan: _Plan, precision: str, ios: int):
 
 def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, ios: int, dest: Path, log):
     """The range of every activation over all calibration images, by running the float program
-    saved beside `dest` through the Linux executor; returns (ranges, manifest record).
+    saved beside `dest` through the Linux executor; returns (ranges, manifest record, and with
+    `options.fp16_activations` the tensors to keep in fp16 (coreml.fp16_activations), else None).
 
     Which way of choosing ranges (mil.RANGE_METHODS) is measured, not assumed, by two-fold
     cross-validation: each is fitted on one half of the calibration images, the program
@@ -596,12 +609,31 @@ def _activation_stats(mlmodel, built, options: ExportOptions, plan: _Plan, ios: 
             f"coreml: {best} ranges kept (logits SQNR vs float: {said}); calibrating on all {len(samples)} image(s)"
         )
         stats = mil.activation_stats(program, samples, best)
-    return stats, {
-        **calib.record(),
-        "activation_ranges": best,
-        "ranges_logits_sqnr_db": measured,
-        "ranges_folds": len(folds),
-    }
+        fp16 = None
+        if options.fp16_activations:
+            from . import fp16_activations
+
+            package = Path(tmp) / "w8a8.mlpackage"
+            with _quiet():
+                cq.compress(mlmodel, "w8a8", ios, stats).save(str(package))
+            fp16 = fp16_activations.choose(
+                mil.load_program(package),
+                samples,
+                _logits(program, samples),
+                _logits,
+                options.fp16_activations,
+                log,
+            )
+    return (
+        stats,
+        {
+            **calib.record(),
+            "activation_ranges": best,
+            "ranges_logits_sqnr_db": measured,
+            "ranges_folds": len(folds),
+        },
+        fp16,
+    )
 
 
 @contextlib.contextmanager

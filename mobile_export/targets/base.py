@@ -113,6 +113,7 @@ class CoreMLOptions:
     compute_units: str = (
         "all"  # executorch-coreml: all | cpu_and_ne | cpu_only | cpu_and_gpu (stored in the .pte)
     )
+    fp16_activations: float | None = None  # w8a8: % of activation tensors left fp16 by sensitivity
 
     def __post_init__(self):
         if self.compute_units not in ("all", "cpu_and_ne", "cpu_only", "cpu_and_gpu"):
@@ -127,6 +128,13 @@ class CoreMLOptions:
         object.__setattr__(self, "precision", Precision.parse(self.precision, "precision"))
         object.__setattr__(self, "compress", CompressMode.parse(self.compress, "--compress"))
         object.__setattr__(self, "input_kind", InputKind.parse(self.input_kind, "Core ML input"))
+        if self.fp16_activations is not None:
+            if self.compress != CompressMode.W8A8:
+                raise UsageError("--keep-fp16 chooses which W8A8 activations stay fp16; add --compress w8a8")
+            if not 0 < float(self.fp16_activations) <= 50:
+                raise UsageError(
+                    f"--keep-fp16 auto:{self.fp16_activations:g} is outside 0-50 (percent of the activation tensors)"
+                )
         if self.deployment_target is not None and str(self.deployment_target) not in ("16", "17", "18"):
             raise UsageError(f"--ios {self.deployment_target!r} is not supported; choose one of: 16, 17, 18")
 
@@ -157,6 +165,7 @@ class ExportOptions:
     quant_recipe: object | None = None  # executorch int8: quantize.QuantRecipe (or its dict)
     distill_folder: Path | None = None  # executorch int8 --qat: unlabelled images to distill on
     gelu: Gelu = Gelu.EXACT  # executorch: tanh GELU written out, or XNNPACK's erf GELU
+    fp16_activations: float | None = None  # coreml w8a8: % of activation tensors left fp16
 
     def __post_init__(self):
         et, cm = self.executorch, self.coreml  # validates, and normalizes the flat fields to enums
@@ -180,6 +189,7 @@ class ExportOptions:
             deployment_target=coreml.deployment_target,
             size_budget=coreml.size_budget,
             compute_units=coreml.compute_units,
+            fp16_activations=coreml.fp16_activations,
             **shared,
         )
 
@@ -204,6 +214,7 @@ class ExportOptions:
             self.deployment_target,
             self.size_budget,
             self.compute_units,
+            self.fp16_activations,
         )
 
 

@@ -9,6 +9,7 @@ an fp16 ML Program promises; it is not a model of the Neural Engine's internal a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -320,6 +321,40 @@ class Program:
             for i, step in enumerate(self._steps)
             if any(name in names for names in step.info.inputs.values())
         ]
+
+    def quantized_values(self) -> list[str]:
+        """The float values a `quantize` op reads (W8A8's int8 activations), in program order."""
+        names: list[str] = []
+        for step in self._steps:
+            if step.info.type == "quantize":
+                name = step.info.inputs["input"][0]
+                if name not in names:
+                    names.append(name)
+        return names
+
+    @contextlib.contextmanager
+    def float_values(self, names: Iterable[str]):
+        """Within the block, every quantize reading one of `names` and the dequantize reading
+        it pass the value through: the program computes what it would with those pairs
+        removed (`coreml.compress` removes them so, for W8A8 with fp16 activations)."""
+        names = set(names)
+        saved = {}
+        bypassed: set[str] = set()
+        for i, step in enumerate(self._steps):
+            if step.info.type == "quantize" and step.info.inputs["input"][0] in names:
+                source, out = step.info.inputs["input"][0], step.info.outputs[0]
+                saved[i] = step.run
+                step.run = lambda env, source=source, out=out: env.__setitem__(out, env[source])
+                bypassed.add(out)
+            elif step.info.type == "dequantize" and step.info.inputs["input"][0] in bypassed:
+                source, out = step.info.inputs["input"][0], step.info.outputs[0]
+                saved[i] = step.run
+                step.run = lambda env, source=source, out=out: env.__setitem__(out, env[source])
+        try:
+            yield
+        finally:
+            for i, run in saved.items():
+                self._steps[i].run = run
 
     def _execute(self, env: dict, start: int, stop: int, wanted: set[str], captured: dict) -> None:
         import torch
