@@ -259,7 +259,7 @@ def executorch_options(fn):
 
 def _keep_fp16_percent(text: str | None) -> float | None:
     """--keep-fp16 auto[:PERCENT] -> the percent of W8A8 activation tensors left fp16."""
-    from .coreml.fp16_activations import DEFAULT_PERCENT
+    from .targets.base import KEEP_FP16_DEFAULT_PERCENT as DEFAULT_PERCENT
 
     if text is None:
         return None

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Share of the quantized activation tensors kept in fp16 by default (`--keep-fp16 auto`).
-DEFAULT_PERCENT = 10.0
+from ..targets.base import KEEP_FP16_DEFAULT_PERCENT as DEFAULT_PERCENT  # noqa: F401  (`--keep-fp16 auto`)
+
 #: A tensor that gains less than this on the calibration images stays int8.
 MIN_GAIN_DB = 0.05
 

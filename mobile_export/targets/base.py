@@ -100,6 +100,10 @@ class ExecuTorchOptions:
             object.__setattr__(self, "recipe", recipe)
 
 
+#: Share (%) of W8A8 activation tensors `--keep-fp16 auto` leaves in fp16 (coreml.fp16_activations).
+KEEP_FP16_DEFAULT_PERCENT = 10.0
+
+
 @dataclass(frozen=True)
 class CoreMLOptions:
     """What only the Core ML target reads; checked when built."""
