@@ -329,8 +329,7 @@ def _remove_quantize_pairs(names: frozenset[str]):
 
     class RemoveQuantizePairs(AbstractGraphPass):
         def apply(self, prog):
-            for function in prog.functions.values():
-                block = function
+            for block in prog.functions.values():
                 with block:
                     for op in list(block.operations):
                         if (

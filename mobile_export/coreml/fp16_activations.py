@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..targets.base import KEEP_FP16_DEFAULT_PERCENT as DEFAULT_PERCENT  # noqa: F401  (`--keep-fp16 auto`)
-
 #: A tensor that gains less than this on the calibration images stays int8.
 MIN_GAIN_DB = 0.05
 

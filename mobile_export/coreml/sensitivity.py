@@ -77,16 +77,13 @@ def measure_noise(
     Weights are visited in program order, and each image's run is kept as a checkpoint just
     before the first op reading the weight: the ops before it compute the same values for
     every palette, so only the rest of the program runs again (MobileNetV5-300m: 283 weights
-    x 5 palettes x 16 images; this halves the work and changes no number)."""
+    x 5 palettes x the images; 0.63x the CPU time on V2 1.0, and no number changes)."""
     import torch
 
-    outputs = [output_of(program, feeds, output) for feeds in samples]
-    signal = float(sum(np.sum(o**2) for o in outputs)) or 1.0
-    first_reader = {}
-    for w in weights:
-        readers = program.steps_reading(w.name)
-        first_reader[w.name] = readers[0] if readers else 0
     points = [program.start(feeds) for feeds in samples]
+    outputs = [output_of(program, point, output) for point in points]
+    signal = float(sum(np.sum(o**2) for o in outputs)) or 1.0
+    first_reader = {w.name: program.first_reader(w.name) or 0 for w in weights}
     noise: dict[str, dict[int, float]] = {}
     for i, w in enumerate(sorted(weights, key=lambda w: first_reader[w.name])):
         for point in points:

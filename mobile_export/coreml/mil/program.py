@@ -284,8 +284,8 @@ class Program:
         return Checkpoint(env, 0)
 
     def advance(self, point: Checkpoint, step: int) -> None:
-        """Run `point` forward to just before op `step` (an index into `steps_reading`'s
-        answers), so that runs differing only from there on share the work before it."""
+        """Run `point` forward to just before op `step` (see `first_reader`), so that runs
+        differing only from there on share the work before it."""
         if step < point.step:
             raise UsageError(f"cannot advance a checkpoint at op {point.step} back to op {step}")
         self._execute(point.env, point.step, step, set(), {})
@@ -314,13 +314,16 @@ class Program:
         result.update(captured)
         return result
 
-    def steps_reading(self, name: str) -> list[int]:
-        """Indices of the ops that read value or constant `name`, in program order."""
-        return [
-            i
-            for i, step in enumerate(self._steps)
-            if any(name in names for names in step.info.inputs.values())
-        ]
+    def first_reader(self, name: str) -> int | None:
+        """Index of the first op that reads value or constant `name`; None if no op does."""
+        return next(
+            (
+                i
+                for i, step in enumerate(self._steps)
+                if any(name in names for names in step.info.inputs.values())
+            ),
+            None,
+        )
 
     def quantized_values(self) -> list[str]:
         """The float values a `quantize` op reads (W8A8's int8 activations), in program order."""
@@ -339,17 +342,15 @@ class Program:
         removed (`coreml.compress` removes them so, for W8A8 with fp16 activations)."""
         names = set(names)
         saved = {}
-        bypassed: set[str] = set()
+        bypassed: set[str] = set()  # outputs of the bypassed quantize ops
         for i, step in enumerate(self._steps):
-            if step.info.type == "quantize" and step.info.inputs["input"][0] in names:
-                source, out = step.info.inputs["input"][0], step.info.outputs[0]
+            kind, source = step.info.type, step.info.inputs.get("input", [None])[0]
+            if (kind == "quantize" and source in names) or (kind == "dequantize" and source in bypassed):
+                out = step.info.outputs[0]
                 saved[i] = step.run
                 step.run = lambda env, source=source, out=out: env.__setitem__(out, env[source])
-                bypassed.add(out)
-            elif step.info.type == "dequantize" and step.info.inputs["input"][0] in bypassed:
-                source, out = step.info.inputs["input"][0], step.info.outputs[0]
-                saved[i] = step.run
-                step.run = lambda env, source=source, out=out: env.__setitem__(out, env[source])
+                if kind == "quantize":
+                    bypassed.add(out)
         try:
             yield
         finally:
