@@ -156,6 +156,7 @@ def _executorch_options(
             "fp32_auto": auto,
             "bias_correction": bias_correction,
             "rounding": "adaround" if recipe_name == "adaround" else "nearest",
+            "activations": "dynamic" if recipe_name == "dynamic" else "static",
             "distill_epochs": qat_epochs if qat is not None else 0,
         }
     return ExecuTorchOptions(
@@ -202,11 +203,12 @@ def executorch_options(fn):
         click.option(
             "--recipe",
             "recipe_name",
-            type=click.Choice(["ptq", "adaround"]),
+            type=click.Choice(["ptq", "adaround", "dynamic"]),
             default="ptq",
             show_default=True,
-            help="ExecuTorch int8 weight rounding: ptq (nearest) or adaround (learned per layer on the "
-            "calibration images, no labels; ~1 min for V2 at 64 px).",
+            help="ExecuTorch int8: ptq (calibrated activations, nearest rounding), adaround (rounding learned "
+            "per layer on the calibration images, no labels; ~1 min for V2 at 64 px) or dynamic (activations "
+            "quantized per image at run time, no calibration; depthwise convs in fp32).",
         ),
         click.option(
             "--qat",

@@ -84,6 +84,8 @@ RECIPES: dict[str, dict] = {
     "fp32-auto": {"observer": "histogram", "fp32_auto": 5.0},
     "fp32-auto-10": {"observer": "histogram", "fp32_auto": 10.0},
     "fp32-auto-adaround": {"observer": "histogram", "fp32_auto": 5.0, "rounding": "adaround"},
+    # Round 9: activations quantized per image at run time (XNNPACK qd8), no calibration.
+    "dynamic": {"activations": "dynamic"},
     "fp32-first-block-se-bias-corr": {
         "observer": "histogram",
         "fp32_modules": ["blocks.0", "*.se"],

@@ -52,6 +52,11 @@ def _rebuild(entry, built, quant, cal, folder):
     in_model = entry.normalized_in_model
     pre = built.preprocess
     model = with_normalization(built.module, pre.mean, pre.std) if in_model else built.module
+    recipe = recipe_of(quant)
+    shape = tuple(entry.input["shape"])
+    if recipe.dynamic:  # no calibration: the same weights and recipe give the same graph
+        quantized = quantize_pt2e(model, torch.zeros(shape), [], recipe)
+        return quantized, "rebuilt from the manifest (same weights and recipe; dynamic activations)"
     calibration = load_calibration(
         folder if cal.get("source") == "folder" else None,
         pre,
@@ -61,7 +66,6 @@ def _rebuild(entry, built, quant, cal, folder):
     )
     if cal.get("files") and [p.name for p in calibration.paths] != list(cal["files"]):
         return None, "unavailable: the calibration images differ from the ones recorded at export"
-    recipe = recipe_of(quant)
     distill_inputs = None
     if recipe.distill_epochs:
         images = quant.get("distillation_images") or {}
@@ -77,7 +81,6 @@ def _rebuild(entry, built, quant, cal, folder):
         if distill.digest_record().get("files_sha256") != images.get("files_sha256"):
             return None, "unavailable: the --qat images differ from the ones recorded at export"
         distill_inputs = distill.inputs
-    shape = tuple(entry.input["shape"])
     quantized = quantize_pt2e(
         model, torch.zeros(shape), calibration.inputs, recipe, distill_inputs=distill_inputs
     )

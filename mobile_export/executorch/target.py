@@ -48,6 +48,14 @@ BENCH_TIMEOUT_S = 900.0
 DISTILL_IMAGE_LIMIT = 4096  # --qat: an even sample of at most this many images, decoded as used
 
 
+def quant_scheme(recipe) -> str:
+    """The manifest's one-line description of what the int8 file computes."""
+    weights = "per-channel weights" if recipe.per_channel else "per-tensor weights"
+    if recipe.dynamic:
+        return f"XNNPACKQuantizer symmetric int8, {weights}, dynamic activations (per image at run time)"
+    return f"XNNPACKQuantizer symmetric int8, {weights}"
+
+
 class ExecuTorchTarget(Target):
     name: ClassVar[str] = "executorch"
     suffix: ClassVar[str] = ".pte"
@@ -87,12 +95,16 @@ class ExecuTorchTarget(Target):
             from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
 
             recipe = opts.recipe or QuantRecipe()
-            calibration = load_calibration(
-                options.calibration,
-                pre,
-                limit=options.calibration_limit,
-                normalized=not options.normalize_in_model,
-                log=log,
+            calibration = (
+                None  # activations are quantized per image at run time: nothing to calibrate
+                if recipe.dynamic
+                else load_calibration(
+                    options.calibration,
+                    pre,
+                    limit=options.calibration_limit,
+                    normalized=not options.normalize_in_model,
+                    log=log,
+                )
             )
             distill_images = None
             if recipe.learned:  # the export's --seed drives AdaRound's and distillation's sampling
@@ -108,18 +120,18 @@ class ExecuTorchTarget(Target):
             quantized = quantize_pt2e(
                 model,
                 example,
-                calibration.inputs,
+                calibration.inputs if calibration is not None else [],
                 recipe,
                 log,
                 distill_inputs=distill_images.inputs if distill_images is not None else None,
             )
             quantization = {
                 "mode": QUANT_MODE,
-                "scheme": "XNNPACKQuantizer symmetric int8, per-channel weights"
-                if recipe.per_channel
-                else "XNNPACKQuantizer symmetric int8, per-tensor weights",
+                "scheme": quant_scheme(recipe),
                 **quantized.recipe.to_dict(),  # --keep-fp32 auto resolved into module names
-                "calibration": {**calibration.record(), "limit": options.calibration_limit},
+                "calibration": {**calibration.record(), "limit": options.calibration_limit}
+                if calibration is not None
+                else {"source": "none", "images": 0},
                 "output_scale": quantized.output_scale,
                 "output_zero_point": quantized.output_zero_point,
             }

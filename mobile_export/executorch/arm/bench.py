@@ -40,6 +40,7 @@ def arm_bench(paths: list[Path], cpus: list[ArmCpu], log=lambda _m: None) -> dic
                 "model": manifest["model"]["name"],
                 "resolution": size,
                 "precision": entry.get("precision"),
+                "variant": _variant(entry),
                 "cpus": rows,
             }
         )
@@ -65,21 +66,31 @@ def _checked(path: Path) -> tuple[Path, dict, dict]:
     return path, manifest, entry
 
 
+def _variant(entry: dict) -> str:
+    """The file's precision, told apart where two int8 files of one model compute differently."""
+    quant = entry.get("quantization") or {}
+    return "int8 dynamic" if quant.get("activations") == "dynamic" else str(entry.get("precision"))
+
+
 def _ratios(files: list[dict]) -> list[dict]:
-    """int8/fp32 instruction ratio per CPU for each model given in both precisions."""
+    """Instruction ratio against fp32, per CPU, for each int8 variant of a model given with its
+    fp32 file (static and dynamic int8 each get their own row)."""
     out = []
     by_model: dict[tuple, dict[str, dict]] = {}
     for f in files:
-        by_model.setdefault((f["model"], f["resolution"]), {})[f["precision"]] = f
-    for (model, res), pair in by_model.items():
-        if "fp32" in pair and "int8" in pair:
-            fp32 = {r["cpu"]: r["instructions"] for r in pair["fp32"]["cpus"]}
-            for row in pair["int8"]["cpus"]:
+        by_model.setdefault((f["model"], f["resolution"]), {})[f.get("variant", f["precision"])] = f
+    for (model, res), variants in by_model.items():
+        if "fp32" not in variants:
+            continue
+        fp32 = {r["cpu"]: r["instructions"] for r in variants["fp32"]["cpus"]}
+        for variant in ("int8", "int8 dynamic"):
+            for row in variants[variant]["cpus"] if variant in variants else []:
                 if fp32.get(row["cpu"]):
                     out.append(
                         {
                             "model": model,
                             "resolution": res,
+                            "variant": variant,
                             "cpu": row["cpu"],
                             "ratio": round(row["instructions"] / fp32[row["cpu"]], 4),
                         }
@@ -95,9 +106,10 @@ def format_arm_bench(result: dict) -> str:
     for f in result["files"]:
         for r in f["cpus"]:
             lines.append(
-                f"  {f['artifact']:<36} {r['cpu']:<12} {r['kernels']:<5} {r['instructions'] / 1e6:>9.2f} M"
+                f"  {f['artifact']:<36} {f.get('variant', f['precision']):<12} {r['cpu']:<12} {r['kernels']:<5} "
+                f"{r['instructions'] / 1e6:>9.2f} M"
                 f"  (two measurements differ by {r['relative_difference'] * 1e6:.0f} ppm)"
             )
     for r in result["int8_vs_fp32"]:
-        lines.append(f"  int8/fp32 {r['model']}@{r['resolution']} on {r['cpu']}: {r['ratio']:.3f}")
+        lines.append(f"  {r['variant']}/fp32 {r['model']}@{r['resolution']} on {r['cpu']}: {r['ratio']:.3f}")
     return "\n".join(lines)
