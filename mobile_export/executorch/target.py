@@ -95,6 +95,10 @@ class ExecuTorchTarget(Target):
             from ..quantize import QuantRecipe, load_calibration, quantize_pt2e
 
             recipe = opts.recipe or QuantRecipe()
+            if recipe.dynamic and options.calibration is not None:
+                log(
+                    "calibration: --calibration is not used by --recipe dynamic (no activation ranges to choose)"
+                )
             calibration = (
                 None  # activations are quantized per image at run time: nothing to calibrate
                 if recipe.dynamic
