@@ -256,23 +256,33 @@ def annotate_conv_clamp(graph_module, config, filter_fn=None) -> int:
             and isinstance(conv.args[1], Node)
         ):
             continue
-        weight = conv.args[1]
-        bias = conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], Node) else None
-        partition = [clamp, conv, weight] + ([bias] if bias is not None else [])
-        if xq._is_annotated(partition) or (
-            filter_fn is not None and not all(filter_fn(n) for n in partition)
-        ):
+        if not _annotate_conv_inputs(conv, config, filter_fn, also=[clamp]):
             continue
-        inputs = {conv.args[0]: xq.get_input_act_qspec(config), weight: xq.get_weight_qspec(config)}
-        if bias is not None:
-            inputs[bias] = xq.get_bias_qspec(config)
-        conv.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
         clamp.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(
             output_qspec=xq.get_output_act_qspec(config), _annotated=True
         )
-        xq._mark_nodes_as_annotated(partition)
         count += 1
     return count
+
+
+def _annotate_conv_inputs(conv, config, filter_fn, also=()) -> bool:
+    """Give a conv/linear int8 input, weight and bias specs, unless it (or a node in `also`,
+    annotated with it) is annotated already or filtered out. Returns whether it did."""
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as xq
+    from torch.fx import Node
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    weight = conv.args[1]
+    bias = conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], Node) else None
+    partition = [*also, conv, weight] + ([bias] if bias is not None else [])
+    if xq._is_annotated(partition) or (filter_fn is not None and not all(filter_fn(n) for n in partition)):
+        return False
+    inputs = {conv.args[0]: xq.get_input_act_qspec(config), weight: xq.get_weight_qspec(config)}
+    if bias is not None:
+        inputs[bias] = xq.get_bias_qspec(config)
+    conv.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+    xq._mark_nodes_as_annotated(partition)
+    return True
 
 
 def annotate_dynamic_conv_relu(graph_module, config, filter_fn=None) -> int:
@@ -287,7 +297,6 @@ def annotate_dynamic_conv_relu(graph_module, config, filter_fn=None) -> int:
     from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as xq
     from executorch.backends.xnnpack.utils.utils import is_depthwise_conv
     from torch.fx import Node
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
     count = 0
     for relu in graph_module.graph.nodes:
@@ -296,26 +305,14 @@ def annotate_dynamic_conv_relu(graph_module, config, filter_fn=None) -> int:
         conv = relu.args[0]
         if not (isinstance(conv, Node) and xq._is_conv_node(conv) and len(conv.users) == 1):
             continue
-        weight = conv.args[1]
-        shape = getattr(weight.meta.get("val"), "shape", None)
+        shape = getattr(conv.args[1].meta.get("val"), "shape", None)
         if (
             shape is None
             or len(shape) != 4
             or is_depthwise_conv(shape, conv.args[6] if len(conv.args) > 6 else 1)
         ):
             continue
-        bias = conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], Node) else None
-        partition = [conv, weight] + ([bias] if bias is not None else [])
-        if xq._is_annotated(partition) or (
-            filter_fn is not None and not all(filter_fn(n) for n in partition)
-        ):
-            continue
-        inputs = {conv.args[0]: xq.get_input_act_qspec(config), weight: xq.get_weight_qspec(config)}
-        if bias is not None:
-            inputs[bias] = xq.get_bias_qspec(config)
-        conv.meta[xq.Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
-        xq._mark_nodes_as_annotated(partition)
-        count += 1
+        count += _annotate_conv_inputs(conv, config, filter_fn)
     return count
 
 
