@@ -96,7 +96,8 @@ def test_dynamic_quantizes_convs_before_relu_and_leaves_depthwise_float():
         assert torch.allclose(q.graph_module(x), model(x), atol=0.05 * float(model(x).abs().max()))
 
 
-def _export(cli, out: Path, *flags) -> dict:
+def _export(cli, out: Path, *flags) -> tuple[dict, str]:
+    """Export the trained digits model to int8 .pte through the CLI: (manifest entry, stderr)."""
     code, _, err = cli(
         "mobilenet_v2_035",
         "--target",

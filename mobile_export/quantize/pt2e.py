@@ -32,6 +32,8 @@ MIN_ACTIVATION_SCALE = 2**-24
 
 #: Weight rounding: "nearest" (convert_pt2e's) or "adaround" (learned, adaround.py).
 ROUNDINGS = ("nearest", "adaround")
+DEFAULT_ROUNDING_ITERATIONS = 500
+DEFAULT_DISTILL_LEARNING_RATE = 1e-4
 
 #: Activation quantization. "static": every activation on one int8 grid chosen at calibration,
 #: int8 from op to op (XNNPACK qs8). "dynamic": each conv/linear input quantized to int8 per image
@@ -39,8 +41,6 @@ ROUNDINGS = ("nearest", "adaround")
 #: convs and the ops between convs run in fp32). Dynamic needs no calibration images and keeps
 #: the low-margin V2 0.35 photo model at 99.41% agreement where static stops at 98.1% (docs/int8_quality.md).
 ACTIVATIONS = ("static", "dynamic")
-DEFAULT_ROUNDING_ITERATIONS = 500
-DEFAULT_DISTILL_LEARNING_RATE = 1e-4
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,13 @@ def _ratios(files: list[dict]) -> list[dict]:
     out = []
     by_model: dict[tuple, dict[str, dict]] = {}
     for f in files:
-        by_model.setdefault((f["model"], f["resolution"]), {})[f.get("variant", f["precision"])] = f
+        by_model.setdefault((f["model"], f["resolution"]), {})[f["variant"]] = f
     for (model, res), variants in by_model.items():
         if "fp32" not in variants:
             continue
         fp32 = {r["cpu"]: r["instructions"] for r in variants["fp32"]["cpus"]}
-        for variant in ("int8", "int8 dynamic"):
-            for row in variants[variant]["cpus"] if variant in variants else []:
+        for variant, f in variants.items():
+            for row in f["cpus"] if variant != "fp32" else []:
                 if fp32.get(row["cpu"]):
                     out.append(
                         {
@@ -106,7 +106,7 @@ def format_arm_bench(result: dict) -> str:
     for f in result["files"]:
         for r in f["cpus"]:
             lines.append(
-                f"  {f['artifact']:<36} {f.get('variant', f['precision']):<12} {r['cpu']:<12} {r['kernels']:<5} "
+                f"  {f['artifact']:<36} {f['variant']:<12} {r['cpu']:<12} {r['kernels']:<5} "
                 f"{r['instructions'] / 1e6:>9.2f} M"
                 f"  (two measurements differ by {r['relative_difference'] * 1e6:.0f} ppm)"
             )
